@@ -1,0 +1,196 @@
+r"""Running a cell over a segment: `rtrl` (exact, untruncated) and `bptt`.
+
+Both take `inputs` [T, B, D], `resets` [T, B] (True at t: h and S are reset to
+their initial value before step t) and a `RecurrentState`, and return
+`(outputs [T, B, H], new_state)`. Their forward passes are identical; only the
+gradient that `jax.grad` sees differs.
+
+How `rtrl` gets the exact gradient. With e(t) = ∂L(t)/∂h(t) the *direct*
+partial (through the read-out only) and S(t) = dh(t)/dθ_r, RTRL's gradient is
+
+    ∇θ_r = Σ_t e(t)ᵀ S(t),   S(t) = J(t) S(t-1) + I(t),   J(t) = ∂h(t)/∂h(t-1).
+
+Unrolling S inside the segment t = 1..T, starting from the carried S(0):
+
+    Σ_t e(t)ᵀ S(t) = λ(0)ᵀ S(0) + Σ_τ λ(τ)ᵀ I(τ),   λ(τ) = e(τ) + J(τ+1)ᵀ λ(τ+1)
+
+The second sum is ordinary back-propagation within the segment; the first is
+the whole past, carried forward by the sensitivities. So `rtrl` runs plain
+autodiff through the segment and injects λ(0)ᵀ S(0) into θ_r's gradient at
+the segment's initial state (where λ(0) is the cotangent autodiff delivers
+there; a reset inside the segment cuts it to zero, as it should). The result
+equals RTRL's Σ e(t)ᵀ S(t) exactly, costs O(B·|θ_r| + T·B·N) memory (no
+per-step sensitivities are stored), and the within-segment part runs as
+matrix products. Meanwhile the forward pass advances S with the cell's closed-
+form recursion, outside autodiff, so the next segment can carry on. Nothing
+else crosses segments: the gradient with respect to `state` is zero.
+
+`bptt` is plain autodiff through the segment, gradient to `state` included:
+called segment by segment on a `stop_gradient`-ed state it is TBPTT, called on
+the whole sequence it is full BPTT.
+"""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+
+from rtrl_jax.cell import RecurrentState
+
+
+def rtrl(cell, params, state, inputs, resets):
+  """Runs `cell` over a segment; `jax.grad` through it gives exact RTRL.
+
+  Args:
+    cell: a cell from `rtrl_jax.CELLS` (static, hashable).
+    params: {"recurrent": ..., "readout": ...} from `cell.init`.
+    state: `RecurrentState` with sensitivities (`cell.initial_state`).
+    inputs: [T, B, D] floating, same dtype as params.
+    resets: [T, B] bool.
+
+  Returns:
+    (outputs [T, B, H], new_state). Gradients: θ_r gets the RTRL gradient,
+    untruncated into the past through `state.sensitivities`; θ_o and `inputs`
+    get ordinary backprop within the segment; `state` gets zero.
+  """
+  _check_arguments("rtrl", cell, params, state, inputs, resets)
+  if state.sensitivities is None:
+    raise ValueError(
+        "rtrl: `state.sensitivities` is None; build the state with "
+        "cell.initial_state(params, batch_size) (sensitivities=True)")
+  hidden = _inject_past_gradient(cell, params["recurrent"], state.hidden,
+                                 state.sensitivities)
+  return _unroll(cell, params, RecurrentState(hidden, state.sensitivities),
+                 inputs, resets)
+
+
+def bptt(cell, params, state, inputs, resets):
+  """Runs `cell` over a segment; `jax.grad` through it is plain autodiff.
+
+  Same signature and outputs as `rtrl`. Sensitivities in `state`, if any, are
+  advanced too (outside autodiff) so the returned state stays valid for `rtrl`;
+  pass a state made with `sensitivities=False` to skip that cost.
+  """
+  _check_arguments("bptt", cell, params, state, inputs, resets)
+  return _unroll(cell, params, state, inputs, resets)
+
+
+def _unroll(cell, params, state, inputs, resets):
+  recurrent, readout = params["recurrent"], params["readout"]
+  frozen_recurrent = jax.lax.stop_gradient(recurrent)
+  initial_hidden = cell.initial_hidden(params)
+  zero_sensitivities = cell.zero_sensitivities(params)
+  track = state.sensitivities is not None
+
+  transition = jax.vmap(cell.transition, in_axes=(None, 0, 0))
+  update_sensitivities = jax.vmap(cell.update_sensitivities,
+                                  in_axes=(None, 0, 0, 0))
+  read = jax.vmap(cell.readout, in_axes=(None, 0, 0))
+
+  def step(carry, step_inputs):
+    hidden, sensitivities = carry
+    x, reset = step_inputs
+    hidden = reset_where(reset, initial_hidden, hidden)
+    new_hidden = transition(recurrent, hidden, x)
+    if track:
+      sensitivities = reset_where(reset, zero_sensitivities, sensitivities)
+      sensitivities = update_sensitivities(
+          frozen_recurrent, jax.lax.stop_gradient(hidden), x, sensitivities)
+    return (new_hidden, sensitivities), read(readout, new_hidden, x)
+
+  sensitivities = (jax.lax.stop_gradient(state.sensitivities) if track
+                   else None)
+  (hidden, sensitivities), outputs = jax.lax.scan(
+      step, (state.hidden, sensitivities), (inputs, resets))
+  return outputs, RecurrentState(hidden, sensitivities)
+
+
+def reset_where(reset, initial, batched):
+  """Per example b: `initial` where reset[b], else batched[b] (any pytree)."""
+  def select(init_leaf, leaf):
+    mask = reset.reshape(reset.shape + (1,) * (leaf.ndim - 1))
+    return jnp.where(mask, init_leaf.astype(leaf.dtype), leaf)
+  return jax.tree.map(select, initial, batched)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _inject_past_gradient(cell, recurrent_params, hidden, sensitivities):
+  """Identity on `hidden`; its VJP routes the cotangent λ(0) into θ_r.
+
+  Backward: dθ_r = Σ_b λ_b(0)ᵀ S_b(0); nothing flows to `hidden` or to
+  `sensitivities` (no gradient crosses segments except through S).
+  """
+  del cell, recurrent_params, sensitivities
+  return hidden
+
+
+def _inject_fwd(cell, recurrent_params, hidden, sensitivities):
+  del cell, recurrent_params
+  return hidden, (hidden, sensitivities)
+
+
+def _inject_bwd(cell, residuals, hidden_cotangent):
+  hidden, sensitivities = residuals
+  per_example = jax.vmap(cell.contract_sensitivities)(hidden_cotangent,
+                                                      sensitivities)
+  recurrent_grad = jax.tree.map(lambda g: g.sum(axis=0), per_example)
+  return (recurrent_grad, jax.tree.map(jnp.zeros_like, hidden),
+          jax.tree.map(jnp.zeros_like, sensitivities))
+
+
+_inject_past_gradient.defvjp(_inject_fwd, _inject_bwd)
+
+
+def _check_arguments(name, cell, params, state, inputs, resets):
+  """Shape and dtype contract; raises ValueError naming the bad argument."""
+  if not isinstance(params, dict) or set(params) != {"recurrent", "readout"}:
+    raise ValueError(
+        f"{name}: `params` must be a dict with keys 'recurrent' and 'readout' "
+        f"(from cell.init), got {type(params).__name__} "
+        f"{sorted(params) if isinstance(params, dict) else ''}")
+  if not isinstance(state, RecurrentState):
+    raise ValueError(
+        f"{name}: `state` must be a RecurrentState (cell.initial_state), got "
+        f"{type(state).__name__}")
+  input_size = cell.input_size(params)
+  inputs_shape = getattr(inputs, "shape", None)
+  if inputs_shape is None or len(inputs_shape) != 3:
+    raise ValueError(
+        f"{name}: `inputs` must have shape [T, B, D={input_size}], got shape "
+        f"{inputs_shape}")
+  t, b, d = inputs_shape
+  if d != input_size:
+    raise ValueError(
+        f"{name}: `inputs` must have shape [T, B, D={input_size}], got "
+        f"{tuple(inputs_shape)} (D={d} does not match the cell's input size)")
+  param_dtype = jax.tree.leaves(params)[0].dtype
+  if not jnp.issubdtype(inputs.dtype, jnp.floating):
+    raise ValueError(
+        f"{name}: `inputs` must be floating ({param_dtype}), got {inputs.dtype}")
+  if inputs.dtype != param_dtype:
+    raise ValueError(
+        f"{name}: `inputs` dtype {inputs.dtype} differs from the params dtype "
+        f"{param_dtype}; cast one of them")
+  resets_shape = getattr(resets, "shape", None)
+  if resets_shape is None or tuple(resets_shape) != (t, b):
+    raise ValueError(
+        f"{name}: `resets` must have shape [T, B]={[t, b]} like `inputs`, got "
+        f"shape {resets_shape}")
+  if resets.dtype != jnp.bool_:
+    raise ValueError(
+        f"{name}: `resets` must be bool, got {resets.dtype}")
+  expected_hidden = jax.tree.map(lambda l: (b,) + l.shape,
+                                 cell.initial_hidden(params))
+  got_hidden = jax.tree.map(lambda l: l.shape, state.hidden)
+  if expected_hidden != got_hidden:
+    raise ValueError(
+        f"{name}: `state.hidden` must have shape {expected_hidden}, got "
+        f"{got_hidden}")
+  if state.sensitivities is not None:
+    expected = jax.tree.map(lambda l: (b,) + l.shape,
+                            cell.zero_sensitivities(params))
+    got = jax.tree.map(lambda l: l.shape, state.sensitivities)
+    if expected != got:
+      raise ValueError(
+          f"{name}: `state.sensitivities` must have shapes {expected}, got "
+          f"{got}")
