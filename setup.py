@@ -14,6 +14,8 @@ CORE = [
     "dm-haiku==0.0.17",
     "ml-collections==1.1.0",
     "absl-py==2.5.1",
+    "orbax-checkpoint==0.12.8",
+    "tensorboardX==2.6.5",
     "tqdm==4.70.1",
     "matplotlib==3.11.2",
 ]
