@@ -1,0 +1,63 @@
+"""Orbax checkpoints of a whole training state (any pytree) plus JSON metadata.
+
+Each checkpoint is a folder `<directory>/<step>` written atomically by orbax
+(a temporary folder renamed when complete), so a run killed mid-save leaves
+the previous checkpoints intact; only the last `max_to_keep` are kept.
+"""
+
+import os
+
+import jax
+import orbax.checkpoint as ocp
+
+
+class Checkpointer:
+  """Saves and restores `state` pytrees keyed by step."""
+
+  def __init__(self, directory, max_to_keep=2):
+    self.directory = os.path.abspath(directory)
+    self._manager = ocp.CheckpointManager(
+        self.directory,
+        options=ocp.CheckpointManagerOptions(
+            max_to_keep=max_to_keep, create=True,
+            enable_async_checkpointing=False))
+
+  def latest_step(self):
+    """The newest complete checkpoint's step, or None."""
+    return self._manager.latest_step()
+
+  def all_steps(self):
+    return list(self._manager.all_steps())
+
+  def save(self, step, state, metadata=None):
+    """Writes `state` (and a JSON-able dict) as checkpoint `step`."""
+    if step in self._manager.all_steps():
+      return
+    self._manager.save(step, args=ocp.args.Composite(
+        state=ocp.args.StandardSave(state),
+        metadata=ocp.args.JsonSave(metadata or {})))
+    self._manager.wait_until_finished()
+
+  def restore(self, template, step=None):
+    """(state shaped like `template`, metadata) of checkpoint `step` (latest).
+
+    `template` gives the tree structure (named tuples included), shapes and
+    dtypes, e.g. the freshly initialised state.
+    """
+    step = self.latest_step() if step is None else step
+    if step is None:
+      raise FileNotFoundError(f"no checkpoint in {self.directory}")
+    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, template)
+    restored = self._manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(abstract),
+        metadata=ocp.args.JsonRestore()))
+    leaves = jax.tree.leaves(restored.state)
+    treedef = jax.tree.structure(template)
+    if len(leaves) != treedef.num_leaves:
+      raise ValueError(
+          f"checkpoint {step} in {self.directory} has {len(leaves)} arrays, "
+          f"the template {treedef.num_leaves}")
+    return jax.tree.unflatten(treedef, leaves), restored.metadata
+
+  def close(self):
+    self._manager.close()

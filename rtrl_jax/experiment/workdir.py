@@ -1,0 +1,48 @@
+"""Run folders: a new run, or `--resume` of the run already in the folder.
+
+  <workdir>/config.json   the resolved config (written by RunLogger)
+  <workdir>/checkpoints/  orbax checkpoints (Checkpointer)
+
+A new run refuses a folder that already has checkpoints; a resumed run
+refuses a config that differs from the saved one (naming the first differing
+key), so a resume always continues the same experiment.
+"""
+
+import json
+import os
+
+from rtrl_jax.experiment.checkpoint import Checkpointer
+from rtrl_jax.experiment.config import ConfigError, flatten
+
+
+def prepare_workdir(workdir, config, resume, max_to_keep=2):
+  """(Checkpointer, step to resume from or None) for `workdir`.
+
+  With `resume` and no checkpoint yet, the run starts from scratch (so one
+  command can both start and restart a preemptible job).
+
+  Raises:
+    ConfigError: a new run in a folder with checkpoints, or a resume with a
+      config that differs from `<workdir>/config.json`.
+  """
+  checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"),
+                              max_to_keep=max_to_keep)
+  latest = checkpointer.latest_step()
+  if latest is None:
+    return checkpointer, None
+  if not resume:
+    raise ConfigError(
+        f"--workdir: {workdir} already has checkpoints (latest step "
+        f"{latest}); pass --resume to continue it or choose another --workdir")
+  saved_path = os.path.join(workdir, "config.json")
+  if os.path.exists(saved_path):
+    with open(saved_path) as f:
+      saved = flatten(json.load(f))
+    current = flatten(json.loads(config.to_json_best_effort()))
+    for key in sorted(set(saved) | set(current)):
+      if saved.get(key) != current.get(key):
+        raise ConfigError(
+            f"config.{key}: is {current.get(key)!r} but the run in {workdir} "
+            f"was started with {saved.get(key)!r}; --resume needs the same "
+            f"config")
+  return checkpointer, latest
