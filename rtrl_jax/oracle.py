@@ -11,8 +11,20 @@ segment's outputs, typically a sum of per-step losses). Three gradients of it:
 
 RTRL is exact iff its gradient equals the `bptt` one for every segment;
 TBPTT must not (it drops the past), which is the negative control. The tests
-and the training-time diagnostics both use these functions.
+and the training-time diagnostics (`rtrl_jax.diagnostics`) both use these
+functions.
+
+The model is a cell, or more generally a *runner*: a hashable callable
+`run(method, params, state, inputs, resets) -> (outputs, new_state)` with
+method "rtrl" or "bptt" (a cell is wrapped in `CellRunner`; a stack of layers
+is `rtrl_jax.multilayer.LayerStack`). Each function is one compiled program
+(segments run under `lax.scan`, the true gradients of all segments are one
+reverse-mode Jacobian), cached on the runner, `loss_fn` and the shapes.
 """
+
+import dataclasses
+import functools
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -20,13 +32,42 @@ import jax.numpy as jnp
 from rtrl_jax.core import bptt, rtrl
 
 
-def _segments(total_length, segment_length):
+@dataclasses.dataclass(frozen=True)
+class CellRunner:
+  """The runner of one cell: `rtrl` or `bptt` by name."""
+
+  cell: Any
+
+  def __call__(self, method, params, state, inputs, resets):
+    if method == "rtrl":
+      return rtrl(self.cell, params, state, inputs, resets)
+    if method == "bptt":
+      return bptt(self.cell, params, state, inputs, resets)
+    raise ValueError(f"method must be 'rtrl' or 'bptt', got {method!r}")
+
+
+def as_runner(model):
+  """`model` as a runner: cells (they have `transition`) get a `CellRunner`."""
+  return CellRunner(model) if hasattr(model, "transition") else model
+
+
+def _segment_count(total_length, segment_length):
   if total_length % segment_length:
     raise ValueError(
         f"sequence length {total_length} is not a multiple of segment_length "
         f"{segment_length}")
-  return [slice(k, k + segment_length)
-          for k in range(0, total_length, segment_length)]
+  return total_length // segment_length
+
+
+def _split(segment_count, tree):
+  """[T, ...] leaves to [K, T/K, ...]."""
+  return jax.tree.map(
+      lambda a: a.reshape((segment_count, -1) + a.shape[1:]), tree)
+
+
+def _unstack(tree, count):
+  """A pytree of [K, ...] leaves as a list of K pytrees."""
+  return [jax.tree.map(lambda leaf, k=k: leaf[k], tree) for k in range(count)]
 
 
 def segment_gradients(method, cell, params, state, inputs, resets, targets,
@@ -35,7 +76,8 @@ def segment_gradients(method, cell, params, state, inputs, resets, targets,
 
   Args:
     method: "rtrl" or "tbptt".
-    cell, params, state: as for `rtrl` (state with sensitivities).
+    cell: a cell or a runner (see the module docstring).
+    params, state: as for `rtrl` (state with sensitivities for "rtrl").
     inputs, resets, targets: [T_total, B, ...], T_total a multiple of
       `segment_length`.
     loss_fn: (outputs [T, B, H], targets [T, B, ...]) -> scalar.
@@ -46,32 +88,61 @@ def segment_gradients(method, cell, params, state, inputs, resets, targets,
   """
   if method not in ("rtrl", "tbptt"):
     raise ValueError(f"method must be 'rtrl' or 'tbptt', got {method!r}")
+  count = _segment_count(inputs.shape[0], segment_length)
+  grads, state = _scanned_segment_gradients(
+      method, as_runner(cell), loss_fn, count, params, state, inputs, resets,
+      targets)
+  return _unstack(grads, count), state
 
-  def segment_loss(p, s, x, r, y):
-    if method == "rtrl":
-      outputs, new_state = rtrl(cell, p, s, x, r)
-    else:
-      outputs, new_state = bptt(cell, p, jax.lax.stop_gradient(s), x, r)
-    return loss_fn(outputs, y), new_state
 
-  grad_fn = jax.jit(jax.grad(segment_loss, has_aux=True))
-  grads = []
-  for seg in _segments(inputs.shape[0], segment_length):
-    g, state = grad_fn(params, state, inputs[seg], resets[seg], targets[seg])
-    grads.append(g)
+@functools.partial(jax.jit, static_argnums=(0, 1, 2, 3))
+def _scanned_segment_gradients(method, runner, loss_fn, segment_count, params,
+                               state, inputs, resets, targets):
+  """Per-segment gradients stacked on a leading [K] axis, and the final state."""
+
+  def one_segment(state, segment):
+    x, r, y = segment
+
+    def segment_loss(p):
+      if method == "rtrl":
+        outputs, new_state = runner("rtrl", p, state, x, r)
+      else:
+        outputs, new_state = runner("bptt", p, jax.lax.stop_gradient(state),
+                                    x, r)
+      return loss_fn(outputs, y), new_state
+
+    grads, new_state = jax.grad(segment_loss, has_aux=True)(params)
+    return new_state, grads
+
+  state, grads = jax.lax.scan(
+      one_segment, state, _split(segment_count, (inputs, resets, targets)))
   return grads, state
 
 
 def full_bptt_segment_gradients(cell, params, state, inputs, resets, targets,
                                 loss_fn, segment_length):
-  """The true gradient of each segment's loss, by BPTT over the whole sequence."""
+  """The true gradient of each segment's loss, by BPTT over the whole sequence.
 
-  def loss_of_segment(p, seg):
-    outputs, _ = bptt(cell, p, state, inputs, resets)
-    return loss_fn(outputs[seg], targets[seg])
+  `cell` is a cell or a runner. Returns a list with one gradient per segment.
+  """
+  count = _segment_count(inputs.shape[0], segment_length)
+  grads = _bptt_segment_gradients(as_runner(cell), loss_fn, count, params,
+                                  state, inputs, resets, targets)
+  return _unstack(grads, count)
 
-  return [jax.grad(loss_of_segment)(params, seg)
-          for seg in _segments(inputs.shape[0], segment_length)]
+
+@functools.partial(jax.jit, static_argnums=(0, 1, 2))
+def _bptt_segment_gradients(runner, loss_fn, segment_count, params, state,
+                            inputs, resets, targets):
+  """d(segment k's loss)/d params for all k, as one Jacobian: leaves [K, ...]."""
+
+  def segment_losses(p):
+    outputs, _ = runner("bptt", p, state, inputs, resets)
+    outputs, targets_k = _split(segment_count, (outputs, targets))
+    return jnp.stack([loss_fn(outputs[k], targets_k[k])
+                      for k in range(segment_count)])
+
+  return jax.jacrev(segment_losses)(params)
 
 
 def relative_error(estimate, truth):
