@@ -1,0 +1,339 @@
+"""Tests of `rtrl` / `bptt` with the eLSTM: the BPTT oracle and its controls."""
+
+import dataclasses
+import functools
+
+import jax
+import jax.flatten_util
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import rtrl_jax
+from rtrl_jax import oracle
+
+SEGMENTS = 3
+BATCH, INPUT_SIZE, HIDDEN = 3, 4, 5
+
+
+def per_step_loss(outputs, targets):
+  """Σ_t L(t): a non-linear loss at every step, weighted by step."""
+  weights = 1.0 + jnp.arange(outputs.shape[0], dtype=outputs.dtype)[:, None]
+  return jnp.sum(weights * jnp.sum(jnp.tanh(outputs - targets) ** 2, -1))
+
+
+def make_problem(segment_length, cell=None, seed=0):
+  """Float64 sequence of SEGMENTS segments with random resets.
+
+  One reset sits exactly on the boundary into the last segment (example 0),
+  one inside the middle segment (example 1); example 2 only gets random ones.
+  """
+  # A forget bias of 2 keeps memory over ~tens of steps, so the part of the
+  # gradient that crosses segments is large enough for the test to see.
+  cell = cell or rtrl_jax.ELSTM(HIDDEN, forget_bias=2.0, init_scale=0.5)
+  keys = jax.random.split(jax.random.PRNGKey(seed), 4)
+  total = SEGMENTS * segment_length
+  params = cell.init(keys[0], INPUT_SIZE, jnp.float64)
+  inputs = jax.random.normal(keys[1], (total, BATCH, INPUT_SIZE), jnp.float64)
+  targets = jax.random.normal(keys[2], (total, BATCH, HIDDEN), jnp.float64)
+  resets = jax.random.bernoulli(keys[3], 0.02, (total, BATCH))
+  resets = resets.at[:, 2].set(False)
+  resets = resets.at[(SEGMENTS - 1) * segment_length, 0].set(True)
+  if segment_length > 1:
+    resets = resets.at[segment_length + segment_length // 2, 1].set(True)
+  return cell, params, inputs, resets, targets
+
+
+@functools.lru_cache(maxsize=None)
+def _true_gradients(segment_length):
+  """Full-BPTT gradients of each segment's loss (cached: several tests)."""
+  cell, params, inputs, resets, targets = make_problem(segment_length)
+  return oracle.full_bptt_segment_gradients(
+      cell, params, cell.initial_state(params, BATCH), inputs, resets, targets,
+      per_step_loss, segment_length)
+
+
+def oracle_errors(segment_length, cell=None, method="rtrl"):
+  """Per segment, per leaf: relative error of `method` vs. full BPTT.
+
+  `cell` replaces the eLSTM's sensitivity recursion only (same parameters,
+  same forward), so the BPTT truth is the eLSTM's.
+  """
+  default_cell, params, inputs, resets, targets = make_problem(segment_length)
+  cell = cell or default_cell
+  estimates, _ = oracle.segment_gradients(
+      method, cell, params, cell.initial_state(params, BATCH), inputs, resets,
+      targets, per_step_loss, segment_length)
+  return [jax.tree.map(float, oracle.relative_error(e, t))
+          for e, t in zip(estimates, _true_gradients(segment_length))]
+
+
+@pytest.mark.parametrize("segment_length", [1, 2, 3, 5, 8, 64])
+def test_rtrl_gradient_equals_bptt_for_every_leaf(segment_length):
+  with jax.enable_x64(True):
+    errors = oracle_errors(segment_length)
+  for k, per_leaf in enumerate(errors):
+    for path, err in jax.tree_util.tree_leaves_with_path(per_leaf):
+      assert err <= 1e-8, (
+          f"segment {k}, leaf {jax.tree_util.keystr(path)}: rel. error {err}")
+
+
+@pytest.mark.parametrize("segment_length", [1, 8, 64])
+def test_negative_control_tbptt_differs_from_bptt(segment_length):
+  """TBPTT drops the past: its recurrent gradients must be visibly wrong."""
+  with jax.enable_x64(True):
+    errors = oracle_errors(segment_length, method="tbptt")
+  # The first segment has no past, so TBPTT is exact there; later segments not.
+  assert max(jax.tree.leaves(errors[0])) <= 1e-8
+  for per_leaf in errors[1:]:
+    assert per_leaf["recurrent"]["Z"] > 1e-2 and per_leaf["recurrent"]["F"] > 1e-2
+    # Read-out gradients do not depend on the past's parameters.
+    assert max(jax.tree.leaves(per_leaf["readout"])) <= 1e-8
+
+
+@dataclasses.dataclass(frozen=True)
+class PrintedEquationELSTM(rtrl_jax.ELSTM):
+  """eLSTM with the paper's printed eq. 8/11 (no w_z ⊙ ẑ in the decay)."""
+
+  def update_sensitivities(self, recurrent_params, hidden, inputs,
+                           sensitivities):
+    no_wz = dict(recurrent_params, w_z=jnp.zeros_like(recurrent_params["w_z"]))
+    # Gates with the true w_z, decay without it: patch z through b_z.
+    shift = recurrent_params["w_z"] * hidden
+    no_wz["b_z"] = recurrent_params["b_z"] + shift
+    return super().update_sensitivities(no_wz, hidden, inputs, sensitivities)
+
+
+def test_oracle_catches_the_incomplete_recursion():
+  """The oracle is not vacuous: the paper's printed recursion fails it."""
+  cell = PrintedEquationELSTM(HIDDEN, forget_bias=2.0, init_scale=0.5)
+  with jax.enable_x64(True):
+    errors = oracle_errors(3, cell=cell)
+  assert max(jax.tree.leaves(errors[-1]["recurrent"])) > 1e-3
+
+
+def test_finite_differences_confirm_bptt():
+  """Central differences on a tiny cell agree with jax.grad through bptt."""
+  with jax.enable_x64(True):
+    cell = rtrl_jax.ELSTM(2, forget_bias=1.0, init_scale=0.5)
+    _, params, inputs, resets, targets = make_problem(2, cell)
+    state = cell.initial_state(params, BATCH)
+
+    def loss(p):
+      return per_step_loss(rtrl_jax.bptt(cell, p, state, inputs, resets)[0],
+                           targets[..., :2])
+
+    loss = jax.jit(loss)
+    grad = jax.grad(loss)(params)
+    flat, unravel = jax.flatten_util.ravel_pytree(params)
+    eps = 1e-6
+    numeric = np.array([
+        (loss(unravel(flat.at[i].add(eps))) - loss(unravel(flat.at[i].add(-eps))))
+        / (2 * eps) for i in range(flat.size)])
+    analytic = np.asarray(jax.flatten_util.ravel_pytree(grad)[0])
+    np.testing.assert_allclose(analytic, numeric, rtol=1e-6, atol=1e-9)
+
+
+@pytest.mark.parametrize("segment_length", [2, 5])
+def test_rtrl_and_bptt_outputs_and_states_agree(segment_length):
+  with jax.enable_x64(True):
+    cell, params, inputs, resets, _ = make_problem(segment_length)
+    state = cell.initial_state(params, BATCH)
+    outs_rtrl, s_rtrl = rtrl_jax.rtrl(cell, params, state, inputs, resets)
+    outs_bptt, s_bptt = rtrl_jax.bptt(cell, params, state, inputs, resets)
+  np.testing.assert_array_equal(outs_rtrl, outs_bptt)
+  jax.tree.map(np.testing.assert_array_equal, s_rtrl, s_bptt)
+
+
+def test_sensitivities_equal_autodiff_jacobian():
+  """S(T) = dc(T)/dθ_r: compare with jax.jacrev of the final cell state."""
+  with jax.enable_x64(True):
+    cell, params, inputs, resets, _ = make_problem(4)
+    state = cell.initial_state(params, BATCH)
+    _, final = rtrl_jax.rtrl(cell, params, state, inputs, resets)
+    jac = jax.jacrev(
+        lambda r: rtrl_jax.bptt(cell, dict(params, recurrent=r), state, inputs,
+                                resets)[1].hidden)(params["recurrent"])
+    # Element-wise cell: only the diagonal dc_i/dθ[i, ...] is non-zero.
+    for name, s in final.sensitivities.items():
+      full = jac[name]                         # [B, N, N, ...]
+      diag = jnp.einsum("bii...->bi...", full)
+      np.testing.assert_allclose(s, diag, rtol=1e-10, atol=1e-12)
+      off_diagonal = full - jnp.einsum(
+          "ij,bi...->bij...", jnp.eye(HIDDEN), diag)
+      assert float(jnp.abs(off_diagonal).max()) == 0.0
+
+
+def test_sensitivity_shapes_are_parameter_shapes_plus_batch():
+  cell = rtrl_jax.ELSTM(7)
+  params = cell.init(jax.random.PRNGKey(0), 3)
+  state = cell.initial_state(params, 4)
+  shapes = jax.tree.map(lambda s: s.shape, state.sensitivities)
+  expected = jax.tree.map(lambda p: (4,) + p.shape, params["recurrent"])
+  assert shapes == expected
+  assert state.hidden.shape == (4, 7)
+  assert cell.initial_state(params, 4, sensitivities=False).sensitivities is None
+
+
+def test_state_gets_no_gradient_in_rtrl_but_does_in_bptt():
+  with jax.enable_x64(True):
+    cell, params, inputs, resets, targets = make_problem(3)
+    state = cell.initial_state(params, BATCH)
+    state = rtrl_jax.rtrl(cell, params, state, inputs, resets)[1]
+    grad_state = lambda method: jax.grad(
+        lambda s: per_step_loss(method(cell, params, s, inputs, resets)[0],
+                                targets))(state)
+    assert float(jnp.abs(grad_state(rtrl_jax.rtrl).hidden).max()) == 0.0
+    assert float(jnp.abs(grad_state(rtrl_jax.bptt).hidden).max()) > 0.0
+
+
+def test_input_gradient_is_exact_within_the_segment():
+  with jax.enable_x64(True):
+    cell, params, inputs, resets, targets = make_problem(4)
+    state = rtrl_jax.rtrl(cell, params, cell.initial_state(params, BATCH),
+                          inputs, resets)[1]
+    grad_inputs = lambda method: jax.grad(
+        lambda x: per_step_loss(method(cell, params, state, x, resets)[0],
+                                targets))(inputs)
+    np.testing.assert_allclose(grad_inputs(rtrl_jax.rtrl),
+                               grad_inputs(rtrl_jax.bptt), rtol=1e-10)
+
+
+def test_fully_online_learning_one_step_segments():
+  """k=1: an optax update after every step; with the update skipped (lr=0)
+  each step's gradient equals BPTT through the whole prefix."""
+  with jax.enable_x64(True):
+    cell, params, inputs, resets, targets = make_problem(3)
+    optimizer = optax.sgd(0.0)
+
+    @jax.jit
+    def online_step(carry, step):
+      params, opt_state, state = carry
+      x, r, y = step
+      def loss(p):
+        outputs, new_state = rtrl_jax.rtrl(cell, p, state, x[None], r[None])
+        return per_step_loss(outputs, y[None]), new_state
+      grads, state = jax.grad(loss, has_aux=True)(params)
+      updates, opt_state = optimizer.update(grads, opt_state, params)
+      return (optax.apply_updates(params, updates), opt_state, state), grads
+
+    carry = (params, optimizer.init(params), cell.initial_state(params, BATCH))
+    _, online_grads = jax.lax.scan(online_step, carry, (inputs, resets, targets))
+    truths = oracle.full_bptt_segment_gradients(
+        cell, params, cell.initial_state(params, BATCH), inputs, resets,
+        targets, per_step_loss, 1)
+    for t, truth in enumerate(truths):
+      got = jax.tree.map(lambda g: g[t], online_grads)
+      assert max(jax.tree.leaves(oracle.relative_error(got, truth))) <= 1e-8
+
+
+def test_works_under_jit_and_vmap_over_an_ensemble():
+  cell = rtrl_jax.ELSTM(HIDDEN)
+  keys = jax.random.split(jax.random.PRNGKey(0), 4)
+  params = jax.vmap(lambda k: cell.init(k, INPUT_SIZE))(keys)
+  inputs = jax.random.normal(keys[0], (4, 6, BATCH, INPUT_SIZE))
+  resets = jnp.zeros((4, 6, BATCH), bool)
+  states = jax.vmap(lambda p: cell.initial_state(p, BATCH))(params)
+
+  def loss(p, s, x, r):
+    return jnp.sum(rtrl_jax.rtrl(cell, p, s, x, r)[0] ** 2)
+
+  batched = jax.jit(jax.vmap(jax.grad(loss)))(params, states, inputs, resets)
+  for i in range(4):
+    one = jax.tree.map(lambda a: a[i], (params, states))
+    single = jax.jit(jax.grad(loss))(*one, inputs[i], resets[i])
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a[i], b, rtol=2e-5,
+                                                         atol=1e-7),
+                 batched, single)
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64])
+def test_dtype_is_kept(dtype):
+  with jax.enable_x64(True):
+    cell = rtrl_jax.ELSTM(HIDDEN)
+    params = cell.init(jax.random.PRNGKey(0), INPUT_SIZE, dtype)
+    state = cell.initial_state(params, BATCH)
+    inputs = jnp.ones((3, BATCH, INPUT_SIZE), dtype)
+    resets = jnp.zeros((3, BATCH), bool)
+    outputs, new_state = jax.jit(rtrl_jax.rtrl, static_argnums=0)(
+        cell, params, state, inputs, resets)
+    grads = jax.grad(lambda p: jnp.sum(
+        rtrl_jax.rtrl(cell, p, state, inputs, resets)[0]))(params)
+  for leaf in jax.tree.leaves((outputs, new_state, grads)):
+    assert leaf.dtype == dtype
+
+
+def _grad_temp_bytes(segment_length, hidden=64, input_size=128, batch=8):
+  cell = rtrl_jax.ELSTM(hidden)
+  params = cell.init(jax.random.PRNGKey(0), input_size)
+  state = cell.initial_state(params, batch)
+  inputs = jnp.ones((segment_length, batch, input_size))
+  resets = jnp.zeros((segment_length, batch), bool)
+
+  def loss(p):
+    outputs, new_state = rtrl_jax.rtrl(cell, p, state, inputs, resets)
+    return jnp.sum(outputs ** 2), new_state
+
+  compiled = jax.jit(jax.grad(loss, has_aux=True)).lower(params).compile()
+  sensitivity_bytes = sum(s.nbytes for s in jax.tree.leaves(state.sensitivities))
+  return compiled.memory_analysis().temp_size_in_bytes, sensitivity_bytes
+
+
+def test_gradient_memory_does_not_store_per_step_sensitivities():
+  short, sensitivity_bytes = _grad_temp_bytes(16)
+  long, _ = _grad_temp_bytes(256)
+  per_extra_step = (long - short) / (256 - 16)
+  # Per step only O(B·N) activations may be kept: a tenth of one step's
+  # sensitivities is far above that (B·N·D/10 vs. a few B·N).
+  assert per_extra_step < 0.1 * sensitivity_bytes, (
+      per_extra_step, sensitivity_bytes)
+
+
+class TestBadInput:
+
+  def setup_method(self):
+    self.cell = rtrl_jax.ELSTM(HIDDEN)
+    self.params = self.cell.init(jax.random.PRNGKey(0), INPUT_SIZE)
+    self.state = self.cell.initial_state(self.params, BATCH)
+    self.inputs = jnp.ones((3, BATCH, INPUT_SIZE))
+    self.resets = jnp.zeros((3, BATCH), bool)
+
+  def call(self, fn=rtrl_jax.rtrl, **overrides):
+    args = dict(params=self.params, state=self.state, inputs=self.inputs,
+                resets=self.resets)
+    args.update(overrides)
+    return fn(self.cell, **args)
+
+  @pytest.mark.parametrize("fn", [rtrl_jax.rtrl, rtrl_jax.bptt])
+  def test_inputs_rank(self, fn):
+    with pytest.raises(ValueError, match=r"`inputs` must have shape \[T, B, D=4\]"):
+      self.call(fn, inputs=jnp.ones((BATCH, INPUT_SIZE)))
+
+  def test_inputs_feature_size(self):
+    with pytest.raises(ValueError, match=r"`inputs`.*D=6 does not match"):
+      self.call(inputs=jnp.ones((3, BATCH, 6)))
+
+  def test_inputs_dtype(self):
+    with pytest.raises(ValueError, match=r"`inputs` must be floating"):
+      self.call(inputs=jnp.ones((3, BATCH, INPUT_SIZE), jnp.int32))
+
+  def test_resets_shape(self):
+    with pytest.raises(ValueError, match=r"`resets` must have shape \[T, B\]=\[3, 3\]"):
+      self.call(resets=jnp.zeros((3,), bool))
+
+  def test_resets_dtype(self):
+    with pytest.raises(ValueError, match=r"`resets` must be bool, got float32"):
+      self.call(resets=jnp.zeros((3, BATCH)))
+
+  def test_state_batch(self):
+    with pytest.raises(ValueError, match=r"`state.hidden` must have shape"):
+      self.call(state=self.cell.initial_state(self.params, BATCH + 1))
+
+  def test_rtrl_needs_sensitivities(self):
+    with pytest.raises(ValueError, match=r"`state.sensitivities` is None"):
+      self.call(state=self.cell.initial_state(self.params, BATCH, False))
+
+  def test_hidden_size(self):
+    with pytest.raises(ValueError, match=r"hidden_size must be a positive int, got 0"):
+      rtrl_jax.ELSTM(0)
