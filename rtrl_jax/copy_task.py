@@ -246,7 +246,7 @@ def _run_sequence(config, params, opt_state, batch):
       "loss": jnp.sum(losses),
       "accuracy": jnp.mean(all_right.astype(jnp.float32)),
       "token_accuracy": jnp.sum(num_right) / normalizer,
-      "grad_norm": optax.global_norm(grad_sum),
+      "grad_norm": optax.tree.norm(grad_sum),
       "updates": num_updates,
   }
   return params, opt_state, grad_sum, online, metrics

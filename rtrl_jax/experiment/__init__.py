@@ -5,6 +5,8 @@ A script (see experiments/copy_task.py) builds a pure, jitted
 `train_step(state) -> (state, metrics)` and hands it to `train_loop`.
 """
 
+from rtrl_jax.experiment import cli
+from rtrl_jax.experiment import config
 from rtrl_jax.experiment.checkpoint import Checkpointer
 from rtrl_jax.experiment.config import ConfigError, check_config
 from rtrl_jax.experiment.loop import (LoopResult, NonFiniteLossError,
@@ -12,6 +14,6 @@ from rtrl_jax.experiment.loop import (LoopResult, NonFiniteLossError,
 from rtrl_jax.experiment.run_logger import RunLogger, read_jsonl
 from rtrl_jax.experiment.workdir import prepare_workdir
 
-__all__ = ["Checkpointer", "ConfigError", "LoopResult", "NonFiniteLossError",
+__all__ = ["Checkpointer", "cli", "config", "ConfigError", "LoopResult", "NonFiniteLossError",
            "RunLogger", "check_config", "prepare_workdir", "read_jsonl",
            "train_loop"]

@@ -1,0 +1,261 @@
+"""The experiment framework and the copy-task script end to end.
+
+Subprocess tests run `python -m experiments.copy_task` with the tiny config
+and a timeout; the kill tests compare final parameters bit for bit.
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+from rtrl_jax import copy_task
+from rtrl_jax import experiment
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+# pylint: disable=g-import-not-at-top,wrong-import-position
+from experiments import copy_task as script_module
+from experiments.configs import copy_task as configs
+# pylint: enable=g-import-not-at-top,wrong-import-position
+TINY = "--config=experiments/configs/copy_task.py:tiny"
+# Enough steps that a kill lands mid-training; each checkpoint save is slow.
+RUN_FLAGS = [TINY, "--config.train.num_steps=300",
+             "--config.run.checkpoint_every=20"]
+TIMEOUT = 240
+
+
+def script(*args, workdir=None):
+  flags = list(args) + ([f"--workdir={workdir}"] if workdir else [])
+  return [sys.executable, "-m", "experiments.copy_task", *flags]
+
+
+def environment():
+  env = dict(os.environ)
+  env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
+  env["JAX_PLATFORMS"] = "cpu"
+  return env
+
+
+def run_script(*args, workdir=None):
+  return subprocess.run(script(*args, workdir=workdir), cwd=ROOT,
+                        env=environment(), capture_output=True, text=True,
+                        timeout=TIMEOUT)
+
+
+def checkpoint_steps(workdir):
+  folder = os.path.join(workdir, "checkpoints")
+  if not os.path.isdir(folder):
+    return []
+  return sorted(int(name) for name in os.listdir(folder) if name.isdigit())
+
+
+def start_and_signal(workdir, signum, after_step=40):
+  """Starts a run and sends `signum` once checkpoint `after_step` exists."""
+  process = subprocess.Popen(script(*RUN_FLAGS, workdir=workdir), cwd=ROOT,
+                             env=environment(), stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+  deadline = time.time() + TIMEOUT
+  while not [s for s in checkpoint_steps(workdir) if s >= after_step]:
+    if process.poll() is not None:
+      raise AssertionError(f"run ended early:\n{process.stderr.read()[-3000:]}")
+    if time.time() > deadline:
+      process.kill()
+      raise AssertionError("timed out waiting for a checkpoint")
+    time.sleep(0.02)
+  process.send_signal(signum)
+  _, stderr = process.communicate(timeout=TIMEOUT)
+  return process.returncode, stderr
+
+
+def final_params(workdir):
+  config = ml_collections.ConfigDict(
+      json.load(open(os.path.join(workdir, "config.json"))))
+  checkpointer = experiment.Checkpointer(os.path.join(workdir, "checkpoints"))
+  state, metadata = checkpointer.restore(copy_task.init_train_state(config))
+  checkpointer.close()
+  return state, metadata
+
+
+def assert_same_state(a, b):
+  for leaf_a, leaf_b in zip(jax.tree.leaves(a), jax.tree.leaves(b),
+                            strict=True):
+    np.testing.assert_array_equal(np.asarray(leaf_a), np.asarray(leaf_b))
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+  workdir = str(tmp_path_factory.mktemp("uninterrupted"))
+  result = run_script(*RUN_FLAGS, workdir=workdir)
+  assert result.returncode == 0, result.stderr[-3000:]
+  return workdir
+
+
+# ---- config checks --------------------------------------------------------
+
+def reference(**overrides):
+  train = dict(mode="rtrl", lr=1e-3, steps=10, online=True)
+  train.update(overrides)
+  return ml_collections.ConfigDict({"train": train})
+
+
+RULES = [("train.mode", *experiment.config.one_of("rtrl", "bptt")),
+         ("train.steps", experiment.config.positive, "a positive int"),
+         ("@train.steps", lambda c: c.train.steps % 2 == 0, "even")]
+
+
+@pytest.mark.parametrize("key,value,message", [
+    ("mode", "rtlr", "config.train.mode: must be one of ['bptt', 'rtrl'], "
+                     "got 'rtlr'"),
+    ("steps", -2, "config.train.steps: must be a positive int, got -2"),
+    ("steps", 3, "config.train.steps: must be even, got 3"),
+    ("steps", 2.5, "config.train.steps: must be of type int, got 2.5 (float)"),
+    ("online", 1, "config.train.online: must be of type bool, got 1 (int)"),
+])
+def test_check_config_bad_values(key, value, message):
+  config = reference(**{key: value})
+  with pytest.raises(experiment.ConfigError) as error:
+    experiment.check_config(config, reference(), RULES)
+  assert str(error.value) == message
+
+
+def test_check_config_unknown_key_and_good_config():
+  config = reference(lr=3)  # an int where a float is expected is fine
+  experiment.check_config(config, reference(), RULES)
+  config.train.mdoe = "rtrl"
+  with pytest.raises(experiment.ConfigError, match=(
+      r"^config\.train\.mdoe: unknown key \(did you mean "
+      r"config\.train\.mode\?\)$")):
+    experiment.check_config(config, reference(), RULES)
+
+
+def test_script_config_errors_are_one_line_naming_the_key(tmp_path):
+  bad_value = run_script(TINY, "--config.train.segment_length=3",
+                         workdir=str(tmp_path / "a"))
+  assert bad_value.returncode != 0
+  assert bad_value.stderr.strip().splitlines()[-1] == (
+      "error: config.train.segment_length: must be a divisor of "
+      "2·data.max_length (rtrl and tbptt), got 3")
+  unknown = run_script(TINY, "--config.train.learning_rat=0.1",
+                       workdir=str(tmp_path / "b"))
+  assert unknown.returncode != 0
+  assert "train.learning_rat" in unknown.stderr
+  assert not os.path.exists(tmp_path / "a" / "checkpoints")
+
+
+# ---- checkpoints ----------------------------------------------------------
+
+def test_checkpoint_round_trip(tmp_path):
+  config = configs.get_config("tiny")
+  state = copy_task.init_train_state(config)
+  state, _ = jax.jit(copy_task.make_train_step(config))(state)
+  checkpointer = experiment.Checkpointer(str(tmp_path), max_to_keep=2)
+  for step in (1, 2, 3):
+    checkpointer.save(step, state, {"step": step, "data_position": 1})
+  assert checkpointer.all_steps() == [2, 3]
+  fresh = copy_task.init_train_state(config)
+  restored, metadata = checkpointer.restore(fresh)
+  assert metadata == {"step": 3, "data_position": 1}
+  assert isinstance(restored, copy_task.TrainState)
+  assert (jax.tree.structure(restored.opt_state)
+          == jax.tree.structure(state.opt_state))
+  assert_same_state(restored, state)
+  assert int(restored.data_position) == 1
+  checkpointer.close()
+
+
+# ---- kills, preemption, non-finite losses -----------------------------------
+
+def test_sigkill_then_resume_gives_the_same_parameters(uninterrupted,
+                                                       tmp_path):
+  workdir = str(tmp_path / "killed")
+  returncode, _ = start_and_signal(workdir, signal.SIGKILL)
+  assert returncode == -signal.SIGKILL
+  killed_at = checkpoint_steps(workdir)[-1]
+  assert 40 <= killed_at < 300, killed_at
+  resumed = run_script(*RUN_FLAGS, "--resume", workdir=workdir)
+  assert resumed.returncode == 0, resumed.stderr[-3000:]
+  state, metadata = final_params(workdir)
+  reference_state, _ = final_params(uninterrupted)
+  assert metadata["step"] == 300 and int(state.step) == 300
+  assert_same_state(state, reference_state)
+  logged = [row["step"] for row in experiment.read_jsonl(
+      os.path.join(workdir, "metrics.jsonl")) if "train/loss" in row]
+  assert logged == sorted(set(logged)) == list(range(10, 301, 10))
+
+
+def test_sigterm_saves_and_exits_zero_then_resumes(uninterrupted, tmp_path):
+  workdir = str(tmp_path / "preempted")
+  returncode, stderr = start_and_signal(workdir, signal.SIGTERM)
+  assert returncode == 0, stderr[-3000:]
+  assert "SIGTERM" in stderr
+  saved = checkpoint_steps(workdir)[-1]
+  assert 40 <= saved < 300, saved
+  assert not os.path.exists(os.path.join(workdir, "results.json"))
+  again = run_script(*RUN_FLAGS, workdir=workdir)  # no --resume: refused
+  assert again.returncode != 0 and "--resume" in again.stderr
+  resumed = run_script(*RUN_FLAGS, "--resume", workdir=workdir)
+  assert resumed.returncode == 0, resumed.stderr[-3000:]
+  state, _ = final_params(workdir)
+  reference_state, _ = final_params(uninterrupted)
+  assert_same_state(state, reference_state)
+
+
+def test_non_finite_loss_names_the_step_and_keeps_last_good(tmp_path):
+  def train_step(state):
+    step = state["step"] + 1
+    loss = jnp.where(step == 7, jnp.nan, 1.0 / step)
+    return {"step": step, "w": state["w"] + 1.0}, {"loss": loss}
+
+  config = ml_collections.ConfigDict({"seed": 0})
+  logger = experiment.RunLogger(str(tmp_path), config)
+  checkpointer = experiment.Checkpointer(str(tmp_path / "checkpoints"))
+  state = {"step": jnp.zeros((), jnp.int32), "w": jnp.zeros(3)}
+  with pytest.raises(experiment.NonFiniteLossError,
+                     match=r"non-finite loss \(nan\) at step 7;.*last good "
+                           r"checkpoint: step 5"):
+    experiment.train_loop(
+        state, jax.jit(train_step), start_step=0, num_steps=20, logger=logger,
+        checkpointer=checkpointer, log_every=4, eval_every=100,
+        checkpoint_every=5, progress=False)
+  assert checkpointer.all_steps() == [5]
+  restored, _ = checkpointer.restore(state)
+  np.testing.assert_array_equal(restored["w"], 5.0)
+  logger.close()
+
+
+def test_script_exits_nonzero_on_non_finite_loss(tmp_path, monkeypatch):
+  """The script turns the error into a one-line message and exit status 1."""
+  real_make_train_step = copy_task.make_train_step
+
+  def poisoned(config):
+    step = real_make_train_step(config)
+
+    def train_step(state):
+      state, metrics = step(state)
+      metrics["loss"] = jnp.where(state.step == 23, jnp.inf, metrics["loss"])
+      return state, metrics
+    return train_step
+
+  monkeypatch.setattr(copy_task, "make_train_step", poisoned)
+  workdir = str(tmp_path / "run")
+  with pytest.raises(experiment.NonFiniteLossError, match="at step 23"):
+    script_module.run(configs.get_config("tiny"), workdir, resume=False)
+  assert checkpoint_steps(workdir) == [20]
+
+  def failing_run(config, workdir, resume):
+    raise experiment.NonFiniteLossError("non-finite loss (nan) at step 3")
+  monkeypatch.setattr(script_module, "run", failing_run)
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  flags.FLAGS([sys.argv[0], TINY, f"--workdir={workdir}"])
+  with pytest.raises(SystemExit) as exit_info:
+    script_module.main([sys.argv[0]])
+  assert exit_info.value.code == "error: non-finite loss (nan) at step 3"
