@@ -1,0 +1,202 @@
+r"""Benchmark: time per step and compiled memory of RTRL vs BPTT vs TBPTT.
+
+For every hidden size N and segment length T it measures, in one process:
+
+* `rtrl fwd`: the forward pass of `rtrl` (cell + sensitivity update);
+* `rtrl grad`: value and gradient through `rtrl` over the segment;
+* `bptt grad`: value and gradient through `bptt` over the whole segment
+  (full BPTT; state without sensitivities);
+* `tbptt grad`: gradients of the same segment cut into chunks of M steps,
+  no gradient between chunks;
+* `bare pass`: a scan that reads and writes every sensitivity byte once per
+  step (S ← a·S + b, nothing else). Its time is the memory-bandwidth floor of
+  any RTRL step, so `bare / rtrl fwd` is RTRL's fraction of that roofline.
+
+Memory is `jit(...).lower(...).compile().memory_analysis()`: arguments +
+outputs + temporaries of the compiled program, deterministic and
+device-independent in meaning (peak live bytes as XLA plans them).
+
+    python -m experiments.benchmark_cells            # full table (minutes)
+    python -m experiments.benchmark_cells --quick    # seconds, for a smoke run
+
+Prints a table and writes `benchmark_cells.csv` and `benchmark_cells.png`
+into --out_dir.
+"""
+
+import csv
+import os
+import time
+
+from absl import app
+from absl import flags
+import jax
+import jax.numpy as jnp
+
+import rtrl_jax
+
+_HIDDEN = flags.DEFINE_list("hidden", ["128", "256", "512"], "Hidden sizes N.")
+_LENGTH = flags.DEFINE_list("length", ["100", "1000"], "Segment lengths T.")
+_BATCH = flags.DEFINE_integer("batch", 32, "Batch size B.")
+_INPUT = flags.DEFINE_integer("input_size", 257, "Input size D.")
+_TRUNCATION = flags.DEFINE_integer("truncation", 10, "TBPTT chunk length M.")
+_REPEATS = flags.DEFINE_integer("repeats", 3, "Timed runs (the minimum is kept).")
+_OUT_DIR = flags.DEFINE_string("out_dir", "docs/benchmarks", "Where CSV and PNG go.")
+_QUICK = flags.DEFINE_bool("quick", False, "Tiny sizes, for a smoke run.")
+
+
+def _loss(outputs):
+  return jnp.sum(outputs ** 2)
+
+
+def programs(cell, truncation):
+  """The measured functions, each (params, state, inputs, resets) -> pytree."""
+
+  def rtrl_forward(params, state, inputs, resets):
+    return rtrl_jax.rtrl(cell, params, state, inputs, resets)
+
+  def rtrl_grad(params, state, inputs, resets):
+    def loss(p):
+      outputs, new_state = rtrl_jax.rtrl(cell, p, state, inputs, resets)
+      return _loss(outputs), new_state
+    return jax.value_and_grad(loss, has_aux=True)(params)
+
+  def bptt_grad(params, state, inputs, resets):
+    state = state._replace(sensitivities=None)
+    return jax.value_and_grad(
+        lambda p: _loss(rtrl_jax.bptt(cell, p, state, inputs, resets)[0]))(params)
+
+  def tbptt_grad(params, state, inputs, resets):
+    state = state._replace(sensitivities=None)
+    chunks = inputs.shape[0] // truncation
+    split = lambda a: a[:chunks * truncation].reshape(
+        (chunks, truncation) + a.shape[1:])
+
+    def chunk(carry, xs):
+      state, grads = carry
+      x, r = xs
+      def loss(p):
+        outputs, new_state = rtrl_jax.bptt(cell, p, state, x, r)
+        return _loss(outputs), new_state
+      (_, state), g = jax.value_and_grad(loss, has_aux=True)(params)
+      return (jax.lax.stop_gradient(state), jax.tree.map(jnp.add, grads, g)), None
+
+    zeros = jax.tree.map(jnp.zeros_like, params)
+    return jax.lax.scan(chunk, (state, zeros), (split(inputs), split(resets)))[0]
+
+  def bare_pass(params, state, inputs, resets):
+    del params, resets
+    steps = jnp.arange(inputs.shape[0], dtype=inputs.dtype)
+
+    def step(sensitivities, t):
+      # One read and one write of every byte; the scalars depend on t so
+      # XLA cannot hoist or fold the update out of the loop.
+      a, b = 1.0 - 1e-3 * jnp.cos(t), 1e-3 * jnp.sin(t)
+      return jax.tree.map(lambda s: a * s + b, sensitivities), None
+
+    return jax.lax.scan(step, state.sensitivities, steps)[0]
+
+  return {"rtrl fwd": rtrl_forward, "rtrl grad": rtrl_grad,
+          "bptt grad": bptt_grad, f"tbptt({truncation}) grad": tbptt_grad,
+          "bare pass": bare_pass}
+
+
+def measure(fn, args, repeats):
+  """(seconds per call (min over repeats), compiled bytes)."""
+  compiled = jax.jit(fn).lower(*args).compile()
+  stats = compiled.memory_analysis()
+  memory = (stats.argument_size_in_bytes + stats.output_size_in_bytes
+            + stats.temp_size_in_bytes - stats.alias_size_in_bytes)
+  jax.block_until_ready(compiled(*args))
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    jax.block_until_ready(compiled(*args))
+    times.append(time.perf_counter() - start)
+  return min(times), memory
+
+
+def run(hidden_sizes, lengths, batch, input_size, truncation, repeats):
+  rows = []
+  for hidden in hidden_sizes:
+    cell = rtrl_jax.ELSTM(hidden)
+    params = cell.init(jax.random.PRNGKey(0), input_size)
+    state = cell.initial_state(params, batch)
+    sensitivity_bytes = sum(s.nbytes for s in jax.tree.leaves(state.sensitivities))
+    for length in lengths:
+      inputs = jax.random.normal(jax.random.PRNGKey(1), (length, batch, input_size))
+      resets = jnp.zeros((length, batch), bool)
+      results = {}
+      for name, fn in programs(cell, truncation).items():
+        seconds, memory = measure(fn, (params, state, inputs, resets), repeats)
+        results[name] = seconds
+        rows.append({"N": hidden, "T": length, "B": batch, "D": input_size,
+                     "method": name, "ms_per_step": 1e3 * seconds / length,
+                     "memory_MiB": memory / 2**20,
+                     "sensitivity_MiB": sensitivity_bytes / 2**20})
+      roofline = results["bare pass"] / results["rtrl fwd"]
+      for row in rows[-len(results):]:
+        row["rtrl_fwd_fraction_of_roofline"] = roofline
+      print(f"N={hidden} T={length}: rtrl fwd at {roofline:.0%} of the bare "
+            f"read+write pass", flush=True)
+  return rows
+
+
+def print_table(rows):
+  header = f"{'N':>4} {'T':>5} {'method':<16} {'ms/step':>9} {'memory MiB':>11}"
+  print(header)
+  print("-" * len(header))
+  for r in rows:
+    print(f"{r['N']:>4} {r['T']:>5} {r['method']:<16} {r['ms_per_step']:>9.3f} "
+          f"{r['memory_MiB']:>11.1f}")
+
+
+def plot(rows, path):
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  lengths = sorted({r["T"] for r in rows})
+  fig, axes = plt.subplots(1, 2 * len(lengths), figsize=(5 * 2 * len(lengths), 4))
+  for i, length in enumerate(lengths):
+    for method in dict.fromkeys(r["method"] for r in rows):
+      sel = [r for r in rows if r["T"] == length and r["method"] == method]
+      ns = [r["N"] for r in sel]
+      axes[2 * i].plot(ns, [r["ms_per_step"] for r in sel], "o-", label=method)
+      axes[2 * i + 1].plot(ns, [r["memory_MiB"] for r in sel], "o-", label=method)
+    axes[2 * i].set(title=f"time, T={length}", xlabel="N", ylabel="ms / step",
+                    xscale="log", yscale="log")
+    axes[2 * i + 1].set(title=f"compiled memory, T={length}", xlabel="N",
+                        ylabel="MiB", xscale="log", yscale="log")
+  axes[0].legend(fontsize=8)
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+
+
+def main(argv):
+  del argv
+  if _QUICK.value:
+    hidden, lengths, repeats = [16, 32], [20], 1
+  else:
+    hidden = [int(n) for n in _HIDDEN.value]
+    lengths = [int(t) for t in _LENGTH.value]
+    repeats = _REPEATS.value
+  for t in lengths:
+    if t % _TRUNCATION.value:
+      raise app.UsageError(
+          f"--length {t} is not a multiple of --truncation {_TRUNCATION.value}")
+  print(f"devices: {jax.devices()}  B={_BATCH.value} D={_INPUT.value}", flush=True)
+  rows = run(hidden, lengths, _BATCH.value, _INPUT.value, _TRUNCATION.value,
+             repeats)
+  print_table(rows)
+  os.makedirs(_OUT_DIR.value, exist_ok=True)
+  csv_path = os.path.join(_OUT_DIR.value, "benchmark_cells.csv")
+  with open(csv_path, "w", newline="") as f:
+    writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+  png_path = os.path.join(_OUT_DIR.value, "benchmark_cells.png")
+  plot(rows, png_path)
+  print(f"wrote {csv_path} and {png_path}")
+
+
+if __name__ == "__main__":
+  app.run(main)
