@@ -1,0 +1,108 @@
+"""Configs for the R2AC Anakin system (experiments/r2ac_anakin.py).
+
+  --config=experiments/configs/r2ac.py               MemoryChain, RTRL eLSTM, CPU-sized
+  --config=experiments/configs/r2ac.py:tiny          seconds; tests and CI
+  --config=experiments/configs/r2ac.py:minigrid      xminigrid MiniGrid-MemoryS8
+  --config=experiments/configs/r2ac.py:cartpole      reactive sanity task
+
+Override on the command line, e.g. `--config.gradient=tbptt
+--config.network.core=lstm --config.unroll_length=10`.
+Cores: any of rtrl_jax.CELLS (gradient rtrl or tbptt), lstm or feedforward
+(gradient tbptt). Paper values (paper-notes §4.4) are the loss/optimizer
+defaults below; only sizes are scaled down for a 2-core CPU.
+"""
+
+import ml_collections
+
+
+def default():
+  config = ml_collections.ConfigDict()
+  config.seed = 0
+  config.env = ml_collections.ConfigDict(dict(
+      name="gymnax:MemoryChain-bsuite",
+      kwargs=ml_collections.ConfigDict(dict(memory_length=10)),
+  ))
+  config.network = ml_collections.ConfigDict(dict(
+      encoder="mlp",            # mlp | impala (pixels)
+      encoder_sizes=[32],
+      feature_size=256,         # impala only
+      obs_scale=1.0,
+      core="elstm",
+      hidden_size=64,
+      core_kwargs=ml_collections.ConfigDict(dict(forget_bias=1.0)),
+  ))
+  config.gradient = "rtrl"      # rtrl | tbptt (M = unroll_length)
+  config.num_envs = 64
+  config.unroll_length = 5      # M
+  config.total_updates = 3000   # also the LR-decay horizon
+  config.updates_per_call = 25
+  config.num_devices = 0        # 0: all local devices
+  config.loss = ml_collections.ConfigDict(dict(
+      discount=0.99,
+      baseline_cost=0.5,
+      entropy_cost=0.01,
+      reward_clip=1.0,
+      clip_rho=1.0,
+      clip_pg_rho=1.0,
+      lambda_=1.0,
+      bootstrap_truncated=True,
+  ))
+  config.optimizer = ml_collections.ConfigDict(dict(
+      learning_rate=6e-4,
+      decay=0.99,
+      eps=0.01,
+      max_grad_norm=40.0,
+      anneal_lr=True,
+      freeze_encoder=False,
+  ))
+  config.eval = ml_collections.ConfigDict(dict(
+      every_calls=10,
+      episodes=64,
+  ))
+  config.run = ml_collections.ConfigDict(dict(
+      checkpoint_every_calls=10,
+      max_checkpoints=2,
+      progress=True,
+      wandb=False,
+  ))
+  return config
+
+
+def tiny():
+  config = default()
+  config.env.kwargs.memory_length = 3
+  config.network.hidden_size = 16
+  config.num_envs = 8
+  config.unroll_length = 4
+  config.total_updates = 40
+  config.updates_per_call = 10
+  config.eval.every_calls = 2
+  config.eval.episodes = 8
+  config.run.checkpoint_every_calls = 1
+  return config
+
+
+def minigrid():
+  config = default()
+  config.env.name = "xminigrid:MiniGrid-MemoryS8"
+  config.env.kwargs = ml_collections.ConfigDict()
+  config.network.encoder_sizes = [64]
+  config.network.obs_scale = 0.1
+  config.unroll_length = 20
+  return config
+
+
+def cartpole():
+  config = default()
+  config.env.name = "gymnax:CartPole-v1"
+  config.env.kwargs = ml_collections.ConfigDict()
+  config.unroll_length = 20
+  return config
+
+
+def get_config(name="default"):
+  configs = {"default": default, "tiny": tiny, "minigrid": minigrid,
+             "cartpole": cartpole}
+  if name not in configs:
+    raise ValueError(f"unknown config {name!r}; choose from {sorted(configs)}")
+  return configs[name]()

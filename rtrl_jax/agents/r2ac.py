@@ -1,0 +1,243 @@
+r"""R2AC: IMPALA / V-trace actor-critic with an RTRL-trained recurrent core.
+
+Irie et al. (ICLR 2024), Sec. 3.2, on top of IMPALA (Espeholt et al. 2018).
+
+Network: x(t) = [encoder(o(t)), clip(r(t-1))] → core → h(t) → (π logits, V).
+
+Data flow (as the paper's torchbeast code):
+
+* The actor steps the core one step at a time with its copy of the
+  parameters, carrying the state *and* (for gradient="rtrl") the
+  sensitivities, resetting both where an episode starts.
+* Each unroll of M steps ships its initial core state (c and sensitivities)
+  and M+1 observations (the last one only bootstraps).
+* The learner recomputes the unroll from that state with the current
+  parameters. With gradient="rtrl" the core's recurrent parameters get the
+  RTRL gradient, untruncated into the past through the shipped sensitivities;
+  the encoder, read-out and heads get backprop truncated to the unroll.
+  With gradient="tbptt" the whole network gets backprop within the unroll
+  (TBPTT with M = unroll length).
+
+Losses (sums over time and batch, torchbeast defaults):
+
+    L = Σ -log π(a_t|x_t) · A_t^pg  +  c_V · ½ Σ (v_t^trace - V(x_t))²  +  c_H · Σ_a π log π
+
+with V-trace targets (rlax) for ρ̄ = c̄ = 1 (λ = 1) and
+discount_t = γ · (1 - done_t).
+
+Episode boundaries, exactly:
+* done_t = terminated_t or truncated_t ends the trace at t: discount_t = 0,
+  so nothing of the next episode leaks into step t's target.
+* The core is reset before the first step of the next episode (reset_{t+1}),
+  inside an unroll or exactly at its start alike.
+* Truncated (time-limit) steps are not terminal for the MDP: the actor
+  computes V(final_obs) of the cut episode and the learner uses
+  r_t + γ V(final_obs) as the reward of that step (with discount 0), i.e. it
+  bootstraps instead of treating the cut as a real end.
+* The bootstrap step M has no loss; its value is a stop-gradient target.
+"""
+
+from typing import Any, Callable, NamedTuple
+
+import chex
+import jax
+import jax.numpy as jnp
+import optax
+import rlax
+
+import rtrl_jax
+from rtrl_jax.agents.networks import FeedForward, ImpalaEncoder, MLPEncoder
+from rtrl_jax.cell import RecurrentState
+from rtrl_jax.lstm import LSTM
+
+CORES = {**rtrl_jax.CELLS, "lstm": LSTM, "feedforward": FeedForward}
+
+
+class ActorOutput(NamedTuple):
+  action: jax.Array   # [B] int32
+  logits: jax.Array   # [B, A]
+  value: jax.Array    # [B]
+
+
+class Trajectory(NamedTuple):
+  """One unroll of M steps for B environments (what the learner consumes)."""
+  initial_state: RecurrentState  # core state before step 0 (batch B)
+  obs: jax.Array                 # [M+1, B, ...]; obs[M] only bootstraps
+  prev_reward: jax.Array         # [M+1, B] clipped reward fed to the core
+  reset: jax.Array               # [M+1, B] True: new episode starts here
+  action: jax.Array              # [M, B]
+  behaviour_logits: jax.Array    # [M, B, A]
+  reward: jax.Array              # [M, B] raw environment reward
+  terminated: jax.Array          # [M, B]
+  truncated: jax.Array           # [M, B]
+  truncation_value: jax.Array    # [M, B] actor's V(final_obs) where truncated
+
+
+class Agent(NamedTuple):
+  """The R2AC agent as pure functions (batched over environments)."""
+  init: Callable[..., Any]
+  initial_core_state: Callable[..., RecurrentState]
+  act: Callable[..., Any]
+  value_of: Callable[..., jax.Array]
+  unroll: Callable[..., Any]
+  loss: Callable[..., Any]
+  core: Any
+  gradient: str
+
+
+def make_agent(config, obs_shape, num_actions) -> Agent:
+  """Builds the agent from `config.network` and `config.loss`.
+
+  Args:
+    config: ConfigDict with `network` (encoder, encoder_sizes, feature_size,
+      obs_scale, core, hidden_size, core_kwargs), `gradient` ("rtrl" |
+      "tbptt") and `loss` (discount, baseline_cost, entropy_cost,
+      reward_clip, clip_rho, clip_pg_rho, lambda_).
+    obs_shape: shape of one observation.
+    num_actions: size of the discrete action space.
+  """
+  net, loss_cfg, gradient = config.network, config.loss, config.gradient
+  if net.core not in CORES:
+    raise ValueError(
+        f"network.core must be one of {sorted(CORES)}, got {net.core!r}")
+  if gradient not in ("rtrl", "tbptt"):
+    raise ValueError(
+        f"gradient must be 'rtrl' or 'tbptt', got {gradient!r}")
+  if gradient == "rtrl" and net.core not in rtrl_jax.CELLS:
+    raise ValueError(
+        f"gradient='rtrl' needs a core with exact RTRL {sorted(rtrl_jax.CELLS)}, "
+        f"got network.core={net.core!r} (use gradient='tbptt')")
+  core = CORES[net.core](net.hidden_size, **dict(net.get("core_kwargs", {})))
+  if net.encoder == "mlp":
+    encoder = MLPEncoder(tuple(net.encoder_sizes), net.obs_scale)
+  elif net.encoder == "impala":
+    encoder = ImpalaEncoder(feature_size=net.feature_size)
+  else:
+    raise ValueError(
+        f"network.encoder must be 'mlp' or 'impala', got {net.encoder!r}")
+  track_sensitivities = gradient == "rtrl"
+  reward_clip = loss_cfg.reward_clip
+
+  def init(key):
+    k_enc, k_core, k_pi, k_v = jax.random.split(key, 4)
+    dummy = jnp.zeros((1,) + tuple(obs_shape), jnp.float32)
+    encoder_params = encoder.init(k_enc, dummy)
+    features = encoder.apply(encoder_params, dummy).shape[-1]
+    head = lambda k, out, scale: {
+        "w": scale * jax.random.normal(k, (core.hidden_size, out)) /
+             jnp.sqrt(core.hidden_size),
+        "b": jnp.zeros((out,))}
+    return {"encoder": encoder_params,
+            "core": core.init(k_core, features + 1),
+            "policy": head(k_pi, num_actions, 0.01),
+            "value": head(k_v, 1, 1.0)}
+
+  def initial_core_state(params, batch_size):
+    return core.initial_state(params["core"], batch_size,
+                              sensitivities=track_sensitivities)
+
+  def core_inputs(params, obs, prev_reward):
+    """[..., B, obs] → [..., B, features + 1]."""
+    lead = obs.shape[:-len(obs_shape)]
+    flat = obs.reshape((-1,) + tuple(obs_shape))
+    features = encoder.apply(params["encoder"], flat)
+    features = features.reshape(lead + features.shape[-1:])
+    return jnp.concatenate([features, prev_reward[..., None]], -1)
+
+  def heads(params, hidden):
+    logits = hidden @ params["policy"]["w"] + params["policy"]["b"]
+    value = (hidden @ params["value"]["w"] + params["value"]["b"])[..., 0]
+    return logits, value
+
+  def run_core(method, params, state, inputs, resets):
+    if method == "rtrl":
+      return rtrl_jax.rtrl(core, params["core"], state, inputs, resets)
+    if method == "tbptt":
+      return rtrl_jax.bptt(core, params["core"], jax.lax.stop_gradient(state),
+                           inputs, resets)
+    if method == "bptt":
+      return rtrl_jax.bptt(core, params["core"], state, inputs, resets)
+    raise ValueError(f"method must be rtrl, tbptt or bptt, got {method!r}")
+
+  def unroll(params, state, obs, prev_reward, reset, method=gradient):
+    """Core over T steps from `state`: (logits [T,B,A], values [T,B], state)."""
+    inputs = core_inputs(params, obs, prev_reward)
+    hidden, state = run_core(method, params, state, inputs, reset)
+    logits, values = heads(params, hidden)
+    return logits, values, state
+
+  def act(params, state, obs, prev_reward, reset, key):
+    """One actor step for B environments: (new state, ActorOutput)."""
+    logits, values, state = unroll(params, state, obs[None], prev_reward[None],
+                                   reset[None])
+    logits, value = logits[0], values[0]
+    action = jax.random.categorical(key, logits).astype(jnp.int32)
+    return state, ActorOutput(action, logits, value)
+
+  def value_of(params, state, obs, prev_reward):
+    """V of one more step from `state` (no reset, no sensitivities)."""
+    state = state._replace(sensitivities=None)
+    _, values, _ = unroll(params, state, obs[None], prev_reward[None],
+                          jnp.zeros(prev_reward.shape, bool)[None],
+                          method="bptt")
+    return values[0]
+
+  def loss(params, trajectory, method=gradient):
+    """Total loss of one unroll and its parts (sums over T and B)."""
+    traj = trajectory
+    chex.assert_rank([traj.action, traj.reward, traj.prev_reward], [2, 2, 2])
+    chex.assert_equal_shape_prefix([traj.obs, traj.prev_reward, traj.reset], 2)
+    logits, values, _ = unroll(params, traj.initial_state, traj.obs,
+                               traj.prev_reward, traj.reset, method)
+    logits = logits[:-1]                         # step M only bootstraps
+    done = jnp.logical_or(traj.terminated, traj.truncated)
+    discount = loss_cfg.discount * (1.0 - done.astype(jnp.float32))
+    reward = jnp.clip(traj.reward, -reward_clip, reward_clip)
+    reward = reward + loss_cfg.discount * jnp.where(
+        traj.truncated, traj.truncation_value, 0.0)
+    log_pi = jax.nn.log_softmax(logits)
+    log_mu = jax.nn.log_softmax(traj.behaviour_logits)
+    take = lambda lp: jnp.take_along_axis(lp, traj.action[..., None], -1)[..., 0]
+    rho = jnp.exp(take(log_pi) - take(log_mu))
+    vtrace = jax.vmap(
+        lambda v_tm1, v_t, r, d, rh: rlax.vtrace_td_error_and_advantage(
+            v_tm1, v_t, r, d, rh, lambda_=loss_cfg.lambda_,
+            clip_rho_threshold=loss_cfg.clip_rho,
+            clip_pg_rho_threshold=loss_cfg.clip_pg_rho),
+        in_axes=1, out_axes=1)
+    out = vtrace(values[:-1], jax.lax.stop_gradient(values[1:]), reward,
+                 discount, jax.lax.stop_gradient(rho))
+    pg_loss = -jnp.sum(take(log_pi) * jax.lax.stop_gradient(out.pg_advantage))
+    baseline_loss = 0.5 * jnp.sum(out.errors ** 2)
+    entropy_loss = jnp.sum(jnp.exp(log_pi) * log_pi)   # = -entropy
+    total = (pg_loss + loss_cfg.baseline_cost * baseline_loss
+             + loss_cfg.entropy_cost * entropy_loss)
+    return total, {"loss/total": total, "loss/policy": pg_loss,
+                   "loss/baseline": baseline_loss, "loss/entropy": entropy_loss}
+
+  return Agent(init, initial_core_state, act, value_of, unroll, loss, core,
+               gradient)
+
+
+def make_optimizer(config, total_updates):
+  """RMSProp with PyTorch semantics, global-norm clipping, linear LR decay.
+
+  PyTorch's RMSProp divides by (sqrt(ν) + ε) with ν initialised at 0: that is
+  optax's `eps_in_sqrt=False, initial_scale=0` (optax's default puts ε inside
+  the square root, which is a different optimizer at ε = 0.01).
+  """
+  opt = config.optimizer
+  lr = (optax.linear_schedule(opt.learning_rate, 0.0, total_updates)
+        if opt.anneal_lr else opt.learning_rate)
+  transform = optax.chain(
+      optax.clip_by_global_norm(opt.max_grad_norm),
+      optax.rmsprop(lr, decay=opt.decay, eps=opt.eps, eps_in_sqrt=False,
+                    initial_scale=0.0))
+  if opt.freeze_encoder:
+    # Pretrain-then-freeze (the paper's DMLab setting): no update to the
+    # encoder; it keeps the weights it was initialised or loaded with.
+    labels = lambda params: {k: ("frozen" if k == "encoder" else "train")
+                             for k in params}
+    transform = optax.multi_transform(
+        {"train": transform, "frozen": optax.set_to_zero()}, labels)
+  return transform

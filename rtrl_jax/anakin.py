@@ -1,0 +1,193 @@
+"""Anakin: R2AC acting and learning in one jitted program over JAX envs.
+
+    train = make_train(config)
+    runner = train.init(jax.random.PRNGKey(seed))
+    runner, metrics = train.update(runner)    # config.updates_per_call updates
+
+One call runs `updates_per_call` updates under `lax.scan`; each update acts
+for M = `unroll_length` steps in `num_envs` environments (`vmap`ped) and then
+takes one learner step on that unroll. The outer Python loop only logs,
+evaluates and checkpoints.
+
+Data parallelism: the environment axis of everything per-environment (env
+states, observations, core states and sensitivities) is sharded over the
+devices of a 1-D `jax.sharding.Mesh` ("data"); parameters and optimizer state
+are replicated. The loss is a sum over the global batch, so XLA inserts the
+cross-device reduction of the gradient and the result is the same update as
+on one device (up to the order of float additions).
+"""
+
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from rtrl_jax.agents.r2ac import Trajectory, make_agent, make_optimizer
+from rtrl_jax.envs import make_env
+
+
+class RunnerState(NamedTuple):
+  params: Any
+  opt_state: Any
+  env_state: Any
+  obs: jax.Array            # [B, ...] current observation
+  prev_reward: jax.Array    # [B] clipped reward of the previous step
+  reset: jax.Array          # [B] True: obs is the first of an episode
+  core_state: Any           # RecurrentState (B) before the next step
+  episode_return: jax.Array  # [B] running undiscounted return
+  episode_length: jax.Array  # [B]
+  key: jax.Array
+  update: jax.Array         # number of learner updates done
+
+
+class Train(NamedTuple):
+  init: Callable[[jax.Array], RunnerState]
+  update: Callable[[RunnerState], Any]
+  agent: Any
+  env: Any
+  mesh: Any
+  rollout: Callable[..., Any]
+  learner_step: Callable[..., Any]
+
+
+def make_mesh(num_devices=None):
+  devices = jax.devices()[:num_devices] if num_devices else jax.devices()
+  return jax.sharding.Mesh(devices, ("data",))
+
+
+def make_train(config, mesh=None) -> Train:
+  """Builds the Anakin system from `config` (see experiments/configs/r2ac.py)."""
+  env = make_env(config.env.name, **dict(config.env.get("kwargs", {})))
+  agent = make_agent(config, env.obs_shape, env.num_actions)
+  total_updates = max(1, config.total_updates)
+  optimizer = make_optimizer(config, total_updates)
+  mesh = mesh or make_mesh(config.get("num_devices", None) or None)
+  num_envs, unroll_length = config.num_envs, config.unroll_length
+  if num_envs % mesh.size:
+    raise ValueError(
+        f"num_envs={num_envs} must be a multiple of the number of devices "
+        f"({mesh.size})")
+  clip = config.loss.reward_clip
+  bootstrap_truncated = config.loss.bootstrap_truncated
+
+  def init(key):
+    k_params, k_env, key = jax.random.split(key, 3)
+    params = agent.init(k_params)
+    env_state, obs = jax.vmap(env.reset)(jax.random.split(k_env, num_envs))
+    zeros = jnp.zeros((num_envs,))
+    runner = RunnerState(
+        params=params, opt_state=optimizer.init(params), env_state=env_state,
+        obs=obs, prev_reward=zeros, reset=jnp.ones((num_envs,), bool),
+        core_state=agent.initial_core_state(params, num_envs),
+        episode_return=zeros, episode_length=jnp.zeros((num_envs,), jnp.int32),
+        key=key, update=jnp.zeros((), jnp.int32))
+    return runner
+
+  def shardings(runner):
+    """Per-environment leaves split over "data"; the rest replicated."""
+    batched = P("data")
+    per_env = lambda tree: jax.tree.map(lambda _: NamedSharding(mesh, batched),
+                                        tree)
+    replicated = lambda tree: jax.tree.map(lambda _: NamedSharding(mesh, P()),
+                                           tree)
+    return runner._replace(
+        params=replicated(runner.params), opt_state=replicated(runner.opt_state),
+        env_state=per_env(runner.env_state), obs=per_env(runner.obs),
+        prev_reward=per_env(runner.prev_reward), reset=per_env(runner.reset),
+        core_state=per_env(runner.core_state),
+        episode_return=per_env(runner.episode_return),
+        episode_length=per_env(runner.episode_length),
+        key=replicated(runner.key), update=replicated(runner.update))
+
+  def env_step(runner, _):
+    """One actor step in every environment; returns the transition."""
+    params = runner.params
+    key, k_act, k_env = jax.random.split(runner.key, 3)
+    core_state, out = agent.act(params, runner.core_state, runner.obs,
+                                runner.prev_reward, runner.reset, k_act)
+    env_state, step = jax.vmap(env.step)(
+        jax.random.split(k_env, num_envs), runner.env_state, out.action)
+    reward_in = jnp.clip(step.reward, -clip, clip)
+    if bootstrap_truncated:
+      truncation_value = jnp.where(
+          step.truncated,
+          agent.value_of(params, core_state, step.final_obs, reward_in), 0.0)
+    else:
+      truncation_value = jnp.zeros_like(step.reward)
+    done = jnp.logical_or(step.terminated, step.truncated)
+    episode_return = runner.episode_return + step.reward
+    episode_length = runner.episode_length + 1
+    transition = dict(
+        obs=runner.obs, prev_reward=runner.prev_reward, reset=runner.reset,
+        action=out.action, behaviour_logits=out.logits, reward=step.reward,
+        terminated=step.terminated, truncated=step.truncated,
+        truncation_value=jax.lax.stop_gradient(truncation_value),
+        finished_return=jnp.where(done, episode_return, 0.0),
+        finished_length=jnp.where(done, episode_length, 0), done=done)
+    runner = runner._replace(
+        env_state=env_state, obs=step.obs,
+        prev_reward=jnp.where(done, 0.0, reward_in), reset=done,
+        core_state=core_state, key=key,
+        episode_return=jnp.where(done, 0.0, episode_return),
+        episode_length=jnp.where(done, 0, episode_length))
+    return runner, transition
+
+  def rollout(runner):
+    """M actor steps: (runner, Trajectory, episode statistics)."""
+    initial_state = runner.core_state
+    runner, steps = jax.lax.scan(env_step, runner, None, unroll_length)
+    append = lambda seq, last: jnp.concatenate([seq, last[None]])
+    trajectory = Trajectory(
+        initial_state=initial_state,
+        obs=append(steps["obs"], runner.obs),
+        prev_reward=append(steps["prev_reward"], runner.prev_reward),
+        reset=append(steps["reset"], runner.reset),
+        action=steps["action"], behaviour_logits=steps["behaviour_logits"],
+        reward=steps["reward"], terminated=steps["terminated"],
+        truncated=steps["truncated"],
+        truncation_value=steps["truncation_value"])
+    episodes = jnp.sum(steps["done"])
+    stats = {
+        "episodes": episodes,
+        "episode_return_sum": jnp.sum(steps["finished_return"]),
+        "episode_length_sum": jnp.sum(steps["finished_length"]),
+    }
+    return runner, trajectory, stats
+
+  def learner_step(params, opt_state, trajectory):
+    """One update on one unroll (the same function a Sebulba learner uses)."""
+    grads, metrics = jax.grad(agent.loss, has_aux=True)(params, trajectory)
+    updates, opt_state = optimizer.update(grads, opt_state, params)
+    params = jax.tree.map(lambda p, u: p + u, params, updates)
+    metrics["grad_norm"] = jnp.sqrt(sum(jnp.sum(g ** 2)
+                                        for g in jax.tree.leaves(grads)))
+    return params, opt_state, metrics
+
+  def one_update(runner, _):
+    runner, trajectory, stats = rollout(runner)
+    params, opt_state, metrics = learner_step(runner.params, runner.opt_state,
+                                              trajectory)
+    runner = runner._replace(params=params, opt_state=opt_state,
+                             update=runner.update + 1)
+    return runner, {**metrics, **stats}
+
+  def update(runner):
+    runner, metrics = jax.lax.scan(one_update, runner, None,
+                                   config.updates_per_call)
+    summed = ("episodes", "episode_return_sum", "episode_length_sum")
+    out = {k: (v.sum() if k in summed else v.mean()) for k, v in metrics.items()}
+    out["update"] = runner.update
+    return runner, out
+
+  example = jax.eval_shape(init, jax.random.PRNGKey(0))
+  runner_shardings = shardings(example)
+  jitted_update = jax.jit(update, in_shardings=(runner_shardings,),
+                          out_shardings=(runner_shardings, None),
+                          donate_argnums=0)
+  return Train(jax.jit(init, out_shardings=runner_shardings), jitted_update,
+               agent, env, mesh, rollout, learner_step)
+
+
+def frames_per_update(config):
+  return config.num_envs * config.unroll_length
