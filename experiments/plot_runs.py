@@ -15,6 +15,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top,wrong-import-position
 from absl import app, flags  # pylint: disable=g-import-not-at-top,wrong-import-position
 
+from rtrl_jax.copy_task import describe_training  # pylint: disable=wrong-import-position
 from rtrl_jax.experiment import read_jsonl  # pylint: disable=wrong-import-position
 
 _RUNS = flags.DEFINE_list("runs", None, "Run folders.", required=True)
@@ -27,13 +28,7 @@ _TITLE = flags.DEFINE_string("title", "", "Plot title.")
 def run_label(workdir):
   """"mode k/M, online|per sequence" from the run's config.json."""
   with open(os.path.join(workdir, "config.json")) as f:
-    train = json.load(f)["train"]
-  if train["mode"] == "bptt":
-    return "bptt"
-  letter = "k" if train["mode"] == "rtrl" else "M"
-  update = ("online" if train["update_every"] == "segment"
-            else "per sequence")
-  return f"{train['mode']} {letter}={train['segment_length']}, {update}"
+    return describe_training(json.load(f)["train"])
 
 
 def curve(workdir, metric):

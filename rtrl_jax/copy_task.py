@@ -166,6 +166,17 @@ def init_train_state(config):
                     opt_state=opt_state, rng=jax.random.fold_in(root, 1))
 
 
+def describe_training(train_config):
+  """A label such as "rtrl k=1, online", "tbptt M=4, per sequence", "bptt"."""
+  mode = train_config["mode"]
+  if mode == "bptt":
+    return "bptt"
+  letter = "k" if mode == "rtrl" else "M"
+  update = ("online" if train_config["update_every"] == "segment"
+            else "per sequence")
+  return f"{mode} {letter}={train_config['segment_length']}, {update}"
+
+
 def segment_length(config):
   """Steps per segment: k for rtrl/tbptt, the whole 2·T_max for bptt."""
   if config.train.mode == "bptt":

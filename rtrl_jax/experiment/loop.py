@@ -79,7 +79,9 @@ def _check_finite(pending, loss_key, checkpointer):
 def train_loop(state, train_step, *, start_step, num_steps, logger,
                checkpointer, log_every, eval_every, checkpoint_every,
                evaluate=None, should_stop=None, loss_key="loss",
-               progress_metric=None, progress=True, checkpoint_metadata=None):
+               progress_metric=None, progress=True, checkpoint_metadata=None,
+               progress_train_metrics=(), progress_unit="step",
+               progress_unit_scale=1):
   """Runs `train_step` from `start_step` to `num_steps`; see the module doc.
 
   Args:
@@ -96,6 +98,10 @@ def train_loop(state, train_step, *, start_step, num_steps, logger,
     loss_key: the metric checked for non-finite values.
     progress_metric: an evaluation scalar shown in the progress bar.
     progress: show a tqdm bar (steps/s, loss, progress_metric).
+    progress_train_metrics: train metric names also shown in the bar.
+    progress_unit, progress_unit_scale: the bar counts steps × scale of this
+      unit (e.g. "frame" and environment frames per step), so its rate is
+      in these units per second.
     checkpoint_metadata: (step, state) -> JSON-able dict saved with each
       checkpoint.
 
@@ -121,8 +127,7 @@ def train_loop(state, train_step, *, start_step, num_steps, logger,
     eval_metrics = {k: float(v) for k, v in evaluate(state).items()}
     logger.write(step, eval_metrics)
     if progress_metric in eval_metrics:
-      bar.set_postfix_str(f"{progress_metric}={eval_metrics[progress_metric]:.4f}"
-                          f" loss={_last_loss():.4f}", refresh=False)
+      bar.set_postfix_str(_postfix(), refresh=False)
     return should_stop is not None and should_stop(eval_metrics)
 
   def _last_loss():
@@ -130,8 +135,19 @@ def train_loop(state, train_step, *, start_step, num_steps, logger,
       return math.nan
     return float(last_metrics[loss_key])
 
+  def _postfix():
+    parts = []
+    if progress_metric in eval_metrics:
+      parts.append(f"{progress_metric}={eval_metrics[progress_metric]:.4f}")
+    parts.append(f"loss={_last_loss():.4f}")
+    if last_metrics is not None:
+      parts += [f"{name}={float(last_metrics[name]):.4g}"
+                for name in progress_train_metrics]
+    return " ".join(parts)
+
   with _sigterm_flag() as sigterm, tqdm.tqdm(
-      total=num_steps, initial=start_step, unit="step", dynamic_ncols=True,
+      total=num_steps, initial=start_step, unit=progress_unit,
+      unit_scale=progress_unit_scale, dynamic_ncols=True,
       disable=not progress, mininterval=1.0) as bar:
     if evaluate is not None and start_step == 0 and num_steps > 0:
       if run_evaluation(0):
@@ -151,8 +167,7 @@ def train_loop(state, train_step, *, start_step, num_steps, logger,
             now - tick, 1e-9)
         tick, tick_step = now, step
         logger.write(step, scalars)
-        if progress_metric not in eval_metrics:
-          bar.set_postfix_str(f"loss={_last_loss():.4f}", refresh=False)
+        bar.set_postfix_str(_postfix(), refresh=False)
       if evaluate is not None and (step % eval_every == 0 or
                                    step == num_steps):
         if run_evaluation(step):
