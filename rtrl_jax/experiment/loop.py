@@ -139,8 +139,8 @@ def train_loop(state, train_step, *, start_step, num_steps, logger,
     parts = []
     if progress_metric in eval_metrics:
       parts.append(f"{progress_metric}={eval_metrics[progress_metric]:.4f}")
-    parts.append(f"loss={_last_loss():.4f}")
     if last_metrics is not None:
+      parts.append(f"loss={_last_loss():.4f}")
       parts += [f"{name}={float(last_metrics[name]):.4g}"
                 for name in progress_train_metrics]
     return " ".join(parts)

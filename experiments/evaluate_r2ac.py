@@ -1,0 +1,88 @@
+r"""Evaluates a trained R2AC run: greedy and sampled returns over seeds.
+
+  python -m experiments.evaluate_r2ac --workdir=runs/r2ac_rtrl_... \
+      [--seeds=5] [--episodes=32] [--actions=greedy,sampled] [--call=N]
+
+Loads the run's config.json and its latest checkpoint (or call --call),
+runs --episodes episodes per seed for each of --seeds seeds with the agent's
+`act` (rtrl_jax/evaluation.py) and prints mean ± std of the episode return
+(std of the per-seed means, and over all episodes). Also writes
+evaluation.json into the run folder.
+"""
+
+import json
+import os
+import sys
+
+import jax
+import ml_collections
+from absl import app, flags, logging
+
+from rtrl_jax import anakin
+from rtrl_jax import evaluation
+from rtrl_jax import experiment
+
+_WORKDIR = flags.DEFINE_string("workdir", None, "A run folder of "
+                               "experiments/r2ac_anakin.py.", required=True)
+_SEEDS = flags.DEFINE_integer("seeds", 5, "Number of evaluation seeds.")
+_EPISODES = flags.DEFINE_integer("episodes", 32, "Episodes per seed.")
+_ACTIONS = flags.DEFINE_list("actions", ["greedy", "sampled"],
+                             "greedy (argmax) and/or sampled.")
+_CALL = flags.DEFINE_integer("call", None,
+                             "Checkpoint to load (default: the latest).")
+
+
+def load_run(workdir, call=None):
+  """(train, runner, metadata) of checkpoint `call` (latest) in `workdir`."""
+  config_path = os.path.join(workdir, "config.json")
+  if not os.path.exists(config_path):
+    raise FileNotFoundError(f"--workdir: no config.json in {workdir}")
+  with open(config_path) as f:
+    config = ml_collections.ConfigDict(json.load(f))
+  train = anakin.make_train(config)
+  checkpointer = experiment.Checkpointer(os.path.join(workdir, "checkpoints"))
+  try:
+    runner, metadata = checkpointer.restore(
+        train.init(jax.random.PRNGKey(config.seed)), call)
+  finally:
+    checkpointer.close()
+  return config, train, runner, metadata
+
+
+def main(argv):
+  if len(argv) > 1:
+    sys.exit(f"error: unexpected arguments {argv[1:]}")
+  if not flags.FLAGS["verbosity"].present:
+    logging.set_verbosity(logging.WARNING)
+  unknown = sorted(set(_ACTIONS.value) - {"greedy", "sampled"})
+  if unknown:
+    sys.exit(f"error: --actions: unknown {unknown}; use greedy and/or sampled")
+  try:
+    config, train, runner, metadata = load_run(_WORKDIR.value, _CALL.value)
+  except FileNotFoundError as error:
+    sys.exit(f"error: {error}")
+  print(f"{_WORKDIR.value}: checkpoint of call {metadata.get('call')} "
+        f"(update {int(runner.update)}), {config.env.name} "
+        f"{dict(config.env.kwargs)}, {config.gradient}")
+  summaries = [
+      evaluation.evaluate_policy(
+          train.agent, train.env, runner.params, seeds=range(_SEEDS.value),
+          episodes_per_seed=_EPISODES.value, greedy=actions == "greedy",
+          reward_clip=config.loss.reward_clip)
+      for actions in _ACTIONS.value]
+  print(evaluation.format_table(summaries))
+  results = {
+      "call": metadata.get("call"), "update": int(runner.update),
+      **{("greedy" if s.greedy else "sampled"): {
+          "mean": s.mean, "std_over_seeds": s.std_over_seeds,
+          "std_over_episodes": s.std_over_episodes,
+          "seeds": s.returns.shape[0], "episodes_per_seed": s.returns.shape[1]}
+         for s in summaries}}
+  path = os.path.join(_WORKDIR.value, "evaluation.json")
+  with open(path, "w") as f:
+    json.dump(results, f, indent=2)
+  print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+  app.run(main, flags_parser=experiment.cli.parse_flags)

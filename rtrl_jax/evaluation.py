@@ -1,0 +1,123 @@
+"""Policy evaluation: episode returns of an agent's policy over several seeds.
+
+    evaluate = make_episode_returns(agent, env, episodes=32, greedy=True,
+                                    reward_clip=1.0)
+    returns = evaluate(params, jax.random.PRNGKey(seed))   # [episodes]
+    summary = evaluate_policy(agent, env, params, seeds=range(5),
+                              episodes_per_seed=32, greedy=True)
+
+Each seed runs `episodes` environments in parallel (`vmap`), each from its
+own reset until its first episode ends (terminated or truncated), with the
+agent's `act` carrying the core state (and, for RTRL agents, the
+sensitivities) step by step, as the actor does in training. Greedy takes the
+argmax of the policy logits; sampled draws from them.
+"""
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+class EvaluationSummary(NamedTuple):
+  greedy: bool
+  returns: np.ndarray        # [seeds, episodes_per_seed] undiscounted returns
+  lengths: np.ndarray        # [seeds, episodes_per_seed]
+
+  @property
+  def mean(self):
+    return float(self.returns.mean())
+
+  @property
+  def std_over_seeds(self):
+    """Standard deviation of the per-seed mean returns."""
+    return float(self.returns.mean(axis=1).std())
+
+  @property
+  def std_over_episodes(self):
+    return float(self.returns.std())
+
+
+def make_episode_returns(agent, env, episodes, greedy, reward_clip):
+  """A jitted (params, key) -> (returns [episodes], lengths [episodes]).
+
+  Args:
+    agent: an `rtrl_jax.agents.r2ac.Agent` (uses `initial_core_state` and
+      `act`).
+    env: an `rtrl_jax.envs.Env`.
+    episodes: episodes run in parallel, one per environment.
+    greedy: argmax actions if True, else sampled from the policy.
+    reward_clip: the previous reward fed to the core is clipped to
+      [-reward_clip, reward_clip], as in training.
+  """
+  max_steps = env.max_episode_steps
+
+  def run(params, key):
+    key, reset_key = jax.random.split(key)
+    env_state, obs = jax.vmap(env.reset)(jax.random.split(reset_key, episodes))
+    zeros = jnp.zeros((episodes,))
+    carry = dict(
+        env_state=env_state, obs=obs, prev_reward=zeros,
+        reset=jnp.ones((episodes,), bool),
+        core_state=agent.initial_core_state(params, episodes),
+        returns=zeros, lengths=jnp.zeros((episodes,), jnp.int32),
+        running=jnp.ones((episodes,), bool), key=key, t=jnp.zeros((), jnp.int32))
+
+    def not_finished(carry):
+      return jnp.logical_and(carry["t"] < max_steps, jnp.any(carry["running"]))
+
+    def step(carry):
+      key, act_key, env_key = jax.random.split(carry["key"], 3)
+      core_state, out = agent.act(params, carry["core_state"], carry["obs"],
+                                  carry["prev_reward"], carry["reset"],
+                                  act_key)
+      action = (jnp.argmax(out.logits, -1).astype(jnp.int32) if greedy
+                else out.action)
+      env_state, stepped = jax.vmap(env.step)(
+          jax.random.split(env_key, episodes), carry["env_state"], action)
+      running = carry["running"]
+      done = jnp.logical_or(stepped.terminated, stepped.truncated)
+      return dict(
+          env_state=env_state, obs=stepped.obs,
+          prev_reward=jnp.clip(stepped.reward, -reward_clip, reward_clip),
+          reset=jnp.zeros_like(done), core_state=core_state,
+          returns=carry["returns"] + jnp.where(running, stepped.reward, 0.0),
+          lengths=carry["lengths"] + running.astype(jnp.int32),
+          running=jnp.logical_and(running, jnp.logical_not(done)),
+          key=key, t=carry["t"] + 1)
+
+    carry = jax.lax.while_loop(not_finished, step, carry)
+    return carry["returns"], carry["lengths"]
+
+  return jax.jit(run)
+
+
+def evaluate_policy(agent, env, params, *, seeds, episodes_per_seed, greedy,
+                    reward_clip=1.0):
+  """Runs `episodes_per_seed` episodes for each seed: an EvaluationSummary."""
+  run = make_episode_returns(agent, env, episodes_per_seed, greedy,
+                             reward_clip)
+  returns, lengths = [], []
+  for seed in seeds:
+    seed_returns, seed_lengths = jax.device_get(
+        run(params, jax.random.PRNGKey(seed)))
+    returns.append(seed_returns)
+    lengths.append(seed_lengths)
+  return EvaluationSummary(greedy, np.stack(returns), np.stack(lengths))
+
+
+def format_table(summaries):
+  """A plain-text table, one row per EvaluationSummary."""
+  header = (f"{'actions':<8} {'seeds':>5} {'episodes/seed':>13} "
+            f"{'return mean ± std over seeds':>29} {'std over episodes':>17} "
+            f"{'mean length':>11}")
+  rows = [header, "-" * len(header)]
+  for summary in summaries:
+    seeds, episodes = summary.returns.shape
+    rows.append(
+        f"{'greedy' if summary.greedy else 'sampled':<8} {seeds:>5} "
+        f"{episodes:>13} "
+        f"{f'{summary.mean:.3f} ± {summary.std_over_seeds:.3f}':>29} "
+        f"{summary.std_over_episodes:>17.3f} {summary.lengths.mean():>11.1f}")
+  return "\n".join(rows)
