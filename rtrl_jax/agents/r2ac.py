@@ -81,6 +81,7 @@ class Agent(NamedTuple):
   value_of: Callable[..., jax.Array]
   unroll: Callable[..., Any]
   loss: Callable[..., Any]
+  loss_from_outputs: Callable[..., Any]
   core: Any
   gradient: str
 
@@ -182,13 +183,11 @@ def make_agent(config, obs_shape, num_actions) -> Agent:
                           method="bptt")
     return values[0]
 
-  def loss(params, trajectory, method=gradient):
-    """Total loss of one unroll and its parts (sums over T and B)."""
+  def loss_from_outputs(logits, values, trajectory):
+    """Loss of one unroll from the learner's logits [M+1,B,A], values [M+1,B]."""
     traj = trajectory
     chex.assert_rank([traj.action, traj.reward, traj.prev_reward], [2, 2, 2])
     chex.assert_equal_shape_prefix([traj.obs, traj.prev_reward, traj.reset], 2)
-    logits, values, _ = unroll(params, traj.initial_state, traj.obs,
-                               traj.prev_reward, traj.reset, method)
     logits = logits[:-1]                         # step M only bootstraps
     done = jnp.logical_or(traj.terminated, traj.truncated)
     discount = loss_cfg.discount * (1.0 - done.astype(jnp.float32))
@@ -199,14 +198,9 @@ def make_agent(config, obs_shape, num_actions) -> Agent:
     log_mu = jax.nn.log_softmax(traj.behaviour_logits)
     take = lambda lp: jnp.take_along_axis(lp, traj.action[..., None], -1)[..., 0]
     rho = jnp.exp(take(log_pi) - take(log_mu))
-    vtrace = jax.vmap(
-        lambda v_tm1, v_t, r, d, rh: rlax.vtrace_td_error_and_advantage(
-            v_tm1, v_t, r, d, rh, lambda_=loss_cfg.lambda_,
-            clip_rho_threshold=loss_cfg.clip_rho,
-            clip_pg_rho_threshold=loss_cfg.clip_pg_rho),
-        in_axes=1, out_axes=1)
     out = vtrace(values[:-1], jax.lax.stop_gradient(values[1:]), reward,
-                 discount, jax.lax.stop_gradient(rho))
+                 discount, jax.lax.stop_gradient(rho), loss_cfg.lambda_,
+                 loss_cfg.clip_rho, loss_cfg.clip_pg_rho)
     pg_loss = -jnp.sum(take(log_pi) * jax.lax.stop_gradient(out.pg_advantage))
     baseline_loss = 0.5 * jnp.sum(out.errors ** 2)
     entropy_loss = jnp.sum(jnp.exp(log_pi) * log_pi)   # = -entropy
@@ -215,8 +209,31 @@ def make_agent(config, obs_shape, num_actions) -> Agent:
     return total, {"loss/total": total, "loss/policy": pg_loss,
                    "loss/baseline": baseline_loss, "loss/entropy": entropy_loss}
 
-  return Agent(init, initial_core_state, act, value_of, unroll, loss, core,
-               gradient)
+  def loss(params, trajectory, method=gradient):
+    """Total loss of one unroll and its parts (sums over T and B)."""
+    logits, values, _ = unroll(params, trajectory.initial_state,
+                               trajectory.obs, trajectory.prev_reward,
+                               trajectory.reset, method)
+    return loss_from_outputs(logits, values, trajectory)
+
+  return Agent(init, initial_core_state, act, value_of, unroll, loss,
+               loss_from_outputs, core, gradient)
+
+
+def vtrace(v_tm1, v_t, r_t, discount_t, rho_tm1, lambda_=1.0, clip_rho=1.0,
+           clip_pg_rho=1.0):
+  """V-trace errors and policy-gradient advantages for [T, B] inputs.
+
+  rlax's single-sequence `vtrace_td_error_and_advantage`, mapped over B:
+  with δ_t = ρ̄_t (r_t + γ_t V(x_{t+1}) − V(x_t)) and c_t = λ min(c̄, ρ_t),
+  v^s_t − V(x_t) = δ_t + γ_t c_t (v^s_{t+1} − V(x_{t+1})), errors = v^s − V,
+  A^pg_t = min(ρ̄_pg, ρ_t)(r_t + γ_t v^s_{t+1} − V(x_t)). Espeholt et al. 2018.
+  """
+  single = lambda v_tm1, v_t, r, d, rho: rlax.vtrace_td_error_and_advantage(
+      v_tm1, v_t, r, d, rho, lambda_=lambda_, clip_rho_threshold=clip_rho,
+      clip_pg_rho_threshold=clip_pg_rho)
+  return jax.vmap(single, in_axes=1, out_axes=1)(v_tm1, v_t, r_t, discount_t,
+                                                 rho_tm1)
 
 
 def make_optimizer(config, total_updates):

@@ -1,0 +1,225 @@
+"""R2AC agent: V-trace, unroll continuity, RTRL across unrolls, boundaries."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from experiments.configs import r2ac as r2ac_configs
+from rtrl_jax import anakin
+from rtrl_jax.agents import r2ac
+
+
+def numpy_vtrace(values, bootstrap, rewards, discounts, rhos, lambda_,
+                 clip_rho, clip_pg_rho):
+  """V-trace for one sequence, by the paper's definition (Espeholt et al. 2018)."""
+  steps = len(rewards)
+  next_values = np.append(values[1:], bootstrap)
+  clipped = np.minimum(clip_rho, rhos)
+  cs = lambda_ * np.minimum(1.0, rhos)
+  vs = np.zeros(steps)
+  for t in range(steps):
+    total, trace = 0.0, 1.0
+    for s in range(t, steps):
+      delta = clipped[s] * (rewards[s] + discounts[s] * next_values[s] - values[s])
+      total += trace * delta
+      trace *= discounts[s] * cs[s]
+    vs[t] = values[t] + total
+  # For λ < 1 the advantage bootstraps on the λ-mixture λ v^s + (1-λ) V.
+  next_target = np.append(lambda_ * vs[1:] + (1 - lambda_) * values[1:],
+                          bootstrap)
+  pg_advantage = np.minimum(clip_pg_rho, rhos) * (
+      rewards + discounts * next_target - values)
+  return vs - values, pg_advantage
+
+
+@pytest.mark.parametrize("lambda_,clip_rho", [(1.0, 1.0), (0.9, 2.0)])
+def test_vtrace_matches_numpy_reference(lambda_, clip_rho):
+  rng = np.random.default_rng(0)
+  steps, batch = 7, 3
+  values = rng.normal(size=(steps + 1, batch))
+  rewards = rng.normal(size=(steps, batch))
+  discounts = 0.99 * (rng.random((steps, batch)) > 0.2)   # some episode ends
+  rhos = np.exp(rng.normal(scale=0.5, size=(steps, batch)))
+  out = r2ac.vtrace(*map(jnp.asarray, (values[:-1], values[1:], rewards,
+                                       discounts, rhos)),
+                    lambda_=lambda_, clip_rho=clip_rho, clip_pg_rho=1.0)
+  for b in range(batch):
+    errors, advantages = numpy_vtrace(values[:-1, b], values[-1, b],
+                                      rewards[:, b], discounts[:, b],
+                                      rhos[:, b], lambda_, clip_rho, 1.0)
+    np.testing.assert_allclose(out.errors[:, b], errors, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(out.pg_advantage[:, b], advantages, rtol=1e-5,
+                               atol=1e-5)
+
+
+def tiny_config(**changes):
+  config = r2ac_configs.tiny()
+  for key, value in changes.items():
+    setattr(config, key, value)
+  return config
+
+
+def test_learner_recomputes_the_actors_states():
+  """torchbeast's core-state test: unroll k's recomputed final state equals
+  the state the actor shipped with unroll k+1 (c and sensitivities)."""
+  train = anakin.make_train(tiny_config())
+  runner = train.init(jax.random.PRNGKey(0))
+  rollout = jax.jit(train.rollout)
+  runner, first, _ = rollout(runner)
+  runner, second, _ = rollout(runner)
+  assert bool(first.reset[0].all())             # episodes start at step 0
+  _, _, recomputed = jax.jit(train.agent.unroll)(
+      runner.params, first.initial_state, first.obs[:-1],
+      first.prev_reward[:-1], first.reset[:-1])
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5,
+                                                       atol=1e-6),
+               recomputed, second.initial_state)
+  # Boundaries really occur in these unrolls (memory_length=3: 4-step
+  # episodes): the test covers resets, not just a continuous stream.
+  assert bool(jnp.concatenate([first.reset[1:], second.reset[1:]]).any())
+
+
+def fabricated_unrolls(agent, params, steps, batch, key):
+  """Two consecutive unrolls of random data, state shipped as an actor would.
+
+  Example 0 starts an episode inside the first unroll (t=2); example 1 starts
+  one exactly at the boundary (step 0 of the second unroll).
+  """
+  keys = jax.random.split(key, 6)
+  total = 2 * steps + 1
+  obs = jax.random.normal(keys[0], (total, batch, 3))
+  prev_reward = jax.random.uniform(keys[1], (total, batch), minval=-1, maxval=1)
+  reset = jnp.zeros((total, batch), bool).at[0].set(True)
+  reset = reset.at[2, 0].set(True).at[steps, 1].set(True)
+  terminated = reset[1:]                     # the step before a reset ends
+  action = jax.random.randint(keys[2], (total - 1, batch), 0, 2)
+  behaviour_logits = jax.random.normal(keys[3], (total - 1, batch, 2))
+  reward = jax.random.normal(keys[4], (total - 1, batch))
+  state0 = agent.initial_core_state(params, batch)
+  _, _, state1 = jax.jit(agent.unroll)(params, state0, obs[:steps], prev_reward[:steps],
+                              reset[:steps])
+
+  def unroll_k(state, start):
+    window = slice(start, start + steps + 1)
+    step_window = slice(start, start + steps)
+    return r2ac.Trajectory(
+        initial_state=state, obs=obs[window], prev_reward=prev_reward[window],
+        reset=reset[window], action=action[step_window],
+        behaviour_logits=behaviour_logits[step_window],
+        reward=reward[step_window], terminated=terminated[step_window],
+        truncated=jnp.zeros_like(terminated[step_window]),
+        truncation_value=jnp.zeros_like(reward[step_window]))
+
+  whole = (obs, prev_reward, reset)
+  return unroll_k(state0, 0), unroll_k(state1, steps), whole
+
+
+@pytest.mark.parametrize("core", ["elstm", "indrnn"])
+def test_rtrl_over_two_unrolls_equals_bptt_over_their_concatenation(core):
+  """Fixed params: Σ_k ∇ loss_k by the learner (RTRL from the shipped
+  sensitivities) == ∇ Σ_k loss_k by BPTT through both unrolls."""
+  config = tiny_config()
+  config.network.core = core
+  config.network.core_kwargs = ({"forget_bias": 1.0} if core == "elstm" else {})
+  steps, batch = 4, 2
+  agent = r2ac.make_agent(config, (3,), 2)
+  params = agent.init(jax.random.PRNGKey(1))
+  first, second, (obs, prev_reward, reset) = fabricated_unrolls(
+      agent, params, steps, batch, jax.random.PRNGKey(2))
+
+  unroll_grad = jax.jit(jax.grad(lambda p, traj, method: agent.loss(
+      p, traj, method)[0]), static_argnums=2)
+  rtrl_grad = lambda method: jax.tree.map(
+      jnp.add, *[unroll_grad(params, traj, method) for traj in (first, second)])
+
+  def concatenated_loss(p):
+    logits, values, _ = agent.unroll(p, first.initial_state, obs, prev_reward,
+                                     reset, method="bptt")
+    window = lambda a, start: a[start:start + steps + 1]
+    return sum(agent.loss_from_outputs(window(logits, s), window(values, s),
+                                       traj)[0]
+               for s, traj in ((0, first), (steps, second)))
+
+  truth = jax.jit(jax.grad(concatenated_loss))(params)["core"]["recurrent"]
+  got = rtrl_grad("rtrl")["core"]["recurrent"]
+  truncated = rtrl_grad("tbptt")["core"]["recurrent"]
+  for name in truth:
+    scale = float(jnp.linalg.norm(truth[name]))
+    assert scale > 0, name
+    err = float(jnp.linalg.norm(got[name] - truth[name])) / scale
+    assert err < 1e-4, (name, err)
+  # Negative control: TBPTT drops the first unroll's influence.
+  worst = max(float(jnp.linalg.norm(truncated[n] - truth[n])
+                    / jnp.linalg.norm(truth[n])) for n in truth)
+  assert worst > 1e-2
+
+
+def test_episode_end_inside_an_unroll_cuts_the_trace():
+  """A reward after an episode end must not change the values before it."""
+  config = tiny_config()
+  agent = r2ac.make_agent(config, (3,), 2)
+  params = agent.init(jax.random.PRNGKey(0))
+  first, _, _ = fabricated_unrolls(agent, params, 4, 2, jax.random.PRNGKey(3))
+  # Example 0: episode ends at t=1 (reset at t=2). Change rewards at t >= 2.
+  changed = first._replace(reward=first.reward.at[2:, 0].add(10.0))
+  logits, values, _ = jax.jit(agent.unroll)(
+      params, first.initial_state, first.obs, first.prev_reward, first.reset)
+  grad_before = jax.jit(jax.grad(
+      lambda v: agent.loss_from_outputs(logits, v, first)[0]))
+  grad_after = jax.jit(jax.grad(
+      lambda v: agent.loss_from_outputs(logits, v, changed)[0]))
+  # dLoss/dV(x_t) for t < 2 of example 0 only depends on rewards up to t=1.
+  np.testing.assert_allclose(grad_before(values)[:2, 0],
+                             grad_after(values)[:2, 0], rtol=1e-6)
+  assert not np.allclose(grad_before(values)[2:4, 0], grad_after(values)[2:4, 0])
+
+
+def test_truncation_bootstraps_from_final_observation():
+  """A time-limit cut adds γ·V(final_obs) to the reward; termination does not."""
+  config = tiny_config()
+  agent = r2ac.make_agent(config, (3,), 2)
+  params = agent.init(jax.random.PRNGKey(0))
+  first, _, _ = fabricated_unrolls(agent, params, 4, 2, jax.random.PRNGKey(3))
+  logits, values, _ = agent.unroll(params, first.initial_state, first.obs,
+                                   first.prev_reward, first.reset)
+  # On-policy (ρ = 1), so the V-trace target moves by exactly the bootstrap.
+  first = first._replace(behaviour_logits=logits[:-1])
+  as_terminal = first
+  as_truncated = first._replace(
+      terminated=first.terminated.at[1, 0].set(False),
+      truncated=first.truncated.at[1, 0].set(True),
+      truncation_value=first.truncation_value.at[1, 0].set(5.0))
+  value_grad = lambda traj: jax.jit(jax.grad(
+      lambda v, traj: agent.loss_from_outputs(logits, v, traj)[0]))(values, traj)
+  with_value = value_grad(as_truncated)
+  # The same with V(final_obs) = 0 must equal the terminal case exactly.
+  zero_value = as_truncated._replace(
+      truncation_value=as_truncated.truncation_value.at[1, 0].set(0.0))
+  np.testing.assert_allclose(value_grad(zero_value), value_grad(as_terminal),
+                             rtol=1e-6)
+  # dL/dV(x_1) = -c_V (v^s_1 - V_1); v^s_1 moves by γ·5 with the bootstrap.
+  shift = float(with_value[1, 0] - value_grad(as_terminal)[1, 0])
+  np.testing.assert_allclose(
+      shift, -config.loss.baseline_cost * config.loss.discount * 5.0, rtol=1e-5)
+
+
+def test_bad_core_gradient_combination_is_rejected():
+  config = tiny_config()
+  config.network.core = "lstm"
+  config.network.core_kwargs = {}
+  with pytest.raises(ValueError, match=r"gradient='rtrl' needs a core with exact RTRL"):
+    r2ac.make_agent(config, (3,), 2)
+
+
+def test_pytorch_rmsprop_semantics():
+  """One step equals PyTorch RMSProp: ν = (1-α) g², Δ = -lr g / (√ν + ε)."""
+  config = tiny_config()
+  config.optimizer.anneal_lr = False
+  optimizer = r2ac.make_optimizer(config, 10)
+  params = {"w": jnp.array([1.0, -2.0])}
+  grads = {"w": jnp.array([0.3, -0.1])}
+  updates, _ = optimizer.update(grads, optimizer.init(params), params)
+  nu = (1 - 0.99) * grads["w"] ** 2
+  expected = -6e-4 * grads["w"] / (jnp.sqrt(nu) + 0.01)
+  np.testing.assert_allclose(updates["w"], expected, rtol=1e-6)
