@@ -18,17 +18,25 @@ CORE = [
     "tensorboardX==2.6.5",
     "tqdm==4.70.1",
     "matplotlib==3.11.2",
+    # R2AC: V-trace (rlax needs distrax, which needs a tfp nightly: pinned so
+    # the resolution cannot drift) and the JAX environments of the Anakin system.
+    "rlax==0.1.9",
+    "distrax==0.1.9",
+    "tfp-nightly==0.26.0.dev20261027",
+    "gymnax==1.0.1",
+    "gymnasium==1.3.0",
+    "xminigrid==0.9.3",
 ]
 
 EXTRAS = {
+    # Non-JAX environments for the Sebulba system (about 1 GB of wheels).
     "envs": [
         "envpool==1.2.5",
-        "gymnax==1.0.1",
-        "gymnasium==1.3.0",
     ],
     "test": [
         "pytest==9.2.0",
         "pytest-timeout==2.4.0",
+        "pytest-xdist==3.8.0",
     ],
 }
 
