@@ -24,20 +24,18 @@ import jax
 import jax.numpy as jnp
 
 from rtrl_jax import oracle
-from rtrl_jax.cell import RecurrentState
 
 METHODS = ("rtrl", "tbptt")
 
 
 def restart_sensitivities(state):
   """`state` with every `RecurrentState`'s sensitivities set to zeros."""
-  def restart(leaf):
-    if isinstance(leaf, RecurrentState) and leaf.sensitivities is not None:
-      return leaf._replace(
-          sensitivities=jax.tree.map(jnp.zeros_like, leaf.sensitivities))
-    return leaf
-  return jax.tree.map(restart, state,
-                      is_leaf=lambda x: isinstance(x, RecurrentState))
+  def restart(layer_state):
+    if layer_state.sensitivities is None:
+      return layer_state
+    return layer_state._replace(sensitivities=jax.tree.map(
+        jnp.zeros_like, layer_state.sensitivities))
+  return oracle.map_states(restart, state)
 
 
 def window_gradients(model, params, state, inputs, resets, targets, loss_fn,

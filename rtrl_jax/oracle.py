@@ -29,6 +29,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from rtrl_jax.cell import RecurrentState
 from rtrl_jax.core import bptt, rtrl
 
 
@@ -49,6 +50,14 @@ class CellRunner:
 def as_runner(model):
   """`model` as a runner: cells (they have `transition`) get a `CellRunner`."""
   return CellRunner(model) if hasattr(model, "transition") else model
+
+
+def map_states(fn, state):
+  """Applies `fn` to every `RecurrentState` in `state` (a state or a tuple of
+  them, as runners use)."""
+  return jax.tree.map(
+      lambda leaf: fn(leaf) if isinstance(leaf, RecurrentState) else leaf,
+      state, is_leaf=lambda x: isinstance(x, RecurrentState))
 
 
 def _segment_count(total_length, segment_length):
@@ -126,6 +135,8 @@ def full_bptt_segment_gradients(cell, params, state, inputs, resets, targets,
   `cell` is a cell or a runner. Returns a list with one gradient per segment.
   """
   count = _segment_count(inputs.shape[0], segment_length)
+  # Sensitivities do not change BPTT's outputs or gradient; skip their cost.
+  state = map_states(lambda s: s._replace(sensitivities=None), state)
   grads = _bptt_segment_gradients(as_runner(cell), loss_fn, count, params,
                                   state, inputs, resets, targets)
   return _unstack(grads, count)
@@ -138,9 +149,7 @@ def _bptt_segment_gradients(runner, loss_fn, segment_count, params, state,
 
   def segment_losses(p):
     outputs, _ = runner("bptt", p, state, inputs, resets)
-    outputs, targets_k = _split(segment_count, (outputs, targets))
-    return jnp.stack([loss_fn(outputs[k], targets_k[k])
-                      for k in range(segment_count)])
+    return jax.vmap(loss_fn)(*_split(segment_count, (outputs, targets)))
 
   return jax.jacrev(segment_losses)(params)
 

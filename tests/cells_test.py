@@ -1,0 +1,316 @@
+"""The BPTT-oracle suite for every registered cell and the exact two-layer stack.
+
+For each model (every entry of `rtrl_jax.CELLS`, plus `ExactTwoLayer`), in
+float64: a sequence of 48 steps with per-step losses, random resets and one
+reset exactly on a segment boundary for every segment length, is cut into
+segments of length 1, 2, 3, 5, 8 and 16 (≥ 3 segments each, state carried).
+RTRL's gradient of each segment's loss must equal the true one (BPTT through
+the whole sequence) for every parameter leaf to 1e-8 relative error; TBPTT
+must not (negative control). All gradients of one model are one compiled
+program (see `oracle_results`), to keep the suite fast.
+"""
+
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import rtrl_jax
+from rtrl_jax import oracle
+from rtrl_jax.indrnn import IndRNN
+from rtrl_jax.linear_transformer import LinearTransformer
+from rtrl_jax.lru import DiagonalLRU
+from rtrl_jax.multilayer import ExactTwoLayer
+from rtrl_jax.qrnn import QRNN
+
+TOTAL, BATCH, INPUT_SIZE = 48, 3, 3
+SEGMENT_LENGTHS = (1, 2, 3, 5, 8, 16)
+# The exact two-layer stack is the slowest to compile; a subset of lengths.
+STACK_SEGMENT_LENGTHS = (1, 5, 16)
+TBPTT_SEGMENT_LENGTH = 3
+# (step, example) resets that sit exactly on a segment boundary: 24 for
+# lengths 1, 2, 3, 8; 40 for 5; 32 for 16 (and 1, 2, 8).
+BOUNDARY_RESETS = ((24, 0), (40, 1), (32, 2))
+
+# Hyper-parameters with long memory, so that the part of the gradient that
+# crosses segments is large enough to see. Cells not listed use defaults.
+CELL_KWARGS = {
+    "elstm": dict(forget_bias=2.0, init_scale=0.5),
+    "qrnn": dict(window=3, forget_bias=2.0),
+    "lru": dict(r_min=0.8, r_max=0.95),
+    "linear_transformer": dict(key_size=3, num_heads=2),
+}
+
+
+def make_model(name):
+  if name == "exact_two_layer":
+    layer = lambda: rtrl_jax.ELSTM(3, forget_bias=2.0, init_scale=0.5)
+    return ExactTwoLayer(lower=layer(), upper=layer())
+  hidden = 2 if name == "linear_transformer" else 3
+  return rtrl_jax.CELLS[name](hidden, **CELL_KWARGS.get(name, {}))
+
+
+MODEL_NAMES = list(rtrl_jax.CELLS) + ["exact_two_layer"]
+
+
+def segment_lengths(name):
+  return STACK_SEGMENT_LENGTHS if name == "exact_two_layer" else SEGMENT_LENGTHS
+
+
+def per_step_loss(outputs, targets):
+  """Σ_t L(t), a non-linear loss at every step (the same at every step, so a
+  segment's loss is the sum of its steps' losses)."""
+  return jnp.sum(jnp.tanh(outputs - targets) ** 2)
+
+
+def make_problem(model, seed=0, dtype=jnp.float64):
+  keys = jax.random.split(jax.random.PRNGKey(seed), 4)
+  params = model.init(keys[0], INPUT_SIZE, dtype)
+  inputs = jax.random.normal(keys[1], (TOTAL, BATCH, INPUT_SIZE), dtype)
+  resets = jax.random.bernoulli(keys[2], 0.03, (TOTAL, BATCH))
+  resets = resets.at[0].set(False)
+  for step, example in BOUNDARY_RESETS:
+    resets = resets.at[step, example].set(True)
+  state = model.initial_state(params, BATCH)
+  outputs, _ = jax.eval_shape(
+      lambda p: rtrl_jax.bptt(model, p, state, inputs, resets), params)
+  targets = jax.random.normal(keys[3], outputs.shape, dtype)
+  return params, state, inputs, resets, targets
+
+
+def prefix_length(segment_length):
+  return segment_length * (TOTAL // segment_length)
+
+
+# Compiling is most of this suite's time. On these small programs XLA:CPU's
+# fusion emitters and LLVM's optimisations cost 5x the compile time and save
+# nothing; the numerics are the same.
+FAST_COMPILE = {"xla_backend_optimization_level": 0,
+                "xla_cpu_use_fusion_emitters": False}
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1),
+                   compiler_options=FAST_COMPILE)
+def _all_gradients(model, lengths, params, state, inputs, resets, targets):
+  """True per-step gradients, RTRL for every segment length, TBPTT for one.
+
+  The true gradient of a segment's loss is the sum of its steps' gradients
+  (per-step losses), and a step's gradient depends only on the steps before
+  it, so one full-length BPTT Jacobian serves every segment length.
+  """
+  truth = oracle.full_bptt_segment_gradients(
+      model, params, state, inputs, resets, targets, per_step_loss, 1)
+  truth = jax.tree.map(lambda *g: jnp.stack(g), *truth)
+  rtrl_grads = {}
+  for length in lengths:
+    t = prefix_length(length)
+    rtrl_grads[length], _ = oracle.segment_gradients(
+        "rtrl", model, params, state, inputs[:t], resets[:t], targets[:t],
+        per_step_loss, length)
+  t = prefix_length(TBPTT_SEGMENT_LENGTH)
+  tbptt_grads, _ = oracle.segment_gradients(
+      "tbptt", model, params, state, inputs[:t], resets[:t], targets[:t],
+      per_step_loss, TBPTT_SEGMENT_LENGTH)
+  return truth, rtrl_grads, tbptt_grads
+
+
+@functools.lru_cache(maxsize=None)
+def oracle_results(name):
+  model = make_model(name)
+  with jax.enable_x64(True):
+    problem = make_problem(model)
+    return problem, jax.device_get(
+        _all_gradients(model, segment_lengths(name), *problem))
+
+
+def segment_truths(per_step_truth, segment_length):
+  """Per-segment true gradients: sums of the per-step ones."""
+  count = TOTAL // segment_length
+  return [jax.tree.map(
+      lambda g, k=k: g[k * segment_length:(k + 1) * segment_length].sum(0),
+      per_step_truth) for k in range(count)]
+
+
+def leaf_errors(estimates, truths):
+  """[(segment, leaf path, relative error)] for every segment and leaf."""
+  errors = []
+  with jax.enable_x64(True):  # Float64 arithmetic for the comparison too.
+    for k, (estimate, truth) in enumerate(zip(estimates, truths)):
+      for path, err in jax.tree_util.tree_flatten_with_path(
+          oracle.relative_error(estimate, truth))[0]:
+        errors.append((k, jax.tree_util.keystr(path), float(err)))
+  return errors
+
+
+@pytest.mark.parametrize("name,segment_length", [
+    (name, length) for name in MODEL_NAMES for length in segment_lengths(name)])
+def test_rtrl_gradient_equals_bptt_for_every_leaf(name, segment_length):
+  _, (truth, rtrl_grads, _) = oracle_results(name)
+  estimates = rtrl_grads[segment_length]
+  assert len(estimates) >= 3
+  errors = leaf_errors(estimates, segment_truths(truth, segment_length))
+  n_leaves = len(jax.tree.leaves(truth))
+  assert len(errors) == len(estimates) * n_leaves
+  for k, path, err in errors:
+    assert err <= 1e-8, f"{name}: segment {k}, leaf {path}: rel. error {err}"
+
+
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_negative_control_tbptt_differs_from_bptt(name):
+  _, (truth, _, tbptt_grads) = oracle_results(name)
+  errors = leaf_errors(tbptt_grads,
+                       segment_truths(truth, TBPTT_SEGMENT_LENGTH))
+  # The first segment has no past, so TBPTT is exact there.
+  assert max(err for k, _, err in errors if k == 0) <= 1e-8
+  later = [err for k, path, err in errors if k > 0 and "recurrent" in path]
+  assert max(later) > 1e-3, f"{name}: TBPTT matches BPTT; the test is vacuous"
+
+
+def test_every_boundary_reset_is_on_a_boundary_of_some_tested_length():
+  for length in SEGMENT_LENGTHS:
+    assert any(step % length == 0 and step < prefix_length(length)
+               for step, _ in BOUNDARY_RESETS), length
+
+
+@dataclasses.dataclass(frozen=True)
+class QRNNWithoutDecay(QRNN):
+  """A wrong QRNN: sensitivities without the decay by f (inputs-only gates)."""
+
+  def update_sensitivities(self, recurrent_params, hidden, inputs,
+                           sensitivities):
+    fresh = jax.tree.map(jnp.zeros_like, sensitivities)
+    return super().update_sensitivities(recurrent_params, hidden, inputs, fresh)
+
+
+def test_oracle_catches_sensitivities_without_the_forget_decay():
+  model = QRNNWithoutDecay(3, window=3, forget_bias=2.0)
+  length = 8
+
+  @functools.partial(jax.jit, compiler_options=FAST_COMPILE)
+  def gradients(params, state, inputs, resets, targets):
+    estimates, _ = oracle.segment_gradients(
+        "rtrl", model, params, state, inputs, resets, targets, per_step_loss,
+        length)
+    truths = oracle.full_bptt_segment_gradients(
+        model, params, state, inputs, resets, targets, per_step_loss, length)
+    return estimates, truths
+
+  with jax.enable_x64(True):
+    estimates, truths = gradients(*make_problem(model))
+  assert max(err for _, _, err in leaf_errors(estimates, truths)) > 1e-3
+
+
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_sensitivities_contract_to_the_autodiff_vjp(name):
+  """After a few steps, (dL/dh)ᵀ S equals the VJP of h(t) w.r.t. θ_r."""
+  model = make_model(name)
+  steps = 4
+  with jax.enable_x64(True):
+    params = model.init(jax.random.PRNGKey(1), INPUT_SIZE, jnp.float64)
+    xs = jax.random.normal(jax.random.PRNGKey(2), (steps, INPUT_SIZE),
+                           jnp.float64)
+
+    def unroll(recurrent):
+      hidden = model.initial_hidden(params)
+      for x in xs:
+        hidden = model.transition(recurrent, hidden, x)
+      return hidden
+
+    hidden, sens = model.initial_hidden(params), model.zero_sensitivities(params)
+    for x in xs:
+      sens = model.update_sensitivities(params["recurrent"], hidden, x, sens)
+      hidden = model.transition(params["recurrent"], hidden, x)
+    cotangent = jax.tree.map(
+        lambda h: jax.random.normal(jax.random.PRNGKey(3), h.shape, h.dtype),
+        hidden)
+    if name == "exact_two_layer":  # y¹ is never read by the transition.
+      cotangent["y1"] = jnp.zeros_like(cotangent["y1"])
+    truth = jax.vjp(unroll, params["recurrent"])[1](cotangent)[0]
+    got = model.contract_sensitivities(cotangent, sens)
+    errors = oracle.relative_error(got, truth)
+  assert jax.tree.structure(got) == jax.tree.structure(params["recurrent"])
+  for path, err in jax.tree_util.tree_flatten_with_path(errors)[0]:
+    assert float(err) <= 1e-12, f"{name} {jax.tree_util.keystr(path)}: {err}"
+
+
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_rtrl_and_bptt_forward_agree_under_jit_vmap_and_dtype(name):
+  """Same outputs and states from `rtrl` and `bptt`, in float64 and float32,
+  under jit; vmap over an ensemble of parameters matches one-by-one runs."""
+  model = make_model(name)
+  with jax.enable_x64(True):
+    problem64 = make_problem(model)
+    to_float32 = lambda tree: jax.tree.map(
+        lambda a: a.astype(jnp.float32) if a.dtype == jnp.float64 else a, tree)
+    problems = {"float64": problem64, "float32": to_float32(problem64)}
+    params64, state64, inputs64, resets, _ = problem64
+    other = model.init(jax.random.PRNGKey(7), INPUT_SIZE, jnp.float64)
+    ensemble = jax.tree.map(lambda a, b: jnp.stack([a, b]), params64, other)
+
+    @functools.partial(jax.jit, compiler_options=FAST_COMPILE)
+    def run(problems, ensemble):
+      results = {}
+      for dtype, (params, state, inputs, resets, _) in problems.items():
+        results[dtype] = (
+            rtrl_jax.rtrl(model, params, state, inputs, resets),
+            rtrl_jax.bptt(model, params, state, inputs, resets))
+      vmapped = jax.vmap(lambda p: rtrl_jax.rtrl(
+          model, p, state64, inputs64, resets)[0])(ensemble)
+      return results, vmapped
+
+    results, vmapped = run(problems, ensemble)
+  for dtype, (by_rtrl, by_bptt) in results.items():
+    tol = 1e-5 if dtype == "float32" else 1e-12
+    assert by_rtrl[0].shape[:2] == (TOTAL, BATCH)
+    for a, b in zip(jax.tree.leaves(by_rtrl), jax.tree.leaves(by_bptt)):
+      assert a.dtype == dtype and b.dtype == dtype
+      np.testing.assert_allclose(a, b, rtol=tol, atol=tol)
+  by_rtrl64 = results["float64"][0][0]
+  np.testing.assert_allclose(vmapped[0], by_rtrl64, rtol=1e-12, atol=1e-12)
+  np.testing.assert_allclose(  # float32 follows float64.
+      results["float32"][0][0], by_rtrl64, rtol=1e-3, atol=1e-3)
+  assert not np.allclose(vmapped[1], by_rtrl64)  # The members differ.
+
+
+BAD_HYPERPARAMETERS = [
+    (IndRNN, dict(hidden_size=3, activation="sigmoid"), "'sigmoid'"),
+    (IndRNN, dict(hidden_size=3, u_init_max=1.5), "1.5"),
+    (IndRNN, dict(hidden_size=3, u_init_max=0.0), "0.0"),
+    (IndRNN, dict(hidden_size=0), "0"),
+    (QRNN, dict(hidden_size=3, window=0), "0"),
+    (QRNN, dict(hidden_size=3, window=2.0), "2.0"),
+    (QRNN, dict(hidden_size=3, init_scale=-1.0), "-1.0"),
+    (DiagonalLRU, dict(hidden_size=3, r_max=1.0), "1.0"),
+    (DiagonalLRU, dict(hidden_size=3, r_min=0.9, r_max=0.5), "0.9"),
+    (DiagonalLRU, dict(hidden_size=3, max_phase=float("nan")), "nan"),
+    (LinearTransformer, dict(hidden_size=3, key_size=-2), "-2"),
+    (LinearTransformer, dict(hidden_size=3, num_heads=True), "True"),
+    (LinearTransformer, dict(hidden_size=3, feature_map="softmax"),
+     "'softmax'"),
+]
+
+
+@pytest.mark.parametrize("cls,kwargs,value", BAD_HYPERPARAMETERS)
+def test_bad_hyperparameters_get_a_one_line_error_naming_the_value(
+    cls, kwargs, value):
+  with pytest.raises(ValueError) as error:
+    cls(**kwargs)
+  message = str(error.value)
+  assert "\n" not in message and value in message and cls.__name__ in message
+
+
+@pytest.mark.parametrize("name", list(rtrl_jax.CELLS))
+def test_init_rejects_a_bad_input_size(name):
+  with pytest.raises(ValueError, match="input_size"):
+    rtrl_jax.CELLS[name](3).init(jax.random.PRNGKey(0), 0)
+
+
+@pytest.mark.parametrize("name", list(rtrl_jax.CELLS))
+def test_every_cell_documents_equations_sensitivities_and_cost(name):
+  import sys
+  doc = sys.modules[rtrl_jax.CELLS[name].__module__].__doc__
+  for word in ("Sensitivit", "Cost per example and step"):
+    assert word in doc, f"{name}: module docstring lacks {word!r}"
