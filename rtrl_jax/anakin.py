@@ -23,7 +23,8 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from rtrl_jax.agents.r2ac import Trajectory, make_agent, make_optimizer
+from rtrl_jax.agents.r2ac import (Trajectory, make_agent, make_learner_step,
+                                  make_optimizer)
 from rtrl_jax.envs import make_env
 
 
@@ -62,6 +63,7 @@ def make_train(config, mesh=None) -> Train:
   agent = make_agent(config, env.obs_shape, env.num_actions)
   total_updates = max(1, config.total_updates)
   optimizer = make_optimizer(config, total_updates)
+  learner_step = make_learner_step(agent, optimizer)
   mesh = mesh or make_mesh(config.get("num_devices", None) or None)
   num_envs, unroll_length = config.num_envs, config.unroll_length
   if num_envs % mesh.size:
@@ -154,15 +156,6 @@ def make_train(config, mesh=None) -> Train:
         "episode_length_sum": jnp.sum(steps["finished_length"]),
     }
     return runner, trajectory, stats
-
-  def learner_step(params, opt_state, trajectory):
-    """One update on one unroll (the same function a Sebulba learner uses)."""
-    grads, metrics = jax.grad(agent.loss, has_aux=True)(params, trajectory)
-    updates, opt_state = optimizer.update(grads, opt_state, params)
-    params = jax.tree.map(lambda p, u: p + u, params, updates)
-    metrics["grad_norm"] = jnp.sqrt(sum(jnp.sum(g ** 2)
-                                        for g in jax.tree.leaves(grads)))
-    return params, opt_state, metrics
 
   def one_update(runner, _):
     runner, trajectory, stats = rollout(runner)

@@ -258,3 +258,19 @@ def make_optimizer(config, total_updates):
     transform = optax.multi_transform(
         {"train": transform, "frozen": optax.set_to_zero()}, labels)
   return transform
+
+
+def make_learner_step(agent, optimizer):
+  """The learner update on one unroll, shared by the Anakin and Sebulba systems.
+
+  learner_step(params, opt_state, trajectory) -> (params, opt_state, metrics)
+  """
+
+  def learner_step(params, opt_state, trajectory):
+    grads, metrics = jax.grad(agent.loss, has_aux=True)(params, trajectory)
+    updates, opt_state = optimizer.update(grads, opt_state, params)
+    params = optax.apply_updates(params, updates)
+    metrics["grad_norm"] = optax.global_norm(grads)
+    return params, opt_state, metrics
+
+  return learner_step
