@@ -9,14 +9,14 @@ STAMP := $(VENV)/.installed-$(shell cat setup.py | md5sum | cut -c1-8)
 $(STAMP): setup.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e ".[test]"
+	$(PY) -m pip install -q -e ".[envs,test]"
 	touch $(STAMP)
 
 demo: $(STAMP)
 	$(PY) -m experiments.demo
 
 test: $(STAMP)
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -n 2 tests
 
 bench: $(STAMP)
 	$(PY) -m experiments.benchmark_cells
