@@ -179,18 +179,17 @@ def _check_arguments(name, cell, params, state, inputs, resets):
   if resets.dtype != jnp.bool_:
     raise ValueError(
         f"{name}: `resets` must be bool, got {resets.dtype}")
-  expected_hidden = jax.tree.map(lambda l: (b,) + l.shape,
-                                 cell.initial_hidden(params))
-  got_hidden = jax.tree.map(lambda l: l.shape, state.hidden)
-  if expected_hidden != got_hidden:
-    raise ValueError(
-        f"{name}: `state.hidden` must have shape {expected_hidden}, got "
-        f"{got_hidden}")
+  _check_batched(name, "state.hidden", cell.initial_hidden(params),
+                 state.hidden, b)
   if state.sensitivities is not None:
-    expected = jax.tree.map(lambda l: (b,) + l.shape,
-                            cell.zero_sensitivities(params))
-    got = jax.tree.map(lambda l: l.shape, state.sensitivities)
-    if expected != got:
-      raise ValueError(
-          f"{name}: `state.sensitivities` must have shapes {expected}, got "
-          f"{got}")
+    _check_batched(name, "state.sensitivities",
+                   cell.zero_sensitivities(params), state.sensitivities, b)
+
+
+def _check_batched(name, argument, single_example, batched, batch_size):
+  """`batched` must be `single_example` with a leading batch axis."""
+  expected = jax.tree.map(lambda l: (batch_size,) + l.shape, single_example)
+  got = jax.tree.map(lambda l: l.shape, batched)
+  if expected != got:
+    raise ValueError(
+        f"{name}: `{argument}` must have shape {expected}, got {got}")

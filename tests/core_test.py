@@ -330,6 +330,11 @@ class TestBadInput:
     with pytest.raises(ValueError, match=r"`state.hidden` must have shape"):
       self.call(state=self.cell.initial_state(self.params, BATCH + 1))
 
+  def test_sensitivity_shapes(self):
+    other = self.cell.init(jax.random.PRNGKey(0), INPUT_SIZE + 1)
+    with pytest.raises(ValueError, match=r"`state.sensitivities` must have shape"):
+      self.call(state=self.cell.initial_state(other, BATCH))
+
   def test_rtrl_needs_sensitivities(self):
     with pytest.raises(ValueError, match=r"`state.sensitivities` is None"):
       self.call(state=self.cell.initial_state(self.params, BATCH, False))
