@@ -35,13 +35,11 @@ import jax.numpy as jnp
 import numpy as np
 
 import rtrl_jax
-from rtrl_jax import diagnostics
+from rtrl_jax import diagnostics, oracle
 from rtrl_jax.multilayer import ExactTwoLayer, LayerStack
 
-# Small programs compile 5x faster without XLA:CPU's fusion emitters and LLVM
-# optimisations; used for the alignment part only (not for timings).
-FAST_COMPILE = {"xla_backend_optimization_level": 0,
-                "xla_cpu_use_fusion_emitters": False}
+# Fast compiling for the alignment part only (not for the timings).
+FAST_COMPILE = oracle.FAST_CPU_COMPILE
 
 
 def parse_args():

@@ -9,10 +9,9 @@ import numpy as np
 import pytest
 
 import rtrl_jax
+from rtrl_jax import oracle
 from rtrl_jax.adapters import flax as flax_adapter
 from rtrl_jax.adapters import haiku as haiku_adapter
-
-from cells_test import FAST_COMPILE
 
 LENGTH, BATCH, INPUT_SIZE, HIDDEN = 5, 2, 3, 4
 
@@ -77,7 +76,7 @@ def test_adapter_gradients_equal_core_gradients(framework, mode):
   state = cell.initial_state(cell_params, BATCH,
                              sensitivities=(mode == "rtrl"))
 
-  @functools.partial(jax.jit, compiler_options=FAST_COMPILE)
+  @functools.partial(jax.jit, compiler_options=oracle.FAST_CPU_COMPILE)
   def gradients(module_params, cell_params, inputs, resets):
     by_adapter = jax.grad(two_segment_loss(run, state))(
         module_params, inputs, resets)
@@ -113,7 +112,7 @@ def test_adapters_wrap_every_cell(name):
   for framework, (_, cell_params, _, _) in setups.items():
     assert jax.tree.structure(cell_params) == jax.tree.structure(reference)
 
-  @functools.partial(jax.jit, compiler_options=FAST_COMPILE)
+  @functools.partial(jax.jit, compiler_options=oracle.FAST_CPU_COMPILE)
   def run_all(module_params, cell_params):
     got = {framework: setups[framework][2](module_params[framework], state,
                                            inputs[0], resets[0])

@@ -3,7 +3,8 @@
 For each model (every entry of `rtrl_jax.CELLS`, plus `ExactTwoLayer`), in
 float64: a sequence of 48 steps with per-step losses, random resets and one
 reset exactly on a segment boundary for every segment length, is cut into
-segments of length 1, 2, 3, 5, 8 and 16 (≥ 3 segments each, state carried).
+segments of length 1, 2, 3, 5, 8 and 16 (≥ 3 segments each, state carried;
+1, 5 and 16 for the exact stack, the slowest to compile).
 RTRL's gradient of each segment's loss must equal the true one (BPTT through
 the whole sequence) for every parameter leaf to 1e-8 relative error; TBPTT
 must not (negative control). All gradients of one model are one compiled
@@ -85,11 +86,8 @@ def prefix_length(segment_length):
   return segment_length * (TOTAL // segment_length)
 
 
-# Compiling is most of this suite's time. On these small programs XLA:CPU's
-# fusion emitters and LLVM's optimisations cost 5x the compile time and save
-# nothing; the numerics are the same.
-FAST_COMPILE = {"xla_backend_optimization_level": 0,
-                "xla_cpu_use_fusion_emitters": False}
+# Compiling is most of this suite's time.
+FAST_COMPILE = oracle.FAST_CPU_COMPILE
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1),
@@ -117,7 +115,6 @@ def _all_gradients(model, lengths, params, state, inputs, resets, targets):
   return truth, rtrl_grads, tbptt_grads
 
 
-@functools.lru_cache(maxsize=None)
 def oracle_results(name):
   model = make_model(name)
   with jax.enable_x64(True):
@@ -145,25 +142,27 @@ def leaf_errors(estimates, truths):
   return errors
 
 
-@pytest.mark.parametrize("name,segment_length", [
-    (name, length) for name in MODEL_NAMES for length in segment_lengths(name)])
-def test_rtrl_gradient_equals_bptt_for_every_leaf(name, segment_length):
-  _, (truth, rtrl_grads, _) = oracle_results(name)
-  estimates = rtrl_grads[segment_length]
-  assert len(estimates) >= 3
-  errors = leaf_errors(estimates, segment_truths(truth, segment_length))
-  n_leaves = len(jax.tree.leaves(truth))
-  assert len(errors) == len(estimates) * n_leaves
-  for k, path, err in errors:
-    assert err <= 1e-8, f"{name}: segment {k}, leaf {path}: rel. error {err}"
-
-
 @pytest.mark.parametrize("name", MODEL_NAMES)
-def test_negative_control_tbptt_differs_from_bptt(name):
-  _, (truth, _, tbptt_grads) = oracle_results(name)
+def test_bptt_oracle(name):
+  """RTRL equals BPTT for every leaf, segment and segment length; TBPTT not.
+
+  One test per model (not per length): all lengths share one compiled
+  program, which parallel test workers would otherwise each compile.
+  """
+  _, (truth, rtrl_grads, tbptt_grads) = oracle_results(name)
+  n_leaves = len(jax.tree.leaves(truth))
+  for length in segment_lengths(name):
+    estimates = rtrl_grads[length]
+    assert len(estimates) >= 3
+    errors = leaf_errors(estimates, segment_truths(truth, length))
+    assert len(errors) == len(estimates) * n_leaves
+    for k, path, err in errors:
+      assert err <= 1e-8, (
+          f"{name}, segment length {length}: segment {k}, leaf {path}: "
+          f"rel. error {err}")
+  # Negative control. The first segment has no past, so TBPTT is exact there.
   errors = leaf_errors(tbptt_grads,
                        segment_truths(truth, TBPTT_SEGMENT_LENGTH))
-  # The first segment has no past, so TBPTT is exact there.
   assert max(err for k, _, err in errors if k == 0) <= 1e-8
   later = [err for k, path, err in errors if k > 0 and "recurrent" in path]
   assert max(later) > 1e-3, f"{name}: TBPTT matches BPTT; the test is vacuous"
@@ -208,11 +207,9 @@ def test_sensitivities_contract_to_the_autodiff_vjp(name):
   """After a few steps, (dL/dh)ᵀ S equals the VJP of h(t) w.r.t. θ_r."""
   model = make_model(name)
   steps = 4
-  with jax.enable_x64(True):
-    params = model.init(jax.random.PRNGKey(1), INPUT_SIZE, jnp.float64)
-    xs = jax.random.normal(jax.random.PRNGKey(2), (steps, INPUT_SIZE),
-                           jnp.float64)
 
+  @functools.partial(jax.jit, compiler_options=FAST_COMPILE)
+  def contracted_and_vjp(params, xs):
     def unroll(recurrent):
       hidden = model.initial_hidden(params)
       for x in xs:
@@ -229,7 +226,13 @@ def test_sensitivities_contract_to_the_autodiff_vjp(name):
     if name == "exact_two_layer":  # y¹ is never read by the transition.
       cotangent["y1"] = jnp.zeros_like(cotangent["y1"])
     truth = jax.vjp(unroll, params["recurrent"])[1](cotangent)[0]
-    got = model.contract_sensitivities(cotangent, sens)
+    return model.contract_sensitivities(cotangent, sens), truth
+
+  with jax.enable_x64(True):
+    params = model.init(jax.random.PRNGKey(1), INPUT_SIZE, jnp.float64)
+    xs = jax.random.normal(jax.random.PRNGKey(2), (steps, INPUT_SIZE),
+                           jnp.float64)
+    got, truth = contracted_and_vjp(params, xs)
     errors = oracle.relative_error(got, truth)
   assert jax.tree.structure(got) == jax.tree.structure(params["recurrent"])
   for path, err in jax.tree_util.tree_flatten_with_path(errors)[0]:

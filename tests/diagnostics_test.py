@@ -7,9 +7,7 @@ import jax.numpy as jnp
 import pytest
 
 import rtrl_jax
-from rtrl_jax import diagnostics
-
-from cells_test import FAST_COMPILE
+from rtrl_jax import diagnostics, oracle
 
 TOTAL, BATCH, INPUT_SIZE, HIDDEN, SEGMENT = 12, 2, 3, 3, 4
 
@@ -32,7 +30,7 @@ def test_rtrl_aligns_and_tbptt_does_not_from_a_warm_state():
                              inputs[:SEGMENT], resets[:SEGMENT])
     assert float(jnp.abs(state.sensitivities["Z"]).max()) > 0
 
-    @functools.partial(jax.jit, compiler_options=FAST_COMPILE)
+    @functools.partial(jax.jit, compiler_options=oracle.FAST_CPU_COMPILE)
     def report(params, state, inputs, resets, targets):
       return diagnostics.gradient_alignment_report(
           cell, params, state, inputs, resets, targets, per_step_loss,

@@ -14,8 +14,6 @@ import rtrl_jax
 from rtrl_jax import oracle
 from rtrl_jax.multilayer import DIAGONAL_CELLS, ExactTwoLayer, LayerStack
 
-from cells_test import FAST_COMPILE
-
 TOTAL, BATCH, INPUT_SIZE, HIDDEN, SEGMENT = 24, 3, 3, 3, 4
 
 
@@ -44,8 +42,9 @@ def test_supported_cells_have_diagonal_recurrence_jacobians(cls):
     params = cell.init(jax.random.PRNGKey(0), 2, jnp.float64)
     hidden = jax.random.normal(jax.random.PRNGKey(1), (4,), jnp.float64)
     x = jax.random.normal(jax.random.PRNGKey(2), (2,), jnp.float64)
-    jacobian = np.asarray(jax.jacfwd(
-        lambda h: cell.transition(params["recurrent"], h, x))(hidden))
+    jacobian = np.asarray(jax.jit(jax.jacfwd(
+        lambda h: cell.transition(params["recurrent"], h, x)),
+        compiler_options=oracle.FAST_CPU_COMPILE)(hidden))
   off_diagonal = jacobian - np.diag(np.diag(jacobian))
   assert np.abs(np.diag(jacobian)).min() > 0
   assert np.abs(off_diagonal).max() == 0
@@ -60,7 +59,8 @@ def make_problem(stack):
   return params, stack.initial_state(params, BATCH), inputs, resets, targets
 
 
-@functools.partial(jax.jit, static_argnums=0, compiler_options=FAST_COMPILE)
+@functools.partial(jax.jit, static_argnums=0,
+                   compiler_options=oracle.FAST_CPU_COMPILE)
 def _stack_gradients(stack, params, state, inputs, resets, targets):
   estimates, _ = oracle.segment_gradients(
       "rtrl", stack, params, state, inputs, resets, targets, per_step_loss,
@@ -117,7 +117,7 @@ def test_one_layer_stack_is_plain_rtrl():
   with jax.enable_x64(True):
     params, state, inputs, resets, targets = make_problem(stack)
 
-    @functools.partial(jax.jit, compiler_options=FAST_COMPILE)
+    @functools.partial(jax.jit, compiler_options=oracle.FAST_CPU_COMPILE)
     def both(params, state, inputs, resets, targets):
       def loss(run, p):
         return per_step_loss(run(p)[0], targets)
