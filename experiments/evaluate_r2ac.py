@@ -14,11 +14,8 @@ import json
 import os
 import sys
 
-import jax
-import ml_collections
 from absl import app, flags, logging
 
-from rtrl_jax import anakin
 from rtrl_jax import evaluation
 from rtrl_jax import experiment
 
@@ -32,23 +29,6 @@ _CALL = flags.DEFINE_integer("call", None,
                              "Checkpoint to load (default: the latest).")
 
 
-def load_run(workdir, call=None):
-  """(train, runner, metadata) of checkpoint `call` (latest) in `workdir`."""
-  config_path = os.path.join(workdir, "config.json")
-  if not os.path.exists(config_path):
-    raise FileNotFoundError(f"--workdir: no config.json in {workdir}")
-  with open(config_path) as f:
-    config = ml_collections.ConfigDict(json.load(f))
-  train = anakin.make_train(config)
-  checkpointer = experiment.Checkpointer(os.path.join(workdir, "checkpoints"))
-  try:
-    runner, metadata = checkpointer.restore(
-        train.init(jax.random.PRNGKey(config.seed)), call)
-  finally:
-    checkpointer.close()
-  return config, train, runner, metadata
-
-
 def main(argv):
   if len(argv) > 1:
     sys.exit(f"error: unexpected arguments {argv[1:]}")
@@ -58,7 +38,7 @@ def main(argv):
   if unknown:
     sys.exit(f"error: --actions: unknown {unknown}; use greedy and/or sampled")
   try:
-    config, train, runner, metadata = load_run(_WORKDIR.value, _CALL.value)
+    config, train, runner, metadata = evaluation.restore_run(_WORKDIR.value, _CALL.value)
   except FileNotFoundError as error:
     sys.exit(f"error: {error}")
   print(f"{_WORKDIR.value}: checkpoint of call {metadata.get('call')} "

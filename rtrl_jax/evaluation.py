@@ -11,13 +11,22 @@ own reset until its first episode ends (terminated or truncated), with the
 agent's `act` carrying the core state (and, for RTRL agents, the
 sensitivities) step by step, as the actor does in training. Greedy takes the
 argmax of the policy logits; sampled draws from them.
+
+`restore_run(workdir)` loads a run of experiments/r2ac_anakin.py (its
+config.json and a checkpoint of the whole RunnerState).
 """
 
+import json
+import os
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
+
+from rtrl_jax import anakin
+from rtrl_jax.experiment.checkpoint import Checkpointer
 
 
 class EvaluationSummary(NamedTuple):
@@ -121,3 +130,23 @@ def format_table(summaries):
         f"{f'{summary.mean:.3f} ± {summary.std_over_seeds:.3f}':>29} "
         f"{summary.std_over_episodes:>17.3f} {summary.lengths.mean():>11.1f}")
   return "\n".join(rows)
+
+
+def restore_run(workdir, call=None):
+  """(config, Train, RunnerState, metadata) of checkpoint `call` (latest).
+
+  `workdir` is a run folder of experiments/r2ac_anakin.py.
+  """
+  config_path = os.path.join(workdir, "config.json")
+  if not os.path.exists(config_path):
+    raise FileNotFoundError(f"--workdir: no config.json in {workdir}")
+  with open(config_path) as f:
+    config = ml_collections.ConfigDict(json.load(f))
+  train = anakin.make_train(config)
+  checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"))
+  try:
+    runner, metadata = checkpointer.restore(
+        train.init(jax.random.PRNGKey(config.seed)), call)
+  finally:
+    checkpointer.close()
+  return config, train, runner, metadata

@@ -1,0 +1,196 @@
+"""experiments/r2ac_anakin.py and experiments/evaluate_r2ac.py end to end.
+
+Subprocess runs of the tiny config with timeouts. All share one persistent
+JAX compilation cache, so only the first run compiles. Kill-and-resume
+(after a SIGTERM preemption and a resume) compares the whole RunnerState (parameters, optimizer state, environment
+states, core states and sensitivities, RNG key, update counter) bit for bit.
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+# pylint: disable=g-import-not-at-top,wrong-import-position
+from experiments import r2ac_anakin
+from experiments.configs import r2ac as r2ac_configs
+from rtrl_jax import evaluation
+from rtrl_jax import experiment
+# pylint: enable=g-import-not-at-top,wrong-import-position
+
+# 20 calls of 10 updates, a checkpoint every 2 calls: a kill lands mid-run.
+NUM_CALLS, UPDATES_PER_CALL, FRAMES_PER_UPDATE = 20, 10, 8 * 4
+NUM_UPDATES = NUM_CALLS * UPDATES_PER_CALL
+RUN_FLAGS = ["--config=experiments/configs/r2ac.py:tiny",
+             f"--config.total_updates={NUM_UPDATES}",
+             f"--config.updates_per_call={UPDATES_PER_CALL}",
+             "--config.eval.every_calls=10",
+             "--config.run.checkpoint_every_calls=2",
+             "--config.run.progress=false"]
+SIGNAL_AFTER_CALL = 4
+TIMEOUT = 300
+
+
+@pytest.fixture(scope="module")
+def environment(tmp_path_factory):
+  env = dict(os.environ)
+  env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
+  env["JAX_PLATFORMS"] = "cpu"
+  env["JAX_COMPILATION_CACHE_DIR"] = str(tmp_path_factory.mktemp("jax_cache"))
+  env["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
+  return env
+
+
+def training(*args, workdir):
+  return [sys.executable, "-m", "experiments.r2ac_anakin", *args,
+          f"--workdir={workdir}"]
+
+
+def run(command, environment):
+  return subprocess.run(command, cwd=ROOT, env=environment,
+                        capture_output=True, text=True, timeout=TIMEOUT)
+
+
+def checkpoint_calls(workdir):
+  folder = os.path.join(workdir, "checkpoints")
+  if not os.path.isdir(folder):
+    return []
+  return sorted(int(name) for name in os.listdir(folder) if name.isdigit())
+
+
+def start_and_signal(workdir, signum, environment, *extra_flags,
+                     after_call=SIGNAL_AFTER_CALL):
+  """Starts a run; sends `signum` once checkpoint `after_call` exists."""
+  process = subprocess.Popen(training(*RUN_FLAGS, *extra_flags,
+                                      workdir=workdir), cwd=ROOT,
+                             env=environment, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+  deadline = time.time() + TIMEOUT
+  while not [c for c in checkpoint_calls(workdir) if c >= after_call]:
+    if process.poll() is not None:
+      raise AssertionError(f"run ended early:\n{process.stderr.read()[-3000:]}")
+    if time.time() > deadline:
+      process.kill()
+      raise AssertionError("timed out waiting for a checkpoint")
+    time.sleep(0.02)
+  process.send_signal(signum)
+  _, stderr = process.communicate(timeout=TIMEOUT)
+  return process.returncode, stderr
+
+
+def saved_runner(workdir):
+  _, _, runner, metadata = evaluation.restore_run(workdir)
+  return runner, metadata
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory, environment):
+  workdir = str(tmp_path_factory.mktemp("uninterrupted"))
+  result = run(training(*RUN_FLAGS, workdir=workdir), environment)
+  assert result.returncode == 0, result.stderr[-3000:]
+  return workdir, result.stdout
+
+
+def test_run_writes_logs_results_and_plot(uninterrupted):
+  workdir, stdout = uninterrupted
+  plot = os.path.join(workdir, "return_vs_frames.png")
+  assert f"plot: {plot}" in stdout
+  with open(plot, "rb") as f:
+    assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+  with open(os.path.join(workdir, "results.json")) as f:
+    results = json.load(f)
+  assert results["status"] == "finished" and results["updates"] == NUM_UPDATES
+  assert results["frames"] == NUM_UPDATES * FRAMES_PER_UPDATE
+  rows = experiment.read_jsonl(os.path.join(workdir, "metrics.jsonl"))
+  train = [row for row in rows if "train/loss/total" in row]
+  assert [row["step"] for row in train] == list(range(1, NUM_CALLS + 1))
+  assert [row["train/frames"] for row in train] == [
+      call * UPDATES_PER_CALL * FRAMES_PER_UPDATE for call in range(1, NUM_CALLS + 1)]
+  for name in ("train/episode_return_mean", "train/grad_norm",
+               "train/loss/policy", "train/learning_rate"):
+    assert all(np.isfinite(row[name]) for row in train), name
+  assert train[-1]["train/learning_rate"] == pytest.approx(6e-4 / NUM_UPDATES, rel=1e-4)
+  evals = [row["step"] for row in rows if "eval/greedy_return" in row]
+  assert evals == [0, 10, 20]
+  assert os.listdir(os.path.join(workdir, "tensorboard"))
+
+
+def test_sigterm_then_sigkill_then_resume_gives_the_same_runner_state(
+    uninterrupted, tmp_path, environment):
+  """Preempted (SIGTERM), resumed and killed (SIGKILL), resumed to the end."""
+  workdir = str(tmp_path / "interrupted")
+  returncode, stderr = start_and_signal(workdir, signal.SIGTERM, environment)
+  assert returncode == 0, stderr[-3000:]
+  assert "SIGTERM" in stderr
+  preempted_at = checkpoint_calls(workdir)[-1]
+  assert SIGNAL_AFTER_CALL <= preempted_at < NUM_CALLS, preempted_at
+  runner, metadata = saved_runner(workdir)
+  assert metadata == {"call": preempted_at,
+                      "update": UPDATES_PER_CALL * preempted_at}
+  assert int(runner.update) == UPDATES_PER_CALL * preempted_at
+  assert not os.path.exists(os.path.join(workdir, "results.json"))
+
+  returncode, _ = start_and_signal(workdir, signal.SIGKILL, environment,
+                                   "--resume", after_call=preempted_at + 4)
+  assert returncode == -signal.SIGKILL
+  killed_at = checkpoint_calls(workdir)[-1]
+  assert preempted_at + 4 <= killed_at < NUM_CALLS, killed_at
+  resumed = run(training(*RUN_FLAGS, "--resume", workdir=workdir), environment)
+  assert resumed.returncode == 0, resumed.stderr[-3000:]
+  assert f"resumed {workdir} from call {killed_at}" in resumed.stdout
+  runner, metadata = saved_runner(workdir)
+  reference, _ = saved_runner(uninterrupted[0])
+  assert metadata == {"call": NUM_CALLS, "update": NUM_UPDATES}
+  assert int(runner.update) == NUM_UPDATES
+  assert runner.core_state.sensitivities is not None
+  for leaf, reference_leaf in zip(jax.tree.leaves(runner),
+                                  jax.tree.leaves(reference), strict=True):
+    np.testing.assert_array_equal(np.asarray(leaf), np.asarray(reference_leaf))
+  logged = [row["step"] for row in experiment.read_jsonl(
+      os.path.join(workdir, "metrics.jsonl")) if "train/frames" in row]
+  assert logged == list(range(1, NUM_CALLS + 1))
+
+
+def test_evaluation_script_prints_the_table(uninterrupted, environment):
+  workdir, _ = uninterrupted
+  result = run([sys.executable, "-m", "experiments.evaluate_r2ac",
+                f"--workdir={workdir}", "--seeds=2", "--episodes=4"],
+               environment)
+  assert result.returncode == 0, result.stderr[-3000:]
+  lines = result.stdout.splitlines()
+  assert f"checkpoint of call {NUM_CALLS} (update {NUM_UPDATES})" in lines[0]
+  assert [line.split()[:3] for line in lines[3:5]] == [
+      ["greedy", "2", "4"], ["sampled", "2", "4"]]
+  with open(os.path.join(workdir, "evaluation.json")) as f:
+    evaluation = json.load(f)
+  for actions in ("greedy", "sampled"):
+    # MemoryChain rewards are ±1 once per episode.
+    assert -1.0 <= evaluation[actions]["mean"] <= 1.0
+    assert evaluation[actions]["seeds"] == 2
+
+
+def test_config_errors_are_one_line_naming_the_key():
+  config = r2ac_configs.get_config("tiny")
+  config.total_updates = 45
+  with pytest.raises(experiment.ConfigError) as error:
+    r2ac_anakin.check_config(config)
+  assert str(error.value) == (
+      "config.total_updates: must be a multiple of updates_per_call, got 45")
+  config = r2ac_configs.get_config("tiny")
+  config.network.core = "lstm"
+  with pytest.raises(experiment.ConfigError, match=(
+      r"^config\.network\.core: must be a cell with exact RTRL .* when "
+      r"gradient is 'rtrl', got 'lstm'$")):
+    r2ac_anakin.check_config(config)
+  config.gradient = "tbptt"
+  r2ac_anakin.check_config(config)
+  minigrid = r2ac_configs.get_config("minigrid")  # other env kwargs are fine
+  r2ac_anakin.check_config(minigrid)
