@@ -198,6 +198,36 @@ def _fmt(value, digits=3):
   return "n/a" if value is None else f"{value:.{digits}f}"
 
 
+def _summary(args, alignment):
+  """Per depth and M: cosine and relative norm over the layers below the top
+  (the top layer is exact for stacked RTRL), min and median over leaves."""
+  lines = [
+      "Summary over the parameters of all layers below the top one (the top "
+      "layer's gradient is exact for stacked RTRL; for depth 1 the whole "
+      "layer): min and median over leaves.",
+      "",
+      "| depth | M | stacked RTRL cosine min / median | relative norm min / "
+      "median | TBPTT cosine min / median | relative norm min / median | "
+      "exact max abs(1 - cosine) |",
+      "|---|---|---|---|---|---|---|",
+  ]
+  for depth in args.depths:
+    for length in args.segment_lengths:
+      rows = alignment[(depth, length)]
+      below = [name for name in rows["rtrl"]
+               if depth == 1 or int(name.split("/")[0]) < depth - 1]
+      cells = []
+      for method in ("rtrl", "tbptt"):
+        for index in (0, 1):
+          values = [rows[method][name][index] for name in below]
+          cells.append(f"{min(values):.3f} / {np.median(values):.3f}")
+      exact = ("n/a" if "exact" not in rows else
+               f"{max(abs(1 - c) for c, _ in rows['exact'].values()):.1e}")
+      lines.append(f"| {depth} | {length} | " + " | ".join(cells)
+                   + f" | {exact} |")
+  return lines + [""]
+
+
 def write_report(args, alignment, costs, seconds):
   lines = [
       "# Multi-layer RTRL: layer-wise approximation vs. exact gradient",
@@ -230,6 +260,7 @@ def write_report(args, alignment, costs, seconds):
       "`exact` is `ExactTwoLayer`.",
       "",
   ]
+  lines += _summary(args, alignment)
   for depth in args.depths:
     lines += [f"### Depth {depth}", ""]
     columns = [f"{m} M={length}" for length in args.segment_lengths
