@@ -25,7 +25,6 @@ into --out_dir.
 
 import csv
 import os
-import time
 
 from absl import app
 from absl import flags
@@ -33,6 +32,7 @@ import jax
 import jax.numpy as jnp
 
 import rtrl_jax
+from experiments import timing
 
 _HIDDEN = flags.DEFINE_list("hidden", ["128", "256", "512"], "Hidden sizes N.")
 _LENGTH = flags.DEFINE_list("length", ["100", "1000"], "Segment lengths T.")
@@ -85,34 +85,11 @@ def programs(cell, truncation):
 
   def bare_pass(params, state, inputs, resets):
     del params, resets
-    steps = jnp.arange(inputs.shape[0], dtype=inputs.dtype)
-
-    def step(sensitivities, t):
-      # One read and one write of every byte; the scalars depend on t so
-      # XLA cannot hoist or fold the update out of the loop.
-      a, b = 1.0 - 1e-3 * jnp.cos(t), 1e-3 * jnp.sin(t)
-      return jax.tree.map(lambda s: a * s + b, sensitivities), None
-
-    return jax.lax.scan(step, state.sensitivities, steps)[0]
+    return timing.bare_sensitivity_pass(state.sensitivities, inputs.shape[0])
 
   return {"rtrl fwd": rtrl_forward, "rtrl grad": rtrl_grad,
           "bptt grad": bptt_grad, f"tbptt({truncation}) grad": tbptt_grad,
           "bare pass": bare_pass}
-
-
-def measure(fn, args, repeats):
-  """(seconds per call (min over repeats), compiled bytes)."""
-  compiled = jax.jit(fn).lower(*args).compile()
-  stats = compiled.memory_analysis()
-  memory = (stats.argument_size_in_bytes + stats.output_size_in_bytes
-            + stats.temp_size_in_bytes - stats.alias_size_in_bytes)
-  jax.block_until_ready(compiled(*args))
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    jax.block_until_ready(compiled(*args))
-    times.append(time.perf_counter() - start)
-  return min(times), memory
 
 
 def run(hidden_sizes, lengths, batch, input_size, truncation, repeats):
@@ -127,7 +104,7 @@ def run(hidden_sizes, lengths, batch, input_size, truncation, repeats):
       resets = jnp.zeros((length, batch), bool)
       results = {}
       for name, fn in programs(cell, truncation).items():
-        seconds, memory = measure(fn, (params, state, inputs, resets), repeats)
+        seconds, memory = timing.measure(fn, (params, state, inputs, resets), repeats)
         results[name] = seconds
         rows.append({"N": hidden, "T": length, "B": batch, "D": input_size,
                      "method": name, "ms_per_step": 1e3 * seconds / length,
