@@ -162,7 +162,7 @@ def plot_return_vs_frames(workdir, path, title=""):
       axes.plot(*zip(*points), style, label=label, markersize=3)
   axes.set_xlabel("environment frames")
   axes.set_ylabel("episode return")
-  axes.set_title(title)
+  axes.set_title(title, fontsize=9)
   axes.grid(alpha=0.3)
   axes.legend()
   figure.tight_layout()
