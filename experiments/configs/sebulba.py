@@ -1,0 +1,135 @@
+"""Configs for the R2AC Sebulba system (experiments/r2ac_sebulba.py).
+
+  --config=experiments/configs/sebulba.py              MiniGrid-MemoryS7, RTRL eLSTM
+  --config=experiments/configs/sebulba.py:tiny         seconds; tests and CI
+  --config=experiments/configs/sebulba.py:atari        Pong, IMPALA encoder
+  --config=experiments/configs/sebulba.py:procgen      ChaserHard, 500 levels
+  --config=experiments/configs/sebulba.py:procgen_memory  MazeMemory
+  --config=experiments/configs/sebulba.py:vizdoom      MyWayHome
+
+Environment preprocessing is envpool options (rtrl_jax/envpool_envs.py has
+the suite defaults; `env.kwargs` overrides them. The config is locked, so a
+key overridden on the command line, e.g. `--config.env.kwargs.num_levels=200`,
+must already be in `env.kwargs`).
+The agent keys (network, gradient, loss, optimizer, unroll_length) mean what
+they mean in experiments/configs/r2ac.py; sizes are scaled for a 2-core CPU.
+
+Sebulba keys:
+  num_actor_threads     actor threads per process (each its own envpool)
+  num_envs_per_thread   envpool num_envs == batch_size of each thread
+  envpool_threads       envpool worker threads per instance (0: one per env)
+  actor_device_ids      local device indices the actor threads run on
+  learner_device_ids    local device indices of the learner (empty: all)
+  synchronous           True: unroll n uses parameter version n (zero lag)
+  queue_size            unrolls each actor thread may have in flight
+
+One learner update consumes one unroll from every actor thread of every
+process: num_processes × num_actor_threads × num_envs_per_thread
+environments × unroll_length steps.
+"""
+
+import ml_collections
+
+from experiments.configs import r2ac
+
+
+def default():
+  config = r2ac.default()
+  with config.unlocked():
+    for key in ("num_envs", "updates_per_call", "num_devices", "eval"):
+      del config[key]
+  config.env = ml_collections.ConfigDict(dict(
+      suite="minigrid",           # minigrid | atari | procgen | vizdoom
+      name="MiniGrid-MemoryS7-v0",
+      kwargs=ml_collections.ConfigDict(),
+  ))
+  config.network.encoder_sizes = [64]
+  config.network.obs_scale = 0.1
+  config.unroll_length = 20
+  config.total_updates = 2000
+  config.sebulba = ml_collections.ConfigDict(dict(
+      num_actor_threads=2,
+      num_envs_per_thread=16,
+      envpool_threads=1,
+      actor_device_ids=[0],
+      learner_device_ids=[],
+      synchronous=False,
+      queue_size=1,
+  ))
+  config.log_every = 10
+  config.run.checkpoint_every = 100
+  with config.run.unlocked():
+    del config.run["checkpoint_every_calls"]
+  return config
+
+
+def tiny():
+  config = default()
+  config.network.hidden_size = 16
+  config.network.encoder_sizes = [16]
+  config.unroll_length = 4
+  config.total_updates = 6
+  config.sebulba.num_actor_threads = 1
+  config.sebulba.num_envs_per_thread = 8
+  config.log_every = 2
+  config.run.checkpoint_every = 3
+  config.run.progress = False
+  return config
+
+
+def atari():
+  config = default()
+  config.env.suite, config.env.name = "atari", "Pong-v5"
+  config.network.encoder = "impala"
+  config.network.feature_size = 256
+  config.network.hidden_size = 128
+  config.network.obs_scale = 1.0
+  config.sebulba.num_envs_per_thread = 16
+  return config
+
+
+def tiny_atari():
+  """Pong with a small MLP on the 84x84x4 frames: the IMPALA ResNet takes
+  minutes to compile on a 2-core CPU; this tests the pipeline, not the net."""
+  config = tiny()
+  config.env.suite, config.env.name = "atari", "Pong-v5"
+  config.network.obs_scale = 1.0 / 255.0
+  return config
+
+
+def procgen():
+  config = default()
+  config.env.suite, config.env.name = "procgen", "ChaserHard-v0"
+  config.env.kwargs = ml_collections.ConfigDict(dict(num_levels=500,
+                                                     start_level=0))
+  config.network.encoder = "impala"
+  config.network.hidden_size = 128
+  config.network.obs_scale = 1.0
+  return config
+
+
+def procgen_memory():
+  config = procgen()
+  config.env.name = "MazeMemory-v0"
+  config.env.kwargs = ml_collections.ConfigDict()
+  return config
+
+
+def vizdoom():
+  config = default()
+  config.env.suite, config.env.name = "vizdoom", "MyWayHome-v1"
+  config.network.encoder = "impala"
+  config.network.hidden_size = 128
+  config.network.obs_scale = 1.0
+  return config
+
+
+CONFIGS = {"default": default, "tiny": tiny, "atari": atari,
+           "tiny_atari": tiny_atari, "procgen": procgen,
+           "procgen_memory": procgen_memory, "vizdoom": vizdoom}
+
+
+def get_config(name="default"):
+  if name not in CONFIGS:
+    raise ValueError(f"unknown config {name!r}; choose from {sorted(CONFIGS)}")
+  return CONFIGS[name]()

@@ -1,0 +1,220 @@
+r"""R2AC with the Sebulba system: envpool actor threads, a sharded learner.
+
+  python -m experiments.r2ac_sebulba \
+      --config=experiments/configs/sebulba.py[:tiny|atari|procgen|vizdoom] \
+      --workdir=runs/sebulba_minigrid [--resume]
+
+Multi-host (one process per host; see launch/):
+
+  python -m experiments.r2ac_sebulba --config=... --workdir=<shared folder> \
+      --coordinator_address=host0:1234 --num_processes=2 --process_id=0
+
+(`--distributed` alone lets JAX detect SLURM / TPU-pod settings.)
+
+One loop step is one learner update (rtrl_jax/sebulba.py). Every
+`log_every` updates the run logs the learner metrics, policy lag, episode
+statistics, per-phase timings (`time/actor/*`, `time/learner/*`: mean
+seconds per call) and env steps/s (`sps`). Checkpoints (every
+`run.checkpoint_every` updates, and on SIGTERM, which then exits 0) hold the
+learner state: parameters, optimizer state and the update counter. Actors
+restart their episodes (fresh core states) on resume: envpool states are not
+saveable. Exit status 1: a bad config or flag (one line naming the key), a
+non-finite loss, or a dead actor thread (its traceback on stderr).
+"""
+
+import json
+import os
+import sys
+import time
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", "experiments/configs/sebulba.py",
+    "A config file, optionally with ':name' (default, tiny, atari, "
+    "tiny_atari, procgen, procgen_memory, vizdoom).", lock_config=True)
+_WORKDIR = flags.DEFINE_string(
+    "workdir", None, "Run folder (default runs/sebulba_<env>_<time>).")
+_RESUME = flags.DEFINE_bool(
+    "resume", False, "Continue from the latest checkpoint in --workdir.")
+_DISTRIBUTED = flags.DEFINE_bool(
+    "distributed", False,
+    "Call jax.distributed.initialize (implied by --coordinator_address).")
+_COORDINATOR = flags.DEFINE_string(
+    "coordinator_address", None, "host:port of process 0 (multi-host).")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None,
+                                      "Number of processes (multi-host).")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None,
+                                   "This process's index (multi-host).")
+
+
+def config_rules():
+  """Value rules of the Sebulba config, for `experiment.check_config`."""
+  # pylint: disable=g-import-not-at-top
+  import rtrl_jax
+  from rtrl_jax import envpool_envs
+  from rtrl_jax import experiment
+  from rtrl_jax.agents import r2ac
+  # pylint: enable=g-import-not-at-top
+  positive = experiment.config.positive
+  one_of = experiment.config.one_of
+  return [
+      ("env.suite", *one_of(*envpool_envs.SUITE_DEFAULTS)),
+      ("gradient", *one_of("rtrl", "tbptt")),
+      ("network.core", *one_of(*r2ac.CORES)),
+      ("@network.core",
+       lambda c: c.gradient == "tbptt" or c.network.core in rtrl_jax.CELLS,
+       f"a cell with exact RTRL {sorted(rtrl_jax.CELLS)} when gradient "
+       "is 'rtrl'"),
+      ("network.encoder", *one_of("mlp", "impala")),
+      ("network.hidden_size", positive, "a positive int"),
+      ("unroll_length", positive, "a positive int"),
+      ("total_updates", positive, "a positive int"),
+      ("log_every", positive, "a positive int"),
+      ("sebulba.num_actor_threads", positive, "a positive int"),
+      ("sebulba.num_envs_per_thread", positive, "a positive int"),
+      ("sebulba.envpool_threads", lambda v: v >= 0, "a non-negative int"),
+      ("sebulba.queue_size", positive, "a positive int"),
+      ("loss.discount", lambda v: 0 <= v <= 1, "in [0, 1]"),
+      ("loss.reward_clip", positive, "positive"),
+      ("optimizer.learning_rate", positive, "positive"),
+      ("optimizer.max_grad_norm", positive, "positive"),
+      ("run.checkpoint_every", positive, "a positive int"),
+      ("run.max_checkpoints", positive, "a positive int"),
+  ]
+
+
+def check_config(config):
+  """Raises ConfigError for a bad config (one line naming the key)."""
+  # pylint: disable=g-import-not-at-top
+  from experiments.configs import sebulba as sebulba_configs
+  from rtrl_jax import experiment
+  # pylint: enable=g-import-not-at-top
+  reference = sebulba_configs.get_config()
+  with reference.unlocked():
+    reference.env.kwargs = config.env.kwargs
+    reference.network.core_kwargs = config.network.core_kwargs
+    reference.sebulba.actor_device_ids = config.sebulba.actor_device_ids
+    reference.sebulba.learner_device_ids = config.sebulba.learner_device_ids
+  experiment.check_config(config, reference, config_rules())
+
+
+def describe(config):
+  seb = config.sebulba
+  return (f"R2AC Sebulba {config.network.core}-{config.network.hidden_size} "
+          f"{config.gradient.upper()} (M={config.unroll_length}) on "
+          f"{config.env.name}, {seb.num_actor_threads} actor threads x "
+          f"{seb.num_envs_per_thread} envs"
+          f"{', synchronous' if seb.synchronous else ''}")
+
+
+class _NullLogger:
+  """Processes other than 0 do not write logs."""
+
+  def write(self, step, scalars):
+    del step, scalars
+
+  def close(self):
+    pass
+
+
+def run(config, workdir, resume):
+  """Trains; returns the results dict (also written to results.json)."""
+  # pylint: disable=g-import-not-at-top
+  import jax
+  from rtrl_jax import experiment
+  from rtrl_jax import sebulba
+  # pylint: enable=g-import-not-at-top
+  check_config(config)
+  checkpointer, resume_step = experiment.prepare_workdir(
+      workdir, config, resume, max_to_keep=config.run.max_checkpoints)
+  try:
+    system = sebulba.make_system(config)
+  except (TypeError, ValueError, ImportError) as error:
+    checkpointer.close()
+    raise experiment.ConfigError(str(error).splitlines()[0]) from error
+  state = system.init(jax.random.PRNGKey(config.seed))
+  if resume_step is not None:
+    state, _ = checkpointer.restore(state, resume_step)
+    state = jax.device_put(state, jax.sharding.NamedSharding(
+        system.mesh, jax.sharding.PartitionSpec()))
+    print(f"resumed {workdir} from update {resume_step}", flush=True)
+  main_process = jax.process_index() == 0
+  logger = (experiment.RunLogger(workdir, config, resume_step=resume_step,
+                                 use_wandb=config.run.wandb)
+            if main_process else _NullLogger())
+  timing_metrics = system.info["timing_metrics"]
+  print(f"{describe(config)}; {jax.process_count()} process(es), learner "
+        f"devices {len(system.mesh.devices.flat)}; logs in {workdir}",
+        flush=True)
+
+  def train_step(state):
+    state, metrics = system.train_step(state)
+    if int(state.update) % config.log_every == 0:
+      metrics.update(timing_metrics(reset=True))
+    return state, metrics
+
+  started = time.time()
+  system.start(state)
+  try:
+    state, result = experiment.train_loop(
+        state, train_step, start_step=resume_step or 0,
+        num_steps=config.total_updates, logger=logger,
+        checkpointer=checkpointer, log_every=config.log_every,
+        eval_every=config.total_updates + 1,
+        checkpoint_every=config.run.checkpoint_every, loss_key="loss/total",
+        progress=config.run.progress and main_process,
+        progress_train_metrics=("episode_return_mean", "policy_lag_mean"),
+        progress_unit="frame",
+        progress_unit_scale=(system.info["num_envs_per_step"]
+                             * config.unroll_length),
+        checkpoint_metadata=lambda step, state: {"update": step})
+  finally:
+    system.stop()
+    logger.close()
+    checkpointer.close()
+  if result.status == "preempted":
+    return {"status": "preempted", "update": result.step}
+  results = {"status": result.status, "update": result.step,
+             "seconds_this_session": round(time.time() - started, 1)}
+  if main_process:
+    rows = experiment.read_jsonl(os.path.join(workdir, "metrics.jsonl"))
+    last = [row for row in rows if "train/env_steps" in row][-1]
+    results.update({k.split("/", 1)[1]: v for k, v in last.items()
+                    if k in ("train/env_steps", "train/sps",
+                             "train/episode_return_mean",
+                             "train/policy_lag_mean")})
+    with open(os.path.join(workdir, "results.json"), "w") as f:
+      json.dump(results, f, indent=2)
+  return results
+
+
+def main(argv):
+  if len(argv) > 1:
+    sys.exit(f"error: unexpected arguments {argv[1:]}")
+  if not flags.FLAGS["verbosity"].present:
+    logging.set_verbosity(logging.WARNING)
+  if _DISTRIBUTED.value or _COORDINATOR.value:
+    # pylint: disable=g-import-not-at-top
+    from rtrl_jax import sebulba
+    sebulba.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value,
+                                   _PROCESS_ID.value)
+  # pylint: disable=g-import-not-at-top
+  from rtrl_jax import experiment
+  from rtrl_jax import sebulba
+  config = _CONFIG.value
+  workdir = _WORKDIR.value or os.path.join(
+      "runs", f"sebulba_{config.env.name}_{time.strftime('%Y%m%d_%H%M%S')}")
+  try:
+    results = run(config, workdir, _RESUME.value)
+  except (experiment.ConfigError, experiment.NonFiniteLossError,
+          sebulba.ActorError) as error:
+    sys.exit(f"error: {error}")
+  print(json.dumps(results))
+
+
+if __name__ == "__main__":
+  # pylint: disable=g-import-not-at-top
+  from rtrl_jax import experiment
+  app.run(main, flags_parser=experiment.cli.parse_flags)

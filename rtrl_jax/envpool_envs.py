@@ -1,0 +1,139 @@
+"""envpool environment suites with the paper's preprocessing, for Sebulba.
+
+    suite = make_suite("atari", "Pong-v5")            # preprocessing defaults
+    env = suite.make(num_envs=8, seed=0)              # an envpool instance
+    obs = suite.observation(raw_obs)                  # [B, H, W, C] for the agent
+
+Every suite is an envpool id plus envpool options (all preprocessing happens
+inside envpool's C++ threads) and a NumPy function that turns envpool's
+observation into the agent's ([B, ...], channels last). The Python
+`send`/`recv` path is used, never `env.xla()` (environment-notes §3: it
+deadlocks with more than one envpool thread).
+
+Suites and their defaults (override any envpool option with `kwargs`):
+
+  minigrid  MiniGrid-Memory*-v0: the 7x7x3 egocentric `image` observation.
+  atari     *-v5: 84x84 grey, 4-frame stack, action repeat 4 (envpool max-pools
+            the last two frames of each repeat), up to 30 no-op resets,
+            episodic life (life loss terminates), reward clipping to sign(r),
+            no sticky actions, 27000-step limit (108k frames).
+  procgen   e.g. ChaserHard-v0 (500 levels) or *Memory-v0: 64x64 RGB. Needs
+            the system Qt5 runtime (`apt-get install libqt5gui5`).
+  vizdoom   e.g. MyWayHome-v1: 84x84 RGB, 4-frame stack, frame skip 4,
+            discrete combined actions.
+
+Time limits: `max_episode_steps` is the limit in agent steps; the Sebulba
+actor derives truncation from `info["elapsed_step"]` against it (envpool
+#239), never from envpool's own flags alone.
+"""
+
+from typing import Any, Callable, NamedTuple
+
+import numpy as np
+
+QT_HINT = ("envpool Procgen needs the system Qt5 runtime (libQt5Gui.so.5): "
+           "apt-get install -y --no-install-recommends libqt5gui5")
+
+SUITE_DEFAULTS = {
+    "minigrid": {},
+    "atari": dict(img_height=84, img_width=84, gray_scale=True, stack_num=4,
+                  frame_skip=4, noop_max=30, episodic_life=True,
+                  reward_clip=True, repeat_action_probability=0.0,
+                  max_episode_steps=27000),
+    "procgen": {},
+    "vizdoom": dict(img_height=84, img_width=84, stack_num=4, frame_skip=4,
+                    use_combined_action=True),
+}
+
+
+class Suite(NamedTuple):
+  """One environment id with its preprocessing.
+
+  Attributes:
+    name: the envpool id.
+    make: (num_envs, seed) -> envpool gymnasium env with batch_size ==
+      num_envs (synchronous inside an actor thread).
+    observation: envpool observation batch -> agent observation [B, *obs_shape].
+    obs_shape: one agent observation's shape.
+    num_actions: size of the discrete action space.
+    max_episode_steps: the time limit in agent steps.
+  """
+  name: str
+  make: Callable[[int, int], Any]
+  observation: Callable[[Any], np.ndarray]
+  obs_shape: tuple
+  num_actions: int
+  max_episode_steps: int
+
+
+def _channels_last(obs):
+  """[B, C, H, W] → [B, H, W, C] (contiguous)."""
+  return np.ascontiguousarray(np.moveaxis(obs, 1, -1))
+
+
+def _image(obs):
+  return obs["image"]
+
+
+OBSERVATIONS = {"minigrid": _image, "atari": _channels_last,
+                "procgen": _channels_last, "vizdoom": _channels_last}
+
+
+def procgen_available():
+  """(True, "") if envpool's Procgen loads here, else (False, reason)."""
+  import envpool  # pylint: disable=g-import-not-at-top
+  try:
+    envpool.make_spec("ChaserEasy-v0")
+  except ImportError as error:
+    return False, f"{QT_HINT} ({error})"
+  return True, ""
+
+
+def envpool_options(suite, kwargs=None):
+  """The envpool keyword arguments of `suite` with `kwargs` overriding them."""
+  if suite not in SUITE_DEFAULTS:
+    raise ValueError(
+        f"env suite must be one of {sorted(SUITE_DEFAULTS)}, got {suite!r}")
+  return {**SUITE_DEFAULTS[suite], **dict(kwargs or {})}
+
+
+def make_suite(suite, name, kwargs=None, num_threads=0) -> Suite:
+  """A `Suite` for envpool id `name` with the suite's preprocessing.
+
+  Args:
+    suite: "minigrid" | "atari" | "procgen" | "vizdoom".
+    name: the envpool id, e.g. "MiniGrid-MemoryS7-v0", "Pong-v5".
+    kwargs: envpool options overriding the suite defaults.
+    num_threads: envpool worker threads per instance (0: one per env).
+
+  Raises:
+    ValueError: unknown suite, or a non-discrete action space.
+    ImportError: Procgen without Qt5 (the message says what to install).
+  """
+  import envpool  # pylint: disable=g-import-not-at-top
+  options = envpool_options(suite, kwargs)
+  try:
+    spec = envpool.make_spec(name, **options)
+  except ImportError as error:
+    if suite == "procgen":
+      raise ImportError(f"{QT_HINT} ({error})") from error
+    raise
+  space = spec.action_space
+  if not hasattr(space, "n"):
+    raise ValueError(f"{name}: needs a discrete action space, got {space}")
+  observation = OBSERVATIONS[suite]
+  raw_space = spec.observation_space
+  raw_shape = (raw_space["image"].shape if suite == "minigrid"
+               else raw_space.shape)
+  dummy = {"image": np.zeros((1,) + raw_shape, np.uint8)} if (
+      suite == "minigrid") else np.zeros((1,) + raw_shape, np.uint8)
+  obs_shape = tuple(observation(dummy).shape[1:])
+  max_episode_steps = int(spec.config.max_episode_steps)
+
+  def make(num_envs, seed):
+    return envpool.make(name, env_type="gymnasium", num_envs=num_envs,
+                        batch_size=num_envs, num_threads=num_threads,
+                        seed=int(seed), **options)
+
+  return Suite(name, make, observation, obs_shape, int(space.n),
+               max_episode_steps)

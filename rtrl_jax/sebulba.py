@@ -1,0 +1,549 @@
+"""Sebulba: R2AC with envpool actor threads and a sharded learner.
+
+    system = make_system(config)                      # agent, suite, meshes
+    state = system.init(jax.random.PRNGKey(seed))     # LearnerState
+    system.start(state)                               # actor threads run
+    state, metrics = system.train_step(state)         # one learner update
+    system.stop()
+
+Data flow (Podracer's Sebulba, Hessel et al. 2021, with R2AC's recurrent
+actor as in Irie et al.'s torchbeast code):
+
+* Actor threads (`sebulba.num_actor_threads` per process), each with its own
+  envpool instance of `num_envs_per_thread` environments (batch_size ==
+  num_envs: synchronous inside a thread, asynchronous across threads), call
+  a jitted `agent.act` on their actor device. They carry per-environment core
+  state *and RTRL sensitivities* on that device; both are reset where an
+  episode starts (the `reset` input of `agent.act`).
+* envpool resets an ended environment on its *next* step. The actor performs
+  that step at once for the ended environments only (a partial `send`), so the
+  trajectory has same-step auto-reset semantics like rtrl_jax.envs: after a
+  done step the next observation is the first of the new episode, and the
+  ended episode's last observation is used only for the truncation bootstrap.
+* Truncation is `done and info["elapsed_step"] >= max_episode_steps`
+  (envpool #239: its own flags are not trusted); terminated = done and not
+  truncated. A step that ends the MDP exactly at the limit counts as
+  truncated. Truncated steps get the actor's V(final observation).
+* Each unroll of M steps becomes a `Trajectory` (its initial core state and
+  sensitivities, M+1 observations) that the actor thread moves onto the
+  learner devices with `jax.device_put` onto a `NamedSharding` (environment
+  axis split over the "data" axis of the learner mesh) and hands to the
+  learner through a bounded queue.
+* The learner takes one unroll from every actor thread (of every process),
+  joins them along the environment axis without moving data between devices
+  (`jax.make_array_from_single_device_arrays`) and applies
+  `r2ac.make_learner_step`, the same function as the Anakin system, jitted
+  with replicated parameters. The loss is a sum over environments, so the
+  update equals one on the concatenated batch.
+* A `ParameterServer` copies each new parameter version to every actor device
+  (blocking until the copy is done, so actors never stall on it). Actors take
+  the latest version at the start of each unroll; `synchronous=True` makes
+  unroll n wait for version n (zero policy lag, deterministic). Policy lag =
+  learner version − behaviour version, logged.
+
+Errors: an actor thread that raises stops the system; the learner raises
+`ActorError` carrying the thread's traceback (no hang). Multi-host: call
+`initialize_distributed` first; the learner mesh then spans the learner
+devices of every process, each process runs its own actors.
+"""
+
+import itertools
+import queue
+import threading
+import time
+import traceback
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from rtrl_jax import envpool_envs
+from rtrl_jax.agents.r2ac import (Trajectory, make_agent, make_learner_step,
+                                  make_optimizer)
+
+POLL_SECONDS = 0.05
+
+
+class ActorError(RuntimeError):
+  """An actor thread died; the message holds its traceback."""
+
+
+class LearnerState(NamedTuple):
+  params: Any
+  opt_state: Any
+  update: jax.Array   # learner updates done (= parameter version)
+
+
+class Timings:
+  """Thread-safe per-phase wall-clock totals, read as means over a window."""
+
+  def __init__(self):
+    self._lock = threading.Lock()
+    self._sums, self._counts = {}, {}
+
+  def add(self, name, seconds):
+    with self._lock:
+      self._sums[name] = self._sums.get(name, 0.0) + seconds
+      self._counts[name] = self._counts.get(name, 0) + 1
+
+  def window(self, reset=True):
+    """({name: total seconds}, {name: count}) since the last reset."""
+    with self._lock:
+      sums, counts = dict(self._sums), dict(self._counts)
+      if reset:
+        self._sums, self._counts = {}, {}
+    return sums, counts
+
+
+class _Timer:
+
+  def __init__(self, timings, name):
+    self.timings, self.name = timings, name
+
+  def __enter__(self):
+    self.start = time.perf_counter()
+
+  def __exit__(self, *exc):
+    self.timings.add(self.name, time.perf_counter() - self.start)
+
+
+class ParameterServer:
+  """The latest parameters (and their version) on every actor device."""
+
+  def __init__(self, actor_devices, stop_event):
+    self._devices = list(actor_devices)
+    self._stop = stop_event
+    self._cond = threading.Condition()
+    self._copies, self._version = None, -1
+
+  def publish(self, params, version):
+    """Copies replicated `params` to the actor devices (blocking) as `version`."""
+    local = jax.tree.map(lambda x: x.addressable_data(0), params)
+    copies = {d: jax.device_put(local, d) for d in self._devices}
+    jax.block_until_ready(copies)
+    with self._cond:
+      self._copies, self._version = copies, int(version)
+      self._cond.notify_all()
+
+  def get(self, device, min_version=0):
+    """(params on `device`, version) once version >= min_version.
+
+    Returns (None, -1) if the system is stopping.
+    """
+    with self._cond:
+      while self._version < min_version:
+        if self._stop.is_set():
+          return None, -1
+        self._cond.wait(POLL_SECONDS)
+      return self._copies[device], self._version
+
+
+def initialize_distributed(coordinator_address=None, num_processes=None,
+                           process_id=None, cpu_collectives="gloo"):
+  """`jax.distributed.initialize` from flags (or JAX's environment detection).
+
+  With all three arguments None, JAX detects SLURM and TPU-pod settings
+  itself. For CPU devices the cross-process collectives use `cpu_collectives`.
+  Must run before anything touches a JAX device.
+  """
+  if jax.config.jax_platforms in (None, "", "cpu") and cpu_collectives:
+    jax.config.update("jax_cpu_collectives_implementation", cpu_collectives)
+  jax.distributed.initialize(coordinator_address=coordinator_address,
+                             num_processes=num_processes,
+                             process_id=process_id)
+
+
+def learner_devices(device_ids=()):
+  """The learner devices of every process: local indices `device_ids` (all if
+  empty) of each process's devices, process by process."""
+  devices = []
+  for process in range(jax.process_count()):
+    local = [d for d in jax.devices() if d.process_index == process]
+    devices += [local[i] for i in device_ids] if device_ids else local
+  return devices
+
+
+def actor_devices(device_ids=(0,)):
+  local = jax.local_devices()
+  return [local[i] for i in (device_ids or (0,))]
+
+
+def trajectory_shardings(mesh, example):
+  """NamedShardings of a Trajectory: environment axis over "data".
+
+  Time-major leaves [T, B, ...] get P(None, "data"); the initial core state
+  [B, ...] gets P("data").
+  """
+  time_major = NamedSharding(mesh, P(None, "data"))
+  return example._replace(
+      initial_state=jax.tree.map(lambda _: NamedSharding(mesh, P("data")),
+                                 example.initial_state),
+      **{field: jax.tree.map(lambda _: time_major, getattr(example, field))
+         for field in Trajectory._fields if field != "initial_state"})
+
+
+def combine(trajectories, shardings, num_processes=1):
+  """One global Trajectory from per-thread ones, without cross-device copies.
+
+  Each input is sharded over this process's learner devices; the piece on
+  device d of the result is the concatenation (along the environment axis) of
+  the inputs' pieces on d. The global batch is thus a permutation of the
+  concatenated batches, which the summed loss does not see.
+  """
+  if len(trajectories) == 1 and num_processes == 1:
+    return trajectories[0]
+
+  def join(sharding, axis, *leaves):
+    pieces = []
+    by_device = [{s.device: s.data for s in leaf.addressable_shards}
+                 for leaf in leaves]
+    for device in sharding.addressable_devices:
+      parts = [shards[device] for shards in by_device]
+      pieces.append(parts[0] if len(parts) == 1 else
+                    jnp.concatenate(parts, axis))
+    shape = list(leaves[0].shape)
+    shape[axis] *= len(leaves) * num_processes
+    return jax.make_array_from_single_device_arrays(tuple(shape), sharding,
+                                                    pieces)
+
+  first = trajectories[0]
+  initial = jax.tree.map(
+      lambda s, *xs: join(s, 0, *xs), shardings.initial_state,
+      *[t.initial_state for t in trajectories])
+  rest = {field: join(getattr(shardings, field), 1,
+                      *[getattr(t, field) for t in trajectories])
+          for field in Trajectory._fields if field != "initial_state"}
+  return first._replace(initial_state=initial, **rest)
+
+
+def episode_flags(terminated, truncated, elapsed_step, max_episode_steps):
+  """(done, terminated, truncated) of one envpool step, from elapsed_step.
+
+  done = envpool's terminated | truncated; truncated = done and the time
+  limit is reached; terminated = done and not truncated (envpool #239).
+  """
+  done = np.logical_or(terminated, truncated)
+  at_limit = np.asarray(elapsed_step) >= max_episode_steps
+  cut = np.logical_and(done, at_limit)
+  return done, np.logical_and(done, ~cut), cut
+
+
+class System(NamedTuple):
+  init: Callable[[jax.Array], LearnerState]
+  start: Callable[[LearnerState], None]
+  train_step: Callable[[LearnerState], Any]
+  stop: Callable[[], None]
+  agent: Any
+  suite: Any
+  mesh: Any
+  learner_step: Callable[..., Any]
+  timings: Any
+  info: dict
+
+
+def make_system(config, mesh=None, suite=None, trajectory_hook=None) -> System:
+  """Builds the Sebulba system from `config` (experiments/configs/sebulba.py).
+
+  Args:
+    config: the Sebulba config.
+    mesh: the learner mesh (default: `learner_devices(...)` on axis "data").
+    suite: an `envpool_envs.Suite` (default: from config.env).
+    trajectory_hook: optional callable(thread_id, numpy Trajectory) called by
+      actors with each unroll before the transfer (tests inspect them).
+  """
+  seb = config.sebulba
+  if suite is None:
+    suite = envpool_envs.make_suite(config.env.suite, config.env.name,
+                                    dict(config.env.kwargs),
+                                    num_threads=seb.envpool_threads)
+  agent = make_agent(config, suite.obs_shape, suite.num_actions)
+  optimizer = make_optimizer(config, max(1, config.total_updates))
+  learner_step = make_learner_step(agent, optimizer)
+  mesh = mesh or Mesh(learner_devices(tuple(seb.learner_device_ids)),
+                      ("data",))
+  local_mesh_devices = [d for d in mesh.devices.flat
+                        if d.process_index == jax.process_index()]
+  local_mesh = Mesh(np.array(local_mesh_devices), ("data",))
+  num_envs, unroll_length = seb.num_envs_per_thread, config.unroll_length
+  num_threads = seb.num_actor_threads
+  if num_envs % len(local_mesh_devices):
+    raise ValueError(
+        f"sebulba.num_envs_per_thread={num_envs} must be a multiple of the "
+        f"number of local learner devices ({len(local_mesh_devices)})")
+  devices = actor_devices(tuple(seb.actor_device_ids))
+  clip = config.loss.reward_clip
+  bootstrap_truncated = config.loss.bootstrap_truncated
+  timings = Timings()
+  replicated = NamedSharding(mesh, P())
+
+  def init_state(key):
+    params = agent.init(key)
+    return LearnerState(params, optimizer.init(params),
+                        jnp.zeros((), jnp.int32))
+
+  # Every process computes the same replicated state (multi-host safe).
+  init = jax.jit(init_state, out_shardings=replicated)
+
+  # --- shapes and shardings ----------------------------------------------
+  example_params = jax.eval_shape(agent.init, jax.random.PRNGKey(0))
+  example_traj = jax.eval_shape(
+      lambda p: example_trajectory(agent, p, suite, num_envs, unroll_length),
+      example_params)
+  local_shardings = trajectory_shardings(local_mesh, example_traj)
+  global_shardings = trajectory_shardings(mesh, example_traj)
+  jitted_learner_step = jax.jit(
+      learner_step, in_shardings=(replicated, replicated, global_shardings),
+      out_shardings=(replicated, replicated, replicated))
+
+  # --- actor ---------------------------------------------------------------
+  def act_step(params, core_state, obs, prev_reward, reset, key):
+    key, k_act = jax.random.split(key)
+    core_state, out = agent.act(params, core_state, obs, prev_reward, reset,
+                                k_act)
+    return core_state, out.action, out.logits, key
+
+  jitted_act = jax.jit(act_step)
+  jitted_value = jax.jit(agent.value_of)
+  jitted_initial_state = jax.jit(agent.initial_core_state,
+                                 static_argnums=1)
+  stack = jax.jit(lambda xs: jnp.stack(xs))
+
+  runtime = {}
+
+  def actor(thread_id, device, server, out_queue, start_update):
+    env = suite.make(num_envs, config.seed + 10007 * jax.process_index()
+                     + 1009 * thread_id)
+    try:
+      run_actor(thread_id, env, device, server, out_queue, start_update)
+    finally:
+      env.close()
+
+  def run_actor(thread_id, env, device, server, out_queue, start_update):
+    stop = runtime["stop"]
+    key = jax.device_put(jax.random.fold_in(
+        jax.random.PRNGKey(config.seed),
+        1 + 1000 * jax.process_index() + thread_id), device)
+    env_ids = np.arange(num_envs, dtype=np.int32)
+    env.async_reset()
+    raw, _, _, _, info = env.recv()
+    obs = _ordered(suite.observation(raw), info["env_id"])
+    prev_reward = np.zeros((num_envs,), np.float32)
+    reset = np.ones((num_envs,), bool)
+    episode_return = np.zeros((num_envs,), np.float64)
+    episode_length = np.zeros((num_envs,), np.int64)
+    core_state = None
+    for unroll in itertools.count():
+      with _Timer(timings, "actor/params_wait"):
+        min_version = start_update + unroll if seb.synchronous else 0
+        params, version = server.get(device, min_version)
+      if params is None:
+        return
+      if core_state is None:
+        core_state = jitted_initial_state(params, num_envs)
+      initial_state = core_state
+      steps = {k: [] for k in ("obs", "prev_reward", "reset", "action",
+                               "logits", "reward", "terminated", "truncated",
+                               "truncation_value")}
+      finished = []
+      for _ in range(unroll_length):
+        with _Timer(timings, "actor/inference"):
+          core_state, action, logits, key = jitted_act(
+              params, core_state, obs, prev_reward, reset, key)
+          action = np.asarray(action)
+        with _Timer(timings, "actor/env_send"):
+          env.send(action, env_ids)
+        with _Timer(timings, "actor/env_recv"):
+          raw, reward, term, trunc, info = env.recv()
+          order = np.argsort(info["env_id"])
+          next_obs = suite.observation(raw)[order]
+          reward = np.asarray(reward, np.float32)[order]
+          done, terminated, truncated = episode_flags(
+              term[order], trunc[order], info["elapsed_step"][order],
+              suite.max_episode_steps)
+          final_obs = next_obs
+          if done.any():
+            next_obs = next_obs.copy()
+            ended = np.flatnonzero(done).astype(np.int32)
+            env.send(np.zeros((len(ended),), action.dtype), ended)
+            raw2, _, _, _, info2 = env.recv()
+            next_obs[info2["env_id"]] = suite.observation(raw2)
+        reward_in = np.clip(reward, -clip, clip)
+        truncation_value = np.zeros((num_envs,), np.float32)
+        if bootstrap_truncated and truncated.any():
+          with _Timer(timings, "actor/truncation_value"):
+            values = np.asarray(jitted_value(params, core_state, final_obs,
+                                             reward_in))
+            truncation_value = np.where(truncated, values, 0.0).astype(
+                np.float32)
+        episode_return += reward
+        episode_length += 1
+        for i in np.flatnonzero(done):
+          finished.append((episode_return[i], episode_length[i]))
+        episode_return[done], episode_length[done] = 0.0, 0
+        for name, value in (("obs", obs), ("prev_reward", prev_reward),
+                            ("reset", reset), ("action", action),
+                            ("logits", logits), ("reward", reward),
+                            ("terminated", terminated),
+                            ("truncated", truncated),
+                            ("truncation_value", truncation_value)):
+          steps[name].append(value)
+        obs = next_obs
+        prev_reward = np.where(done, 0.0, reward_in).astype(np.float32)
+        reset = done
+      with _Timer(timings, "actor/transfer"):
+        trajectory = Trajectory(
+            initial_state=initial_state,
+            obs=np.stack(steps["obs"] + [obs]),
+            prev_reward=np.stack(steps["prev_reward"] + [prev_reward]),
+            reset=np.stack(steps["reset"] + [reset]),
+            action=np.stack(steps["action"]).astype(np.int32),
+            behaviour_logits=stack(steps["logits"]),
+            reward=np.stack(steps["reward"]),
+            terminated=np.stack(steps["terminated"]),
+            truncated=np.stack(steps["truncated"]),
+            truncation_value=np.stack(steps["truncation_value"]))
+        if trajectory_hook is not None:
+          trajectory_hook(thread_id, jax.device_get(trajectory))
+        trajectory = jax.device_put(trajectory, local_shardings)
+      stats = {"episodes": len(finished),
+               "episode_return_sum": float(sum(r for r, _ in finished)),
+               "episode_length_sum": float(sum(n for _, n in finished))}
+      with _Timer(timings, "actor/queue_put"):
+        while not stop.is_set():
+          try:
+            out_queue.put((trajectory, version, stats), timeout=POLL_SECONDS)
+            break
+          except queue.Full:
+            pass
+      if stop.is_set():
+        return
+
+  def thread_main(thread_id, *args):
+    try:
+      actor(thread_id, *args)
+    except BaseException:  # pylint: disable=broad-except
+      runtime["errors"].append(
+          f"actor thread {thread_id} died:\n{traceback.format_exc()}")
+      runtime["stop"].set()
+
+  def start(state):
+    """Starts the actor threads from learner state `state`."""
+    if runtime.get("threads"):
+      raise RuntimeError("the system is already running")
+    stop = threading.Event()
+    server = ParameterServer(devices, stop)
+    server.publish(state.params, int(state.update))
+    queues = [queue.Queue(maxsize=seb.queue_size) for _ in range(num_threads)]
+    runtime.update(stop=stop, server=server, queues=queues, errors=[],
+                   window=(time.perf_counter(), 0),
+                   start_update=int(state.update),
+                   env_steps=0)
+    threads = [threading.Thread(
+        target=thread_main, name=f"sebulba-actor-{i}", daemon=True,
+        args=(i, devices[i % len(devices)], server, queues[i],
+              int(state.update))) for i in range(num_threads)]
+    runtime["threads"] = threads
+    for thread in threads:
+      thread.start()
+
+  def check_errors():
+    if runtime["errors"]:
+      raise ActorError(runtime["errors"][0])
+
+  def get(q):
+    while True:
+      check_errors()
+      try:
+        return q.get(timeout=POLL_SECONDS)
+      except queue.Empty:
+        if runtime["stop"].is_set():
+          check_errors()
+          raise ActorError("the actors stopped")
+
+  def train_step(state):
+    """One learner update on one unroll of every actor thread."""
+    if not runtime.get("threads"):
+      raise RuntimeError("call start(state) before train_step")
+    with _Timer(timings, "learner/queue_get"):
+      items = [get(q) for q in runtime["queues"]]
+    trajectories, versions, stats = zip(*items)
+    with _Timer(timings, "learner/combine"):
+      batch = combine(trajectories, global_shardings, jax.process_count())
+    with _Timer(timings, "learner/step"):
+      params, opt_state, metrics = jitted_learner_step(
+          state.params, state.opt_state, batch)
+      jax.block_until_ready(params)
+    version = int(state.update)
+    state = LearnerState(params, opt_state, state.update + 1)
+    with _Timer(timings, "learner/publish"):
+      runtime["server"].publish(params, version + 1)
+    runtime["env_steps"] += num_envs * num_threads * unroll_length
+    lag = [version - v for v in versions]
+    episodes = sum(s["episodes"] for s in stats)
+    out = {k: v.addressable_data(0) for k, v in metrics.items()}
+    out.update({
+        "policy_lag_mean": float(np.mean(lag)),
+        "policy_lag_max": float(np.max(lag)),
+        "episodes": float(episodes),
+        "episode_return_mean": (sum(s["episode_return_sum"] for s in stats)
+                                / episodes if episodes else float("nan")),
+        "episode_length_mean": (sum(s["episode_length_sum"] for s in stats)
+                                / episodes if episodes else float("nan")),
+        "env_steps": float(runtime["env_steps"] * jax.process_count()),
+        "queue_size": float(sum(q.qsize() for q in runtime["queues"])),
+    })
+    return state, out
+
+  def timing_metrics(reset=True):
+    """{"time/<phase>": mean seconds per call, "sps": env steps/s} over the
+    window since the last reset (the first window starts at `start`)."""
+    sums, counts = timings.window(reset)
+    out = {f"time/{k}": sums[k] / counts[k] for k in sums}
+    now, steps = time.perf_counter(), runtime.get("env_steps", 0)
+    since, since_steps = runtime.get("window", (now, steps))
+    out["sps"] = (steps - since_steps) * jax.process_count() / max(
+        now - since, 1e-9)
+    if reset:
+      runtime["window"] = (now, steps)
+    return out
+
+  def stop():
+    """Stops and joins the actor threads (idempotent)."""
+    if not runtime.get("threads"):
+      return
+    runtime["stop"].set()
+    for q in runtime["queues"]:   # unblock nothing; just drop pending data
+      while not q.empty():
+        q.get_nowait()
+    for thread in runtime["threads"]:
+      thread.join(timeout=30)
+    runtime["threads"] = []
+
+  info = {"num_envs_per_step": num_envs * num_threads * jax.process_count(),
+          "actor_devices": devices, "local_learner_devices":
+          local_mesh_devices, "timing_metrics": timing_metrics,
+          "jitted_learner_step": jitted_learner_step,
+          "global_shardings": global_shardings,
+          "local_shardings": local_shardings}
+  return System(init, start, train_step, stop, agent, suite, mesh,
+                learner_step, timings, info)
+
+
+def _ordered(obs, env_id):
+  return obs[np.argsort(env_id)]
+
+
+def example_trajectory(agent, params, suite, num_envs, unroll_length):
+  """A zero Trajectory with the shapes and dtypes the actors produce."""
+  m, b = unroll_length, num_envs
+  zeros = lambda *shape, dtype=jnp.float32: jnp.zeros(shape, dtype)
+  logits = jnp.zeros((m, b, suite.num_actions), jnp.float32)
+  return Trajectory(
+      initial_state=agent.initial_core_state(params, b),
+      obs=zeros(m + 1, b, *suite.obs_shape, dtype=jnp.uint8),
+      prev_reward=zeros(m + 1, b), reset=zeros(m + 1, b, dtype=bool),
+      action=zeros(m, b, dtype=jnp.int32), behaviour_logits=logits,
+      reward=zeros(m, b), terminated=zeros(m, b, dtype=bool),
+      truncated=zeros(m, b, dtype=bool), truncation_value=zeros(m, b))

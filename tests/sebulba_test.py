@@ -1,0 +1,331 @@
+"""Sebulba system: trajectories, state continuity, truncation, the shared
+learner update, failure handling, and short runs on MiniGrid and Pong with
+1 and 8 (fake CPU) learner devices.
+
+Every test has a timeout: a stuck actor thread fails instead of hanging CI.
+"""
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+# pylint: disable=g-import-not-at-top,wrong-import-position
+from experiments.configs import r2ac as r2ac_configs
+from experiments.configs import sebulba as sebulba_configs
+from rtrl_jax import anakin
+from rtrl_jax import envpool_envs
+from rtrl_jax import sebulba
+from rtrl_jax.agents.r2ac import Trajectory
+# pylint: enable=g-import-not-at-top,wrong-import-position
+
+pytest.importorskip("envpool")
+
+M, B, LIMIT, UPDATES = 4, 8, 6, 3
+
+
+def _close(a, b, rtol=1e-5, atol=1e-6):
+  return all(np.allclose(x, y, rtol=rtol, atol=atol)
+             for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+
+
+class _Hook:
+  """A trajectory hook whose behaviour a test can swap."""
+
+  def __init__(self):
+    self.captured, self.action = [], None
+
+  def __call__(self, thread_id, trajectory):
+    if self.action is not None:
+      self.action(thread_id, trajectory)
+    self.captured.append(trajectory)
+
+
+@pytest.fixture(scope="module")
+def minigrid_run():
+  """A synchronous 1-thread MiniGrid-MemoryS7 run of 3 updates, 8 envs, M=4,
+  time limit 6: the unrolls the actor made and the parameters of each
+  version."""
+  config = sebulba_configs.tiny()
+  config.unroll_length = M
+  config.sebulba.num_envs_per_thread = B
+  config.sebulba.synchronous = True
+  config.env.kwargs = {"max_episode_steps": LIMIT}
+  hook = _Hook()
+  system = sebulba.make_system(config, trajectory_hook=hook)
+  state = system.init(jax.random.PRNGKey(0))
+  params, metrics = [jax.device_get(state.params)], []
+  system.start(state)
+  try:
+    for _ in range(UPDATES):
+      state, m = system.train_step(state)
+      params.append(jax.device_get(state.params))
+      metrics.append(jax.device_get(m))
+  finally:
+    system.stop()
+  return dict(system=system, hook=hook, state=state, params=params,
+              metrics=metrics, trajectories=hook.captured[:UPDATES])
+
+
+@pytest.mark.timeout(300)
+def test_trajectory_shapes_and_dtypes(minigrid_run):
+  traj = minigrid_run["trajectories"][0]
+  assert traj.obs.shape == (M + 1, B, 7, 7, 3) and traj.obs.dtype == np.uint8
+  for name in ("prev_reward", "reset"):
+    assert getattr(traj, name).shape == (M + 1, B)
+  for name in ("action", "reward", "terminated", "truncated",
+               "truncation_value"):
+    assert getattr(traj, name).shape == (M, B), name
+  assert traj.behaviour_logits.shape == (M, B, 7)
+  assert traj.initial_state.sensitivities is not None   # RTRL ships Z
+  for leaf in jax.tree.leaves(traj.initial_state):
+    assert leaf.shape[0] == B
+  assert traj.reset[0].all()          # the first unroll starts episodes
+
+
+@pytest.mark.timeout(300)
+def test_state_continuity_and_zero_lag(minigrid_run):
+  """Unroll n+1 starts where unroll n ended: observation, reward input, reset
+  flags, and the core state *and sensitivities* the learner gets by
+  recomputing unroll n with the behaviour parameters (synchronous: version
+  n). The recomputed logits equal the actor's."""
+  agent = minigrid_run["system"].agent
+  unroll = jax.jit(agent.unroll)
+  trajs, params = minigrid_run["trajectories"], minigrid_run["params"]
+  assert len(trajs) == UPDATES
+  for n in range(UPDATES - 1):
+    a, b = trajs[n], trajs[n + 1]
+    np.testing.assert_array_equal(a.obs[M], b.obs[0])
+    np.testing.assert_array_equal(a.prev_reward[M], b.prev_reward[0])
+    np.testing.assert_array_equal(a.reset[M], b.reset[0])
+    logits, _, state = unroll(params[n], a.initial_state, a.obs[:M],
+                              a.prev_reward[:M], a.reset[:M])
+    np.testing.assert_allclose(logits, a.behaviour_logits, rtol=1e-4,
+                               atol=1e-5)
+    assert _close(state, b.initial_state, rtol=1e-4, atol=1e-5)
+  for m in minigrid_run["metrics"]:
+    assert m["policy_lag_max"] == 0.0
+    assert np.isfinite(m["loss/total"])
+  assert not _close(params[0], params[-1])      # the learner moved
+
+
+@pytest.mark.timeout(300)
+def test_truncation_from_elapsed_step(minigrid_run):
+  """Time limit 6: an episode is cut (truncated, not terminated) exactly at
+  its 6th step, bootstraps from the actor's V(final obs), and the next step
+  starts a new episode (reset, zero reward input)."""
+  trajs = minigrid_run["trajectories"]
+  cat = lambda name: np.concatenate([getattr(t, name) for t in trajs])
+  terminated, truncated = cat("terminated"), cat("truncated")
+  value = cat("truncation_value")
+  reset = np.concatenate([t.reset[:M] for t in trajs] + [trajs[-1].reset[M:]])
+  prev_reward = np.concatenate([t.prev_reward[:M] for t in trajs]
+                               + [trajs[-1].prev_reward[M:]])
+  assert truncated.any()
+  assert not (terminated & truncated).any()
+  length = np.zeros((B,), int)
+  for t in range(len(truncated)):
+    length = np.where(reset[t], 1, length + 1)
+    np.testing.assert_array_equal(truncated[t], length == LIMIT)
+    done = terminated[t] | truncated[t]
+    np.testing.assert_array_equal(reset[t + 1], done)
+    assert (prev_reward[t + 1][done] == 0).all()
+  assert (value[truncated] != 0).all() and (value[~truncated] == 0).all()
+
+
+def test_episode_flags_trust_elapsed_step_not_envpool():
+  """envpool #239: at the time limit envpool may flag neither or the wrong
+  one; truncation comes from elapsed_step."""
+  done, term, trunc = sebulba.episode_flags(
+      terminated=np.array([True, True, False, False, False]),
+      truncated=np.array([False, False, True, False, True]),
+      elapsed_step=np.array([3, 10, 10, 10, 4]), max_episode_steps=10)
+  np.testing.assert_array_equal(done, [True, True, True, False, True])
+  np.testing.assert_array_equal(term, [True, False, False, False, True])
+  np.testing.assert_array_equal(trunc, [False, True, True, False, False])
+
+
+@pytest.mark.timeout(120)
+def test_a_dying_actor_thread_stops_the_run_with_its_traceback(minigrid_run):
+  system, hook = minigrid_run["system"], minigrid_run["hook"]
+
+  def explode(thread_id, trajectory):
+    del thread_id, trajectory
+    raise RuntimeError("boom in the actor")
+
+  hook.action = explode
+  system.start(minigrid_run["state"])
+  try:
+    with pytest.raises(sebulba.ActorError) as error:
+      for _ in range(3):
+        system.train_step(minigrid_run["state"])
+  finally:
+    system.stop()
+    hook.action = None
+  message = str(error.value)
+  assert "actor thread 0 died" in message
+  assert "Traceback" in message and "boom in the actor" in message
+
+
+def _split(trajectory, parts):
+  """`parts` Trajectories, each a slice of the environment axis."""
+  size = trajectory.reward.shape[1] // parts
+  return [Trajectory(
+      jax.tree.map(lambda x: x[i * size:(i + 1) * size],
+                   trajectory.initial_state),
+      *[getattr(trajectory, f)[:, i * size:(i + 1) * size]
+        for f in Trajectory._fields[1:]]) for i in range(parts)]
+
+
+def same_update(num_envs=8, threads=2, mesh=None):
+  """(Anakin's update, Sebulba's update) of the same parameters on the same
+  unroll: Anakin's jitted learner step on the whole batch; Sebulba's path,
+  the batch split over `threads` actor threads, each `device_put` onto the
+  learner sharding, joined by `combine`, stepped by the system's learner."""
+  a_config = r2ac_configs.tiny()
+  a_config.num_envs = num_envs
+  train = anakin.make_train(a_config, mesh=anakin.make_mesh(1))
+  runner = train.init(jax.random.PRNGKey(1))
+  runner, trajectory, _ = jax.jit(train.rollout)(runner)
+  for _ in range(2):   # a later unroll: non-zero sensitivities and states
+    runner, trajectory, _ = jax.jit(train.rollout)(runner)
+  anakin_out = jax.jit(train.learner_step)(runner.params, runner.opt_state,
+                                           trajectory)
+  s_config = sebulba_configs.tiny()
+  for key in ("network", "gradient", "loss", "optimizer", "unroll_length",
+              "total_updates"):
+    s_config[key] = a_config[key]
+  s_config.sebulba.num_actor_threads = threads
+  s_config.sebulba.num_envs_per_thread = num_envs // threads
+  suite = envpool_envs.Suite("fake", None, None, train.env.obs_shape,
+                             train.env.num_actions, 100)
+  system = sebulba.make_system(s_config, mesh=mesh, suite=suite)
+  info = system.info
+  pieces = [jax.device_put(jax.device_get(t), info["local_shardings"])
+            for t in _split(trajectory, threads)]
+  batch = sebulba.combine(pieces, info["global_shardings"])
+  replicated = jax.sharding.NamedSharding(system.mesh,
+                                          jax.sharding.PartitionSpec())
+  params, opt_state = jax.device_put((runner.params, runner.opt_state),
+                                     replicated)
+  sebulba_out = info["jitted_learner_step"](params, opt_state, batch)
+  return jax.device_get(anakin_out), jax.device_get(sebulba_out), runner
+
+
+@pytest.mark.timeout(300)
+def test_anakin_and_sebulba_learners_make_the_same_update():
+  (a_params, a_opt, a_metrics), (s_params, s_opt, s_metrics), runner = (
+      same_update())
+  assert not _close(a_params, jax.device_get(runner.params))
+  assert _close(a_params, s_params)
+  assert _close(a_opt, s_opt)
+  np.testing.assert_allclose(a_metrics["loss/total"], s_metrics["loss/total"],
+                             rtol=1e-5)
+
+
+@pytest.mark.timeout(300)
+def test_short_pong_run_on_one_device():
+  config = sebulba_configs.tiny_atari()
+  config.total_updates = 2
+  config.network.core, config.gradient = "feedforward", "tbptt"  # compile time
+  hook = _Hook()
+  system = sebulba.make_system(config, trajectory_hook=hook)
+  state = system.init(jax.random.PRNGKey(0))
+  system.start(state)
+  try:
+    for _ in range(2):
+      state, metrics = system.train_step(state)
+      assert np.isfinite(float(metrics["loss/total"]))
+  finally:
+    system.stop()
+  traj = hook.captured[0]
+  assert traj.obs.shape == (config.unroll_length + 1, 8, 84, 84, 4)
+  assert int(state.update) == 2
+  timings = system.info["timing_metrics"]()
+  for phase in ("actor/env_send", "actor/env_recv", "actor/inference",
+                "actor/transfer", "learner/queue_get", "learner/step"):
+    assert timings[f"time/{phase}"] >= 0
+  assert timings["sps"] > 0
+
+
+EIGHT_DEVICES = textwrap.dedent("""
+    import jax, numpy as np
+    from experiments.configs import sebulba as configs
+    from rtrl_jax import sebulba
+    from tests import sebulba_test
+    assert jax.device_count() == 8, jax.devices()
+
+    def run(config, updates=2):
+      system = sebulba.make_system(config)
+      assert system.mesh.size == 8
+      state = system.init(jax.random.PRNGKey(0))
+      system.start(state)
+      try:
+        for _ in range(updates):
+          state, m = system.train_step(state)
+          assert np.isfinite(float(m["loss/total"]))
+      finally:
+        system.stop()
+      leaf = jax.tree.leaves(state.params)[0]
+      assert len(leaf.sharding.device_set) == 8
+      return state
+
+    config = configs.tiny()
+    config.sebulba.num_actor_threads = 2
+    run(config)
+    print("MINIGRID OK", flush=True)
+    config = configs.tiny_atari()
+    config.network.core, config.gradient = "feedforward", "tbptt"
+    run(config)
+    print("PONG OK", flush=True)
+    a, s, _ = sebulba_test.same_update(num_envs=16, threads=2)
+    assert sebulba_test._close(a[0], s[0]), "8-device update differs"
+    print("SAME UPDATE OK", flush=True)
+""")
+
+
+@pytest.mark.timeout(600)
+def test_minigrid_and_pong_on_eight_fake_devices():
+  """MiniGrid (2 actor threads) and Pong with an 8-device learner mesh; and
+  the Anakin/Sebulba same-update check with the batch over 8 devices."""
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
+             PYTHONPATH=ROOT, JAX_PLATFORMS="cpu")
+  result = subprocess.run([sys.executable, "-c", EIGHT_DEVICES], cwd=ROOT,
+                          env=env, capture_output=True, text=True, timeout=540)
+  assert result.returncode == 0, result.stderr[-3000:]
+  for line in ("MINIGRID OK", "PONG OK", "SAME UPDATE OK"):
+    assert line in result.stdout, result.stdout
+
+
+@pytest.mark.timeout(120)
+def test_procgen_chaser_hard_steps():
+  available, reason = envpool_envs.procgen_available()
+  if not available:
+    pytest.skip(reason)
+  suite = envpool_envs.make_suite("procgen", "ChaserHard-v0",
+                                  {"num_levels": 500, "start_level": 0})
+  env = suite.make(2, 0)
+  env.async_reset()
+  raw, *_ = env.recv()
+  assert suite.observation(raw).shape == (2,) + suite.obs_shape == (2, 64, 64,
+                                                                      3)
+  env.close()
+
+
+def test_suite_defaults_are_the_papers_preprocessing():
+  atari = envpool_envs.envpool_options("atari")
+  assert atari["img_height"] == atari["img_width"] == 84 and atari["gray_scale"]
+  assert atari["stack_num"] == 4 and atari["frame_skip"] == 4
+  assert atari["noop_max"] == 30 and atari["episodic_life"]
+  assert atari["reward_clip"]
+  with pytest.raises(ValueError, match="env suite must be one of"):
+    envpool_envs.envpool_options("dmlab")
+  suite = envpool_envs.make_suite("minigrid", "MiniGrid-MemoryS7-v0")
+  assert suite.obs_shape == (7, 7, 3) and suite.num_actions == 7
