@@ -1,0 +1,77 @@
+"""launch/ scripts: each dry-run prints the commands it would run."""
+
+import os
+import subprocess
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+LAUNCH = os.path.join(ROOT, "launch")
+
+
+def dry_run(script, *args, env=None):
+  result = subprocess.run(["bash", os.path.join(LAUNCH, script), *args],
+                          cwd=ROOT, capture_output=True, text=True, timeout=30,
+                          env=dict(os.environ, **(env or {})))
+  assert result.returncode == 0, result.stderr
+  return result.stdout.strip().splitlines()
+
+
+@pytest.mark.timeout(60)
+def test_local_one_process():
+  lines = dry_run("local.sh", "--dry-run", "--",
+                  "--config=experiments/configs/sebulba.py:tiny")
+  assert len(lines) == 1
+  assert lines[0].endswith("-m experiments.r2ac_sebulba "
+                           "--config=experiments/configs/sebulba.py:tiny")
+
+
+@pytest.mark.timeout(60)
+def test_local_processes_and_fake_devices():
+  lines = dry_run("local.sh", "--dry-run", "--processes", "2",
+                  "--fake-devices", "4", "--port", "4321", "--",
+                  "--workdir=runs/x")
+  assert len(lines) == 2
+  for i, line in enumerate(lines):
+    assert "XLA_FLAGS=--xla_force_host_platform_device_count=4" in line
+    assert "--workdir=runs/x" in line
+    assert ("--coordinator_address=127.0.0.1:4321 --num_processes=2 "
+            f"--process_id={i}") in line
+
+
+@pytest.mark.timeout(60)
+def test_slurm():
+  lines = dry_run("slurm.sbatch", "--config=c.py:atari", "--resume",
+                  env={"DRY_RUN": "1", "DETERMINISTIC": "1"})
+  assert "--xla_gpu_deterministic_ops=true" in lines[0]
+  assert lines[-1].startswith("srun ")
+  assert ("-m experiments.r2ac_sebulba --distributed --config=c.py:atari "
+          "--resume") in lines[-1]
+  with open(os.path.join(LAUNCH, "slurm.sbatch")) as f:
+    header = f.read()
+  for directive in ("--ntasks-per-node=1", "--gpus-per-node", "--signal=TERM",
+                    "--requeue"):
+    assert f"#SBATCH {directive}" in header
+
+
+@pytest.mark.timeout(60)
+def test_tpu_pod():
+  lines = dry_run("tpu_pod.sh", "--dry-run", "--setup", "--tpu", "pod",
+                  "--zone", "us-central2-b", "--project", "p", "--",
+                  "--workdir=gs://bucket/run")
+  assert len(lines) == 2
+  for line in lines:
+    assert line.startswith("gcloud compute tpus tpu-vm ssh pod "
+                           "--zone=us-central2-b --project=p --worker=all")
+  assert "pip install" in lines[0] and "jax[tpu]" in lines[0]
+  assert ("-m experiments.r2ac_sebulba --distributed "
+          "--workdir=gs://bucket/run") in lines[1]
+
+
+@pytest.mark.timeout(60)
+def test_tpu_pod_needs_a_name_and_zone():
+  result = subprocess.run(["bash", os.path.join(LAUNCH, "tpu_pod.sh"),
+                           "--dry-run"], capture_output=True, text=True,
+                          timeout=30)
+  assert result.returncode == 2
+  assert "--tpu and --zone are required" in result.stderr

@@ -1,0 +1,108 @@
+"""experiments/r2ac_sebulba.py end to end: logs, SIGTERM checkpoint, resume,
+config errors. Subprocesses with timeouts share a JAX compilation cache."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+# pylint: disable=g-import-not-at-top,wrong-import-position
+from rtrl_jax import experiment
+# pylint: enable=g-import-not-at-top,wrong-import-position
+
+pytest.importorskip("envpool")
+
+UPDATES = 300
+FLAGS = ["--config=experiments/configs/sebulba.py:tiny",
+         f"--config.total_updates={UPDATES}", "--config.run.checkpoint_every=25",
+         "--config.log_every=5"]
+TIMEOUT = 240
+
+
+@pytest.fixture(scope="module")
+def environment(tmp_path_factory):
+  env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu")
+  env.pop("XLA_FLAGS", None)
+  env["JAX_COMPILATION_CACHE_DIR"] = str(tmp_path_factory.mktemp("jax_cache"))
+  env["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
+  return env
+
+
+def command(*flags):
+  return [sys.executable, "-m", "experiments.r2ac_sebulba", *flags]
+
+
+def checkpoints(workdir):
+  folder = os.path.join(workdir, "checkpoints")
+  if not os.path.isdir(folder):
+    return []
+  return sorted(int(n) for n in os.listdir(folder) if n.isdigit())
+
+
+@pytest.mark.timeout(2 * TIMEOUT + 30)
+def test_sigterm_saves_and_resume_finishes(tmp_path, environment):
+  workdir = str(tmp_path / "run")
+  process = subprocess.Popen(command(*FLAGS, f"--workdir={workdir}"),
+                             cwd=ROOT, env=environment, text=True,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+  deadline = time.time() + TIMEOUT
+  try:
+    while not checkpoints(workdir):
+      assert process.poll() is None, process.stderr.read()[-3000:]
+      assert time.time() < deadline, "no checkpoint in time"
+      time.sleep(0.2)
+    process.send_signal(signal.SIGTERM)
+    stdout, stderr = process.communicate(timeout=60)
+  finally:
+    if process.poll() is None:
+      process.kill()
+  assert process.returncode == 0, stderr[-3000:]
+  result = json.loads(stdout.strip().splitlines()[-1])
+  assert result["status"] == "preempted"
+  stopped = result["update"]
+  assert stopped in checkpoints(workdir)
+  rows = experiment.read_jsonl(os.path.join(workdir, "metrics.jsonl"))
+  logged = [r for r in rows if "train/sps" in r]
+  assert logged, rows
+  for key in ("train/time/actor/env_recv", "train/time/actor/env_send",
+              "train/time/actor/inference", "train/time/actor/transfer",
+              "train/time/learner/queue_get", "train/time/learner/step",
+              "train/policy_lag_mean", "train/env_steps"):
+    assert key in logged[-1], key
+
+  refused = subprocess.run(
+      command(*FLAGS, "--config.unroll_length=5", f"--workdir={workdir}",
+              "--resume"),
+      cwd=ROOT, env=environment, capture_output=True, text=True,
+      timeout=TIMEOUT)
+  assert refused.returncode == 1
+  assert "--resume needs the same config" in refused.stderr
+
+  resumed = subprocess.run(
+      command(*FLAGS, f"--workdir={workdir}", "--resume"),
+      cwd=ROOT, env=environment, capture_output=True, text=True,
+      timeout=TIMEOUT)
+  assert resumed.returncode == 0, resumed.stderr[-3000:]
+  assert f"resumed {workdir} from update {stopped}" in resumed.stdout
+  result = json.loads(resumed.stdout.strip().splitlines()[-1])
+  assert result["status"] == "finished" and result["update"] == UPDATES
+  steps = [r["step"] for r in experiment.read_jsonl(
+      os.path.join(workdir, "metrics.jsonl")) if "train/sps" in r]
+  assert steps == sorted(set(steps)) and steps[-1] == UPDATES
+
+
+@pytest.mark.timeout(120)
+def test_bad_config_is_one_line(environment):
+  result = subprocess.run(
+      command("--config=experiments/configs/sebulba.py:tiny",
+              "--config.sebulba.num_actor_thread=2", "--workdir=/tmp/unused"),
+      cwd=ROOT, env=environment, capture_output=True, text=True, timeout=100)
+  assert result.returncode == 1
+  assert result.stderr.strip().startswith("error: config.sebulba."), (
+      result.stderr)
