@@ -38,7 +38,7 @@ import jax.numpy as jnp
 from rtrl_jax.cell import RecurrentState
 
 
-def rtrl(cell, params, state, inputs, resets):
+def rtrl(cell, params, state, inputs, resets, advance_sensitivities=True):
   """Runs `cell` over a segment; `jax.grad` through it gives exact RTRL.
 
   Args:
@@ -47,6 +47,10 @@ def rtrl(cell, params, state, inputs, resets):
     state: `RecurrentState` with sensitivities (`cell.initial_state`).
     inputs: [T, B, D] floating, same dtype as params.
     resets: [T, B] bool.
+    advance_sensitivities: False skips the forward sensitivity recursion
+      (O(T·B·|θ_r|) work) when only the gradient is wanted, e.g. a learner
+      that recomputes an unroll whose next state the actor already has. The
+      gradient is the same; `new_state.sensitivities` is then None.
 
   Returns:
     (outputs [T, B, H], new_state). Gradients: θ_r gets the RTRL gradient,
@@ -60,8 +64,8 @@ def rtrl(cell, params, state, inputs, resets):
         "cell.initial_state(params, batch_size) (sensitivities=True)")
   hidden = _inject_past_gradient(cell, params["recurrent"], state.hidden,
                                  state.sensitivities)
-  return _unroll(cell, params, RecurrentState(hidden, state.sensitivities),
-                 inputs, resets)
+  carried = state.sensitivities if advance_sensitivities else None
+  return _unroll(cell, params, RecurrentState(hidden, carried), inputs, resets)
 
 
 def bptt(cell, params, state, inputs, resets):

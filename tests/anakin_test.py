@@ -60,8 +60,9 @@ DEVICE_SCRIPT = textwrap.dedent("""
 
 
 def test_one_and_eight_devices_give_the_same_parameters():
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
-             PYTHONPATH=ROOT, JAX_PLATFORMS="cpu")
+  flags = (os.environ.get("XLA_FLAGS", "")
+           + " --xla_force_host_platform_device_count=8")
+  env = dict(os.environ, XLA_FLAGS=flags, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu")
   result = subprocess.run([sys.executable, "-c", DEVICE_SCRIPT], cwd=ROOT,
                           env=env, capture_output=True, text=True, timeout=600)
   assert result.returncode == 0, result.stderr[-3000:]

@@ -176,6 +176,26 @@ def test_sensitivity_shapes_are_parameter_shapes_plus_batch():
   assert cell.initial_state(params, 4, sensitivities=False).sensitivities is None
 
 
+def test_gradient_without_advancing_sensitivities_is_the_same():
+  with jax.enable_x64(True):
+    cell, params, inputs, resets, targets = make_problem(3)
+    state = rtrl_jax.rtrl(cell, params, cell.initial_state(params, BATCH),
+                          inputs, resets)[1]
+
+    def grad(advance):
+      def loss(p):
+        outputs, new_state = rtrl_jax.rtrl(cell, p, state, inputs, resets,
+                                           advance_sensitivities=advance)
+        return per_step_loss(outputs, targets), new_state
+      return jax.grad(loss, has_aux=True)(params)
+
+    (with_advance, advanced), (without, not_advanced) = grad(True), grad(False)
+    assert not_advanced.sensitivities is None
+    assert advanced.sensitivities is not None
+    jax.tree.map(np.testing.assert_array_equal, with_advance, without)
+    np.testing.assert_array_equal(advanced.hidden, not_advanced.hidden)
+
+
 def test_state_gets_no_gradient_in_rtrl_but_does_in_bptt():
   with jax.enable_x64(True):
     cell, params, inputs, resets, targets = make_problem(3)

@@ -150,9 +150,10 @@ def make_agent(config, obs_shape, num_actions) -> Agent:
     value = (hidden @ params["value"]["w"] + params["value"]["b"])[..., 0]
     return logits, value
 
-  def run_core(method, params, state, inputs, resets):
+  def run_core(method, params, state, inputs, resets, keep_sensitivities):
     if method == "rtrl":
-      return rtrl_jax.rtrl(core, params["core"], state, inputs, resets)
+      return rtrl_jax.rtrl(core, params["core"], state, inputs, resets,
+                           advance_sensitivities=keep_sensitivities)
     if method == "tbptt":
       return rtrl_jax.bptt(core, params["core"], jax.lax.stop_gradient(state),
                            inputs, resets)
@@ -160,10 +161,16 @@ def make_agent(config, obs_shape, num_actions) -> Agent:
       return rtrl_jax.bptt(core, params["core"], state, inputs, resets)
     raise ValueError(f"method must be rtrl, tbptt or bptt, got {method!r}")
 
-  def unroll(params, state, obs, prev_reward, reset, method=gradient):
-    """Core over T steps from `state`: (logits [T,B,A], values [T,B], state)."""
+  def unroll(params, state, obs, prev_reward, reset, method=gradient,
+             keep_sensitivities=True):
+    """Core over T steps from `state`: (logits [T,B,A], values [T,B], state).
+
+    keep_sensitivities=False (the learner) skips advancing the RTRL
+    sensitivities: the gradient is unchanged, the returned state has none.
+    """
     inputs = core_inputs(params, obs, prev_reward)
-    hidden, state = run_core(method, params, state, inputs, reset)
+    hidden, state = run_core(method, params, state, inputs, reset,
+                             keep_sensitivities)
     logits, values = heads(params, hidden)
     return logits, values, state
 
@@ -211,9 +218,11 @@ def make_agent(config, obs_shape, num_actions) -> Agent:
 
   def loss(params, trajectory, method=gradient):
     """Total loss of one unroll and its parts (sums over T and B)."""
+    # The actor already carries the next unroll's sensitivities.
     logits, values, _ = unroll(params, trajectory.initial_state,
                                trajectory.obs, trajectory.prev_reward,
-                               trajectory.reset, method)
+                               trajectory.reset, method,
+                               keep_sensitivities=False)
     return loss_from_outputs(logits, values, trajectory)
 
   return Agent(init, initial_core_state, act, value_of, unroll, loss,
@@ -270,7 +279,7 @@ def make_learner_step(agent, optimizer):
     grads, metrics = jax.grad(agent.loss, has_aux=True)(params, trajectory)
     updates, opt_state = optimizer.update(grads, opt_state, params)
     params = optax.apply_updates(params, updates)
-    metrics["grad_norm"] = optax.global_norm(grads)
+    metrics["grad_norm"] = optax.tree.norm(grads)
     return params, opt_state, metrics
 
   return learner_step
