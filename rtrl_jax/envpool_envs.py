@@ -72,7 +72,7 @@ def _channels_last(obs):
 
 
 def _image(obs):
-  return obs["image"]
+  return np.array(obs["image"])   # a copy: never a view of envpool's buffer
 
 
 OBSERVATIONS = {"minigrid": _image, "atari": _channels_last,

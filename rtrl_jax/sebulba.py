@@ -356,15 +356,18 @@ def make_system(config, mesh=None, suite=None, trajectory_hook=None) -> System:
           env.send(action, env_ids)
         with _Timer(timings, "actor/env_recv"):
           raw, reward, term, trunc, info = env.recv()
-          order = np.argsort(info["env_id"])
-          next_obs = suite.observation(raw)[order]
-          reward = np.asarray(reward, np.float32)[order]
+          elapsed, next_obs = info["elapsed_step"], suite.observation(raw)
+          reward = np.asarray(reward, np.float32)
+          if not np.array_equal(info["env_id"], env_ids):   # envpool order
+            order = np.argsort(info["env_id"])
+            next_obs, reward, term, trunc, elapsed = (
+                next_obs[order], reward[order], term[order], trunc[order],
+                elapsed[order])
           done, terminated, truncated = episode_flags(
-              term[order], trunc[order], info["elapsed_step"][order],
-              suite.max_episode_steps)
+              term, trunc, elapsed, suite.max_episode_steps)
           final_obs = next_obs
           if done.any():
-            next_obs = next_obs.copy()
+            next_obs = np.array(next_obs)
             ended = np.flatnonzero(done).astype(np.int32)
             env.send(np.zeros((len(ended),), action.dtype), ended)
             raw2, _, _, _, info2 = env.recv()
@@ -379,9 +382,10 @@ def make_system(config, mesh=None, suite=None, trajectory_hook=None) -> System:
                 np.float32)
         episode_return += reward
         episode_length += 1
-        for i in np.flatnonzero(done):
-          finished.append((episode_return[i], episode_length[i]))
-        episode_return[done], episode_length[done] = 0.0, 0
+        if done.any():
+          finished += [float(done.sum()), episode_return[done].sum(),
+                       episode_length[done].sum()]
+          episode_return[done], episode_length[done] = 0.0, 0
         for name, value in (("obs", obs), ("prev_reward", prev_reward),
                             ("reset", reset), ("action", action),
                             ("logits", logits), ("reward", reward),
@@ -407,9 +411,9 @@ def make_system(config, mesh=None, suite=None, trajectory_hook=None) -> System:
         if trajectory_hook is not None:
           trajectory_hook(thread_id, jax.device_get(trajectory))
         trajectory = jax.device_put(trajectory, local_shardings)
-      stats = {"episodes": len(finished),
-               "episode_return_sum": float(sum(r for r, _ in finished)),
-               "episode_length_sum": float(sum(n for _, n in finished))}
+      stats = {"episodes": float(sum(finished[0::3])),
+               "episode_return_sum": float(sum(finished[1::3])),
+               "episode_length_sum": float(sum(finished[2::3]))}
       with _Timer(timings, "actor/queue_put"):
         while not stop.is_set():
           try:
