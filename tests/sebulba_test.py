@@ -301,8 +301,9 @@ EIGHT_DEVICES = textwrap.dedent("""
 def test_minigrid_and_pong_on_eight_fake_devices():
   """MiniGrid (2 actor threads) and Pong with an 8-device learner mesh; and
   the Anakin/Sebulba same-update check with the batch over 8 devices."""
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
-             PYTHONPATH=ROOT, JAX_PLATFORMS="cpu")
+  flags = os.environ.get("XLA_FLAGS", "")   # keeps conftest's compile flags
+  env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu",
+             XLA_FLAGS=f"{flags} --xla_force_host_platform_device_count=8")
   result = subprocess.run([sys.executable, "-c", EIGHT_DEVICES], cwd=ROOT,
                           env=env, capture_output=True, text=True, timeout=540)
   assert result.returncode == 0, result.stderr[-3000:]
