@@ -4,6 +4,8 @@ For every hidden size N and segment length T it measures, in one process:
 
 * `rtrl fwd`: the forward pass of `rtrl` (cell + sensitivity update);
 * `rtrl grad`: value and gradient through `rtrl` over the segment;
+* `rtrl(M) grad`: the same in chunks of M steps with the state (and
+  sensitivities) carried: exact gradients, memory independent of T;
 * `bptt grad`: value and gradient through `bptt` over the whole segment
   (full BPTT; state without sensitivities);
 * `tbptt grad`: gradients of the same segment cut into chunks of M steps,
@@ -24,6 +26,7 @@ into --out_dir.
 """
 
 import csv
+import functools
 import os
 
 from absl import app
@@ -65,8 +68,13 @@ def programs(cell, truncation):
     return jax.value_and_grad(
         lambda p: _loss(rtrl_jax.bptt(cell, p, state, inputs, resets)[0]))(params)
 
-  def tbptt_grad(params, state, inputs, resets):
-    state = state._replace(sensitivities=None)
+  def chunked_grad(method, params, state, inputs, resets):
+    """Gradients of the sequence cut into chunks of `truncation` steps, the
+    state carried between chunks: TBPTT (bptt on a stop-gradient state) or
+    RTRL (exact; memory independent of T)."""
+    if method == "tbptt":
+      state = state._replace(sensitivities=None)
+    run = rtrl_jax.rtrl if method == "rtrl" else rtrl_jax.bptt
     chunks = inputs.shape[0] // truncation
     split = lambda a: a[:chunks * truncation].reshape(
         (chunks, truncation) + a.shape[1:])
@@ -75,10 +83,10 @@ def programs(cell, truncation):
       state, grads = carry
       x, r = xs
       def loss(p):
-        outputs, new_state = rtrl_jax.bptt(cell, p, state, x, r)
+        outputs, new_state = run(cell, p, jax.lax.stop_gradient(state), x, r)
         return _loss(outputs), new_state
       (_, state), g = jax.value_and_grad(loss, has_aux=True)(params)
-      return (jax.lax.stop_gradient(state), jax.tree.map(jnp.add, grads, g)), None
+      return (state, jax.tree.map(jnp.add, grads, g)), None
 
     zeros = jax.tree.map(jnp.zeros_like, params)
     return jax.lax.scan(chunk, (state, zeros), (split(inputs), split(resets)))[0]
@@ -88,7 +96,9 @@ def programs(cell, truncation):
     return timing.bare_sensitivity_pass(state.sensitivities, inputs.shape[0])
 
   return {"rtrl fwd": rtrl_forward, "rtrl grad": rtrl_grad,
-          "bptt grad": bptt_grad, f"tbptt({truncation}) grad": tbptt_grad,
+          f"rtrl({truncation}) grad": functools.partial(chunked_grad, "rtrl"),
+          "bptt grad": bptt_grad,
+          f"tbptt({truncation}) grad": functools.partial(chunked_grad, "tbptt"),
           "bare pass": bare_pass}
 
 
