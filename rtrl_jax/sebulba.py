@@ -442,6 +442,9 @@ def make_system(config, mesh=None, suite=None, trajectory_hook=None) -> System:
     queues = [queue.Queue(maxsize=seb.queue_size) for _ in range(num_threads)]
     runtime.update(stop=stop, server=server, queues=queues, errors=[],
                    window=(time.perf_counter(), 0),
+                   episode_window=dict.fromkeys(
+                       ("episodes", "episode_return_sum",
+                        "episode_length_sum"), 0.0),
                    start_update=int(state.update),
                    env_steps=0)
     threads = [threading.Thread(
@@ -486,6 +489,10 @@ def make_system(config, mesh=None, suite=None, trajectory_hook=None) -> System:
     runtime["env_steps"] += num_envs * num_threads * unroll_length
     lag = [version - v for v in versions]
     episodes = sum(s["episodes"] for s in stats)
+    window = runtime["episode_window"]
+    for s in stats:
+      for k in window:
+        window[k] += s[k]
     out = {k: v.addressable_data(0) for k, v in metrics.items()}
     out.update({
         "policy_lag_mean": float(np.mean(lag)),
@@ -501,16 +508,25 @@ def make_system(config, mesh=None, suite=None, trajectory_hook=None) -> System:
     return state, out
 
   def timing_metrics(reset=True):
-    """{"time/<phase>": mean seconds per call, "sps": env steps/s} over the
-    window since the last reset (the first window starts at `start`)."""
+    """Over the window since the last reset (the first starts at `start`):
+    {"time/<phase>": mean seconds per call, "sps": env steps/s,
+    "window/episode_{return,length}_mean", "window/episodes" (if any ended)}."""
     sums, counts = timings.window(reset)
     out = {f"time/{k}": sums[k] / counts[k] for k in sums}
     now, steps = time.perf_counter(), runtime.get("env_steps", 0)
     since, since_steps = runtime.get("window", (now, steps))
     out["sps"] = (steps - since_steps) * jax.process_count() / max(
         now - since, 1e-9)
+    window = runtime.get("episode_window", {})
+    if window.get("episodes"):
+      out["window/episodes"] = window["episodes"]
+      out["window/episode_return_mean"] = (window["episode_return_sum"]
+                                           / window["episodes"])
+      out["window/episode_length_mean"] = (window["episode_length_sum"]
+                                           / window["episodes"])
     if reset:
       runtime["window"] = (now, steps)
+      runtime["episode_window"] = dict.fromkeys(window, 0.0)
     return out
 
   def stop():

@@ -107,3 +107,16 @@ def test_bad_config_is_one_line(environment):
   assert result.returncode == 1
   assert result.stderr.strip().startswith("error: config.sebulba."), (
       result.stderr)
+
+
+def test_every_named_config_passes_the_checks():
+  # pylint: disable=g-import-not-at-top
+  from experiments.configs import sebulba as configs
+  # pylint: enable=g-import-not-at-top
+  for name in configs.CONFIGS:
+    configs.check(configs.get_config(name))
+  config = configs.tiny()
+  config.sebulba.queue_size = 0
+  with pytest.raises(experiment.ConfigError,
+                     match=r"^config.sebulba.queue_size: must be a positive"):
+    configs.check(config)

@@ -3,6 +3,8 @@ learner update, failure handling, and short runs on MiniGrid and Pong with
 1 and 8 (fake CPU) learner devices.
 
 Every test has a timeout: a stuck actor thread fails instead of hanging CI.
+The "thread" method also ends a test stuck inside envpool's C++ (it dumps
+every thread's stack and exits the worker), where a signal would not land.
 """
 
 import os
@@ -80,7 +82,7 @@ def minigrid_run():
               metrics=metrics, trajectories=hook.captured[:UPDATES])
 
 
-@pytest.mark.timeout(300)
+@pytest.mark.timeout(300, method="thread")
 def test_trajectory_shapes_and_dtypes(minigrid_run):
   traj = minigrid_run["trajectories"][0]
   assert traj.obs.shape == (M + 1, B, 7, 7, 3) and traj.obs.dtype == np.uint8
@@ -96,7 +98,7 @@ def test_trajectory_shapes_and_dtypes(minigrid_run):
   assert traj.reset[0].all()          # the first unroll starts episodes
 
 
-@pytest.mark.timeout(300)
+@pytest.mark.timeout(300, method="thread")
 def test_state_continuity_and_zero_lag(minigrid_run):
   """Unroll n+1 starts where unroll n ended: observation, reward input, reset
   flags, and the core state *and sensitivities* the learner gets by
@@ -122,7 +124,7 @@ def test_state_continuity_and_zero_lag(minigrid_run):
   assert not _close(params[0], params[-1])      # the learner moved
 
 
-@pytest.mark.timeout(300)
+@pytest.mark.timeout(300, method="thread")
 def test_truncation_from_elapsed_step(minigrid_run):
   """Time limit 6: an episode is cut (truncated, not terminated) exactly at
   its 6th step, bootstraps from the actor's V(final obs), and the next step
@@ -158,7 +160,7 @@ def test_episode_flags_trust_elapsed_step_not_envpool():
   np.testing.assert_array_equal(trunc, [False, True, True, False, False])
 
 
-@pytest.mark.timeout(120)
+@pytest.mark.timeout(120, method="thread")
 def test_a_dying_actor_thread_stops_the_run_with_its_traceback(minigrid_run):
   system, hook = minigrid_run["system"], minigrid_run["hook"]
 
@@ -225,7 +227,7 @@ def same_update(num_envs=8, threads=2, mesh=None):
   return jax.device_get(anakin_out), jax.device_get(sebulba_out), runner
 
 
-@pytest.mark.timeout(300)
+@pytest.mark.timeout(300, method="thread")
 def test_anakin_and_sebulba_learners_make_the_same_update():
   (a_params, a_opt, a_metrics), (s_params, s_opt, s_metrics), runner = (
       same_update())
@@ -236,7 +238,7 @@ def test_anakin_and_sebulba_learners_make_the_same_update():
                              rtol=1e-5)
 
 
-@pytest.mark.timeout(300)
+@pytest.mark.timeout(300, method="thread")
 def test_short_pong_run_on_one_device():
   config = sebulba_configs.tiny_atari()
   config.total_updates = 2
@@ -297,7 +299,7 @@ EIGHT_DEVICES = textwrap.dedent("""
 """)
 
 
-@pytest.mark.timeout(600)
+@pytest.mark.timeout(600, method="thread")
 def test_minigrid_and_pong_on_eight_fake_devices():
   """MiniGrid (2 actor threads) and Pong with an 8-device learner mesh; and
   the Anakin/Sebulba same-update check with the batch over 8 devices."""
@@ -311,7 +313,7 @@ def test_minigrid_and_pong_on_eight_fake_devices():
     assert line in result.stdout, result.stdout
 
 
-@pytest.mark.timeout(120)
+@pytest.mark.timeout(120, method="thread")
 def test_procgen_chaser_hard_steps():
   available, reason = envpool_envs.procgen_available()
   if not available:
@@ -336,3 +338,29 @@ def test_suite_defaults_are_the_papers_preprocessing():
     envpool_envs.envpool_options("dmlab")
   suite = envpool_envs.make_suite("minigrid", "MiniGrid-MemoryS7-v0")
   assert suite.obs_shape == (7, 7, 3) and suite.num_actions == 7
+
+
+VIZDOOM = textwrap.dedent("""
+    from rtrl_jax import envpool_envs
+    suite = envpool_envs.make_suite("vizdoom", "MyWayHome-v1")
+    assert suite.obs_shape == (84, 84, 12) and suite.num_actions > 1
+    env = suite.make(2, 0)
+    env.async_reset()
+    raw, *_ = env.recv()
+    assert suite.observation(raw).shape == (2, 84, 84, 12)
+    env.close()
+    print("VIZDOOM OK", flush=True)
+""")
+
+
+@pytest.mark.timeout(120, method="thread")
+def test_vizdoom_my_way_home_steps():
+  """In a fresh process: ViZDoom once hung starting its game process inside
+  a pytest-xdist worker (not reproduced standalone); a subprocess timeout
+  kills it for sure."""
+  env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu")
+  result = subprocess.run([sys.executable, "-c", VIZDOOM], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=100,
+                          stdin=subprocess.DEVNULL)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert "VIZDOOM OK" in result.stdout
