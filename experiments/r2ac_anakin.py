@@ -30,11 +30,9 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from experiments.configs import r2ac as r2ac_configs
-import rtrl_jax
 from rtrl_jax import anakin
 from rtrl_jax import evaluation
 from rtrl_jax import experiment
-from rtrl_jax.agents import r2ac
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", "experiments/configs/r2ac.py",
@@ -46,47 +44,6 @@ _RESUME = flags.DEFINE_bool(
     "resume", False, "Continue from the latest checkpoint in --workdir.")
 
 RETURN_PLOT = "return_vs_frames.png"
-
-
-def config_rules():
-  """Value rules of the R2AC config, for `experiment.check_config`."""
-  positive = experiment.config.positive
-  return [
-      ("gradient", *experiment.config.one_of("rtrl", "tbptt")),
-      ("network.core", *experiment.config.one_of(*r2ac.CORES)),
-      ("@network.core",
-       lambda c: c.gradient == "tbptt" or c.network.core in rtrl_jax.CELLS,
-       f"a cell with exact RTRL {sorted(rtrl_jax.CELLS)} when gradient "
-       "is 'rtrl'"),
-      ("network.encoder", *experiment.config.one_of("mlp", "impala")),
-      ("network.hidden_size", positive, "a positive int"),
-      ("num_envs", positive, "a positive int"),
-      ("unroll_length", positive, "a positive int"),
-      ("updates_per_call", positive, "a positive int"),
-      ("total_updates", positive, "a positive int"),
-      ("@total_updates", lambda c: c.total_updates % c.updates_per_call == 0,
-       "a multiple of updates_per_call"),
-      ("num_devices", lambda v: v >= 0, "a non-negative int"),
-      ("loss.discount", lambda v: 0 <= v <= 1, "in [0, 1]"),
-      ("loss.reward_clip", positive, "positive"),
-      ("optimizer.learning_rate", positive, "positive"),
-      ("optimizer.max_grad_norm", positive, "positive"),
-      ("eval.every_calls", positive, "a positive int"),
-      ("eval.episodes", positive, "a positive int"),
-      ("run.checkpoint_every_calls", positive, "a positive int"),
-      ("run.max_checkpoints", positive, "a positive int"),
-  ]
-
-
-def check_config(config):
-  """Raises ConfigError for a bad config (one line naming the key)."""
-  reference = r2ac_configs.get_config()
-  # Environment and core keyword arguments depend on the environment and the
-  # core; make_env and the core's constructor check them.
-  with reference.unlocked():
-    reference.env.kwargs = config.env.kwargs
-    reference.network.core_kwargs = config.network.core_kwargs
-  experiment.check_config(config, reference, config_rules())
 
 
 def learning_rate(config, update):
@@ -179,7 +136,7 @@ def describe(config):
 
 def run(config, workdir, resume):
   """Trains; returns the results dict (also written to results.json)."""
-  check_config(config)
+  r2ac_configs.check(config)
   checkpointer, resume_step = experiment.prepare_workdir(
       workdir, config, resume, max_to_keep=config.run.max_checkpoints)
   try:

@@ -47,7 +47,7 @@ from typing import Any, Tuple
 import jax
 import jax.numpy as jnp
 
-from rtrl_jax.cell import ElementwiseCell, RecurrentState
+from rtrl_jax.cell import ElementwiseCell
 from rtrl_jax.core import bptt, rtrl
 from rtrl_jax.elstm import ELSTM
 from rtrl_jax.indrnn import IndRNN

@@ -90,8 +90,9 @@ def test_adapter_gradients_equal_core_gradients(framework, mode):
   by_adapter, by_core, tbptt = gradients(module_params, cell_params, inputs,
                                          resets)
   assert jax.tree.structure(by_adapter) == jax.tree.structure(by_core)
+  # float32; the two paths may order the same sums differently.
   for a, b in zip(jax.tree.leaves(by_adapter), jax.tree.leaves(by_core)):
-    np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
   if mode == "rtrl":
     gap = max(float(jnp.abs(a - b).max()) for a, b in zip(
         jax.tree.leaves(by_core["recurrent"]),

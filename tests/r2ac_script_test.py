@@ -20,7 +20,6 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 # pylint: disable=g-import-not-at-top,wrong-import-position
-from experiments import r2ac_anakin
 from experiments.configs import r2ac as r2ac_configs
 from rtrl_jax import evaluation
 from rtrl_jax import experiment
@@ -181,7 +180,7 @@ def test_config_errors_are_one_line_naming_the_key():
   config = r2ac_configs.get_config("tiny")
   config.total_updates = 45
   with pytest.raises(experiment.ConfigError) as error:
-    r2ac_anakin.check_config(config)
+    r2ac_configs.check(config)
   assert str(error.value) == (
       "config.total_updates: must be a multiple of updates_per_call, got 45")
   config = r2ac_configs.get_config("tiny")
@@ -189,8 +188,8 @@ def test_config_errors_are_one_line_naming_the_key():
   with pytest.raises(experiment.ConfigError, match=(
       r"^config\.network\.core: must be a cell with exact RTRL .* when "
       r"gradient is 'rtrl', got 'lstm'$")):
-    r2ac_anakin.check_config(config)
+    r2ac_configs.check(config)
   config.gradient = "tbptt"
-  r2ac_anakin.check_config(config)
+  r2ac_configs.check(config)
   minigrid = r2ac_configs.get_config("minigrid")  # other env kwargs are fine
-  r2ac_anakin.check_config(minigrid)
+  r2ac_configs.check(minigrid)
