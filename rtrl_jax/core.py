@@ -135,14 +135,30 @@ def _inject_fwd(cell, recurrent_params, hidden, sensitivities):
 
 def _inject_bwd(cell, residuals, hidden_cotangent):
   hidden, sensitivities = residuals
-  per_example = jax.vmap(cell.contract_sensitivities)(hidden_cotangent,
-                                                      sensitivities)
-  recurrent_grad = jax.tree.map(lambda g: g.sum(axis=0), per_example)
+  recurrent_grad = _sum_over_batch(cell.contract_sensitivities,
+                                   hidden_cotangent, sensitivities)
   return (recurrent_grad, jax.tree.map(jnp.zeros_like, hidden),
           jax.tree.map(jnp.zeros_like, sensitivities))
 
 
 _inject_past_gradient.defvjp(_inject_fwd, _inject_bwd)
+
+
+def _sum_over_batch(contract, hidden_cotangent, sensitivities):
+  """Σ_b contract(λ_b, S_b), accumulated example by example.
+
+  A loop over the batch reads S once and keeps one parameter-sized
+  accumulator; `vmap` followed by a sum over the batch axis materialises
+  B x |θ_r| products first and measured ~20x slower on XLA:CPU.
+  """
+  def add_example(total, example):
+    return jax.tree.map(jnp.add, total, contract(*example)), None
+
+  first = jax.tree.map(lambda leaf: leaf[0], (hidden_cotangent, sensitivities))
+  total = jax.tree.map(lambda leaf: jnp.zeros(leaf.shape, leaf.dtype),
+                       jax.eval_shape(contract, *first))
+  return jax.lax.scan(add_example, total,
+                      (hidden_cotangent, sensitivities))[0]
 
 
 def _check_arguments(name, cell, params, state, inputs, resets):
