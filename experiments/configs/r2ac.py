@@ -100,8 +100,8 @@ def cartpole():
   return config
 
 
-def config_rules():
-  """Value rules of the R2AC config, for `experiment.check_config`."""
+def agent_rules():
+  """Value rules of the agent and learner keys, shared with the Sebulba config."""
   # pylint: disable=g-import-not-at-top
   import rtrl_jax
   from rtrl_jax import experiment
@@ -117,21 +117,29 @@ def config_rules():
        "is 'rtrl'"),
       ("network.encoder", *experiment.config.one_of("mlp", "impala")),
       ("network.hidden_size", positive, "a positive int"),
-      ("num_envs", positive, "a positive int"),
       ("unroll_length", positive, "a positive int"),
-      ("updates_per_call", positive, "a positive int"),
       ("total_updates", positive, "a positive int"),
-      ("@total_updates", lambda c: c.total_updates % c.updates_per_call == 0,
-       "a multiple of updates_per_call"),
-      ("num_devices", lambda v: v >= 0, "a non-negative int"),
       ("loss.discount", lambda v: 0 <= v <= 1, "in [0, 1]"),
       ("loss.reward_clip", positive, "positive"),
       ("optimizer.learning_rate", positive, "positive"),
       ("optimizer.max_grad_norm", positive, "positive"),
+      ("run.max_checkpoints", positive, "a positive int"),
+  ]
+
+
+def config_rules():
+  """Value rules of the R2AC Anakin config, for `experiment.check_config`."""
+  from rtrl_jax import experiment  # pylint: disable=g-import-not-at-top
+  positive = experiment.config.positive
+  return agent_rules() + [
+      ("num_envs", positive, "a positive int"),
+      ("updates_per_call", positive, "a positive int"),
+      ("@total_updates", lambda c: c.total_updates % c.updates_per_call == 0,
+       "a multiple of updates_per_call"),
+      ("num_devices", lambda v: v >= 0, "a non-negative int"),
       ("eval.every_calls", positive, "a positive int"),
       ("eval.episodes", positive, "a positive int"),
       ("run.checkpoint_every_calls", positive, "a positive int"),
-      ("run.max_checkpoints", positive, "a positive int"),
   ]
 
 

@@ -127,36 +127,18 @@ def vizdoom():
 def config_rules():
   """Value rules of the Sebulba config, for `experiment.check_config`."""
   # pylint: disable=g-import-not-at-top
-  import rtrl_jax
   from rtrl_jax import envpool_envs
   from rtrl_jax import experiment
-  from rtrl_jax.agents import r2ac
   # pylint: enable=g-import-not-at-top
   positive = experiment.config.positive
-  one_of = experiment.config.one_of
-  return [
-      ("env.suite", *one_of(*envpool_envs.SUITE_DEFAULTS)),
-      ("gradient", *one_of("rtrl", "tbptt")),
-      ("network.core", *one_of(*r2ac.CORES)),
-      ("@network.core",
-       lambda c: c.gradient == "tbptt" or c.network.core in rtrl_jax.CELLS,
-       f"a cell with exact RTRL {sorted(rtrl_jax.CELLS)} when gradient "
-       "is 'rtrl'"),
-      ("network.encoder", *one_of("mlp", "impala")),
-      ("network.hidden_size", positive, "a positive int"),
-      ("unroll_length", positive, "a positive int"),
-      ("total_updates", positive, "a positive int"),
+  return r2ac.agent_rules() + [
+      ("env.suite", *experiment.config.one_of(*envpool_envs.SUITE_DEFAULTS)),
       ("log_every", positive, "a positive int"),
       ("sebulba.num_actor_threads", positive, "a positive int"),
       ("sebulba.num_envs_per_thread", positive, "a positive int"),
       ("sebulba.envpool_threads", lambda v: v >= 0, "a non-negative int"),
       ("sebulba.queue_size", positive, "a positive int"),
-      ("loss.discount", lambda v: 0 <= v <= 1, "in [0, 1]"),
-      ("loss.reward_clip", positive, "positive"),
-      ("optimizer.learning_rate", positive, "positive"),
-      ("optimizer.max_grad_norm", positive, "positive"),
       ("run.checkpoint_every", positive, "a positive int"),
-      ("run.max_checkpoints", positive, "a positive int"),
   ]
 
 
