@@ -9,13 +9,13 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
+from run_helpers import checkpoint_steps, signal_after_checkpoint
 
 from rtrl_jax import copy_task
 from rtrl_jax import experiment
@@ -51,29 +51,11 @@ def run_script(*args, workdir=None):
                         timeout=TIMEOUT)
 
 
-def checkpoint_steps(workdir):
-  folder = os.path.join(workdir, "checkpoints")
-  if not os.path.isdir(folder):
-    return []
-  return sorted(int(name) for name in os.listdir(folder) if name.isdigit())
-
-
 def start_and_signal(workdir, signum, after_step=40):
   """Starts a run and sends `signum` once checkpoint `after_step` exists."""
-  process = subprocess.Popen(script(*RUN_FLAGS, workdir=workdir), cwd=ROOT,
-                             env=environment(), stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, text=True)
-  deadline = time.time() + TIMEOUT
-  while not [s for s in checkpoint_steps(workdir) if s >= after_step]:
-    if process.poll() is not None:
-      raise AssertionError(f"run ended early:\n{process.stderr.read()[-3000:]}")
-    if time.time() > deadline:
-      process.kill()
-      raise AssertionError("timed out waiting for a checkpoint")
-    time.sleep(0.02)
-  process.send_signal(signum)
-  _, stderr = process.communicate(timeout=TIMEOUT)
-  return process.returncode, stderr
+  return signal_after_checkpoint(script(*RUN_FLAGS, workdir=workdir),
+                                 environment(), workdir, after_step, signum,
+                                 TIMEOUT)
 
 
 def final_params(workdir):

@@ -11,11 +11,11 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import jax
 import numpy as np
 import pytest
+from run_helpers import checkpoint_steps, signal_after_checkpoint
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -58,31 +58,12 @@ def run(command, environment):
                         capture_output=True, text=True, timeout=TIMEOUT)
 
 
-def checkpoint_calls(workdir):
-  folder = os.path.join(workdir, "checkpoints")
-  if not os.path.isdir(folder):
-    return []
-  return sorted(int(name) for name in os.listdir(folder) if name.isdigit())
-
-
 def start_and_signal(workdir, signum, environment, *extra_flags,
                      after_call=SIGNAL_AFTER_CALL):
   """Starts a run; sends `signum` once checkpoint `after_call` exists."""
-  process = subprocess.Popen(training(*RUN_FLAGS, *extra_flags,
-                                      workdir=workdir), cwd=ROOT,
-                             env=environment, stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, text=True)
-  deadline = time.time() + TIMEOUT
-  while not [c for c in checkpoint_calls(workdir) if c >= after_call]:
-    if process.poll() is not None:
-      raise AssertionError(f"run ended early:\n{process.stderr.read()[-3000:]}")
-    if time.time() > deadline:
-      process.kill()
-      raise AssertionError("timed out waiting for a checkpoint")
-    time.sleep(0.02)
-  process.send_signal(signum)
-  _, stderr = process.communicate(timeout=TIMEOUT)
-  return process.returncode, stderr
+  return signal_after_checkpoint(
+      training(*RUN_FLAGS, *extra_flags, workdir=workdir), environment,
+      workdir, after_call, signum, TIMEOUT)
 
 
 def saved_runner(workdir):
@@ -129,7 +110,7 @@ def test_sigterm_then_sigkill_then_resume_gives_the_same_runner_state(
   returncode, stderr = start_and_signal(workdir, signal.SIGTERM, environment)
   assert returncode == 0, stderr[-3000:]
   assert "SIGTERM" in stderr
-  preempted_at = checkpoint_calls(workdir)[-1]
+  preempted_at = checkpoint_steps(workdir)[-1]
   assert SIGNAL_AFTER_CALL <= preempted_at < NUM_CALLS, preempted_at
   runner, metadata = saved_runner(workdir)
   assert metadata == {"call": preempted_at,
@@ -140,7 +121,7 @@ def test_sigterm_then_sigkill_then_resume_gives_the_same_runner_state(
   returncode, _ = start_and_signal(workdir, signal.SIGKILL, environment,
                                    "--resume", after_call=preempted_at + 4)
   assert returncode == -signal.SIGKILL
-  killed_at = checkpoint_calls(workdir)[-1]
+  killed_at = checkpoint_steps(workdir)[-1]
   assert preempted_at + 4 <= killed_at < NUM_CALLS, killed_at
   resumed = run(training(*RUN_FLAGS, "--resume", workdir=workdir), environment)
   assert resumed.returncode == 0, resumed.stderr[-3000:]

@@ -9,6 +9,7 @@ import sys
 import time
 
 import pytest
+from run_helpers import checkpoint_steps
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -39,13 +40,6 @@ def command(*flags):
   return [sys.executable, "-m", "experiments.r2ac_sebulba", *flags]
 
 
-def checkpoints(workdir):
-  folder = os.path.join(workdir, "checkpoints")
-  if not os.path.isdir(folder):
-    return []
-  return sorted(int(n) for n in os.listdir(folder) if n.isdigit())
-
-
 @pytest.mark.timeout(2 * TIMEOUT + 30)
 def test_sigterm_saves_and_resume_finishes(tmp_path, environment):
   workdir = str(tmp_path / "run")
@@ -54,7 +48,7 @@ def test_sigterm_saves_and_resume_finishes(tmp_path, environment):
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
   deadline = time.time() + TIMEOUT
   try:
-    while not checkpoints(workdir):
+    while not checkpoint_steps(workdir):
       assert process.poll() is None, process.stderr.read()[-3000:]
       assert time.time() < deadline, "no checkpoint in time"
       time.sleep(0.2)
@@ -67,7 +61,7 @@ def test_sigterm_saves_and_resume_finishes(tmp_path, environment):
   result = json.loads(stdout.strip().splitlines()[-1])
   assert result["status"] == "preempted"
   stopped = result["update"]
-  assert stopped in checkpoints(workdir)
+  assert stopped in checkpoint_steps(workdir)
   rows = experiment.read_jsonl(os.path.join(workdir, "metrics.jsonl"))
   logged = [r for r in rows if "train/sps" in r]
   assert logged, rows

@@ -1,0 +1,37 @@
+"""Helpers for tests that run experiment scripts as subprocesses."""
+
+import os
+import subprocess
+import time
+
+
+def checkpoint_steps(workdir):
+  """Steps of the checkpoints in `workdir`/checkpoints, read without orbax
+  (safe to poll while another process is writing)."""
+  folder = os.path.join(workdir, "checkpoints")
+  if not os.path.isdir(folder):
+    return []
+  return sorted(int(name) for name in os.listdir(folder) if name.isdigit())
+
+
+def signal_after_checkpoint(command, env, workdir, after_step, signum,
+                            timeout):
+  """Starts `command`; sends `signum` once checkpoint `after_step` exists.
+
+  Returns (returncode, stderr). Fails if the run ends first or nothing is
+  saved within `timeout` seconds.
+  """
+  process = subprocess.Popen(command, cwd=os.path.dirname(os.path.dirname(
+      os.path.abspath(__file__))), env=env, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+  deadline = time.time() + timeout
+  while not [s for s in checkpoint_steps(workdir) if s >= after_step]:
+    if process.poll() is not None:
+      raise AssertionError(f"run ended early:\n{process.stderr.read()[-3000:]}")
+    if time.time() > deadline:
+      process.kill()
+      raise AssertionError("timed out waiting for a checkpoint")
+    time.sleep(0.02)
+  process.send_signal(signum)
+  _, stderr = process.communicate(timeout=timeout)
+  return process.returncode, stderr
