@@ -154,6 +154,22 @@ def test_checkpoint_round_trip(tmp_path):
   checkpointer.close()
 
 
+def test_checkpoint_keeps_zero_size_leaves(tmp_path):
+  # A feed-forward core's state is a [B, 0] array, which orbax cannot write.
+  state = {"hidden": jnp.zeros((4, 0)), "params": (jnp.arange(3.0),),
+           "key": jnp.ones((2,), jnp.uint32)}
+  checkpointer = experiment.Checkpointer(str(tmp_path))
+  checkpointer.save(1, state)
+  template = jax.tree.map(jnp.zeros_like, state)
+  restored, _ = checkpointer.restore(template)
+  assert restored["hidden"].shape == (4, 0)
+  np.testing.assert_array_equal(restored["params"][0], state["params"][0])
+  np.testing.assert_array_equal(restored["key"], state["key"])
+  with pytest.raises(ValueError, match="do not match"):
+    checkpointer.restore({**template, "extra": jnp.ones(2)})
+  checkpointer.close()
+
+
 # ---- kills, preemption, non-finite losses -----------------------------------
 
 def test_sigkill_then_resume_gives_the_same_parameters(uninterrupted,

@@ -8,7 +8,13 @@ the previous checkpoints intact; only the last `max_to_keep` are kept.
 import os
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
+
+
+def _without_empty(tree, leaf_fn=lambda x: x):
+  """`tree` with zero-size arrays as None (orbax cannot save them)."""
+  return jax.tree.map(lambda x: leaf_fn(x) if np.size(x) else None, tree)
 
 
 class Checkpointer:
@@ -34,7 +40,7 @@ class Checkpointer:
     if step in self._manager.all_steps():
       return
     self._manager.save(step, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state),
+        state=ocp.args.StandardSave(_without_empty(state)),
         metadata=ocp.args.JsonSave(metadata or {})))
     self._manager.wait_until_finished()
 
@@ -47,16 +53,20 @@ class Checkpointer:
     step = self.latest_step() if step is None else step
     if step is None:
       raise FileNotFoundError(f"no checkpoint in {self.directory}")
-    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, template)
+    abstract = _without_empty(template, ocp.utils.to_shape_dtype_struct)
     restored = self._manager.restore(step, args=ocp.args.Composite(
         state=ocp.args.StandardRestore(abstract),
         metadata=ocp.args.JsonRestore()))
-    leaves = jax.tree.leaves(restored.state)
-    treedef = jax.tree.structure(template)
-    if len(leaves) != treedef.num_leaves:
+    stored = iter(jax.tree.leaves(restored.state))
+    template_leaves, treedef = jax.tree.flatten(template)
+    expected = sum(1 for x in template_leaves if np.size(x))
+    found = len(jax.tree.leaves(restored.state))
+    if found != expected:
       raise ValueError(
-          f"checkpoint {step} in {self.directory} has {len(leaves)} arrays, "
-          f"the template {treedef.num_leaves}")
+          f"checkpoint {step} in {self.directory} has {found} arrays, "
+          f"the template {expected}")
+    # Zero-size leaves were not stored; the template's are the same value.
+    leaves = [next(stored) if np.size(x) else x for x in template_leaves]
     return jax.tree.unflatten(treedef, leaves), restored.metadata
 
   def close(self):

@@ -1,0 +1,148 @@
+r"""How close R2AC's learner gradients are to full BPTT, and how big the sensitivities get.
+
+A probe for logging during training (used by experiments/study.py). At the
+current parameters θ it starts `num_envs` fresh episodes (zero core state and
+sensitivities), acts for a window of K unrolls of M steps with θ fixed, and
+computes the gradient of the same training loss Σ_k L_k (V-trace per unroll,
+exactly as the learner) three ways:
+
+    bptt   backprop through the whole window (the truth: every unroll's loss
+           reaches back to the episode start inside the window)
+    rtrl   the learner's gradient, unroll by unroll, with the sensitivities
+           carried from the window start (eLSTM and the other `rtrl_jax.CELLS`
+           cores only)
+    tbptt  the learner's gradient with backprop cut at each unroll's start
+
+and reports, for the core's recurrent parameters θ_r (where RTRL is exact)
+and for all parameters,
+
+    cosine = ⟨g, g*⟩ / (‖g‖ ‖g*‖),   relative_norm = ‖g‖ / ‖g*‖.
+
+With θ fixed, RTRL's θ_r gradient equals BPTT's (cosine 1 up to rounding:
+a live check of the training code path); the encoder and heads get gradients
+truncated to the unroll under both methods, so "all" is below 1 for both.
+TBPTT's θ_r alignment measures what truncation at M throws away at the policy
+the run has reached. In training the actor's sensitivities are also stale
+(accumulated under earlier θ); this probe does not measure that.
+
+Also reported: the norm of each environment's sensitivities dh/dθ_r at the
+window's end (mean and max over environments; does it blow up or vanish?).
+"""
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+import rtrl_jax
+from rtrl_jax import oracle
+from rtrl_jax.agents.r2ac import make_agent
+
+
+def _window(trajectories):
+  """K stacked unrolls [K, M(+1), B, ...] → one window [K·M + 1, B, ...]."""
+  def join(stacked):
+    body = stacked[:, :-1].reshape((-1,) + stacked.shape[2:])
+    return jnp.concatenate([body, stacked[-1, -1:]])
+  return (join(trajectories.obs), join(trajectories.prev_reward),
+          join(trajectories.reset))
+
+
+def _global_alignment(estimate, truth):
+  flat = lambda tree: jnp.concatenate([x.ravel() for x in jax.tree.leaves(tree)])
+  return oracle.gradient_alignment(flat(estimate), flat(truth))
+
+
+def per_env_norm(tree):
+  """Global norm of each environment's slice of `tree` (leading axis B)."""
+  squares = [jnp.sum(x.reshape(x.shape[0], -1) ** 2, axis=1)
+             for x in jax.tree.leaves(tree)]
+  return jnp.sqrt(sum(squares))
+
+
+def make_alignment_probe(config, train, num_unrolls):
+  """A jitted (params, key) -> {name: scalar} for the run built by `config`.
+
+  Args:
+    config: the run's R2AC config (experiments/configs/r2ac.py).
+    train: `rtrl_jax.anakin.make_train(config)`; its `rollout` acts with the
+      run's own agent and `config.num_envs` environments.
+    num_unrolls: K, unrolls of `config.unroll_length` steps in the window.
+
+  Returns names "align/{method}/{recurrent|all}/{cosine|relative_norm}"
+  for method in bptt's comparisons (tbptt, and rtrl where the core has exact
+  RTRL) and, for those cores, "sens/norm_mean", "sens/norm_max".
+  """
+  if num_unrolls < 1:
+    raise ValueError(f"num_unrolls must be >= 1, got {num_unrolls}")
+  agent = train.agent
+  has_rtrl = config.network.core in rtrl_jax.CELLS
+  if has_rtrl:
+    twin_config = ml_collections.ConfigDict(config.to_dict())
+    twin_config.gradient = "rtrl"
+    twin = make_agent(twin_config, train.env.obs_shape, train.env.num_actions)
+  steps = config.unroll_length
+
+  def probe(params, key):
+    runner = train.init(key)._replace(params=params)
+    runner = runner._replace(
+        core_state=agent.initial_core_state(params, config.num_envs))
+
+    def act(runner, _):
+      runner, trajectory, _ = train.rollout(runner)
+      return runner, trajectory
+
+    _, trajectories = jax.lax.scan(act, runner, None, num_unrolls)
+    obs, prev_reward, reset = _window(trajectories)
+    start = jax.tree.map(lambda x: x[0], trajectories.initial_state)
+    # Unroll k's outputs are window steps kM .. kM+M (the last bootstraps).
+    index = (jnp.arange(num_unrolls)[:, None] * steps
+             + jnp.arange(steps + 1)[None, :])
+
+    def window_loss(params):
+      logits, values, _ = agent.unroll(
+          params, start._replace(sensitivities=None), obs, prev_reward, reset,
+          method="bptt")
+      losses = jax.vmap(lambda lg, v, traj: agent.loss_from_outputs(
+          lg, v, traj)[0])(logits[index], values[index], trajectories)
+      return jnp.sum(losses)
+
+    def summed_gradients(loss, carry):
+      """Σ_k ∇θ loss(θ, carry, unroll k); `loss` returns (value, carry)."""
+      def one(total_and_carry, trajectory):
+        total, carry = total_and_carry
+        grad, carry = jax.grad(loss, has_aux=True)(params, carry, trajectory)
+        return (jax.tree.map(jnp.add, total, grad), carry), None
+      zeros = jax.tree.map(jnp.zeros_like, params)
+      (total, carry), _ = jax.lax.scan(one, (zeros, carry), trajectories)
+      return total, carry
+
+    truth = jax.grad(window_loss)(params)
+    estimates = {"tbptt": summed_gradients(
+        lambda p, carry, traj: (agent.loss(p, traj, method="tbptt")[0], carry),
+        ())[0]}
+    out = {}
+    if has_rtrl:
+      def rtrl_loss(p, state, traj):
+        traj = traj._replace(initial_state=state)
+        # The next unroll starts from this one's state after M steps; the
+        # sensitivities are the actor's (advanced outside autodiff).
+        _, _, next_state = twin.unroll(
+            jax.lax.stop_gradient(p), state, traj.obs[:-1],
+            traj.prev_reward[:-1], traj.reset[:-1], method="rtrl")
+        return twin.loss(p, traj, method="rtrl")[0], next_state
+      estimates["rtrl"], state = summed_gradients(
+          rtrl_loss, twin.initial_core_state(params, config.num_envs))
+      norms = per_env_norm(state.sensitivities)
+      out["sens/norm_mean"] = jnp.mean(norms)
+      out["sens/norm_max"] = jnp.max(norms)
+    parts = {"all": lambda g: g}
+    if jax.tree.leaves(params["core"]["recurrent"]):
+      parts["recurrent"] = lambda g: g["core"]["recurrent"]
+    for method, estimate in estimates.items():
+      for part, select in parts.items():
+        alignment = _global_alignment(select(estimate), select(truth))
+        for metric, value in alignment.items():
+          out[f"align/{method}/{part}/{metric}"] = value
+    return out
+
+  return jax.jit(probe)
