@@ -9,6 +9,14 @@ for M = `unroll_length` steps in `num_envs` environments (`vmap`ped) and then
 takes one learner step on that unroll. The outer Python loop only logs,
 evaluates and checkpoints.
 
+Full-episode BPTT (gradient="bptt"): every unroll starts by resetting all
+environments and core states, so each unroll holds whole episodes from their
+first step; `unroll_length` must be at least the environment's
+`max_episode_steps` (a shorter unroll would cut every episode and change the
+task). An episode that auto-resets inside the unroll and is still running at
+its end is cut there; its last step bootstraps from V(obs[M]) as any unroll's
+does, and it is not counted among the finished episodes.
+
 Data parallelism: the environment axis of everything per-environment (env
 states, observations, core states and sensitivities) is sharded over the
 devices of a 1-D `jax.sharding.Mesh` ("data"); parameters and optimizer state
@@ -72,19 +80,34 @@ def make_train(config, mesh=None) -> Train:
         f"({mesh.size})")
   clip = config.loss.reward_clip
   bootstrap_truncated = config.loss.bootstrap_truncated
+  episode_aligned = config.gradient == "bptt"
+  if episode_aligned and unroll_length < env.max_episode_steps:
+    raise ValueError(
+        f"unroll_length={unroll_length} is shorter than the environment's "
+        f"max_episode_steps={env.max_episode_steps}: gradient='bptt' needs "
+        "whole episodes in each unroll (raise unroll_length, or lower the "
+        "env's time limit, e.g. env.kwargs.max_steps_in_episode for gymnax)")
+
+  def start_episodes(runner, key):
+    """`runner` with every environment and core state at a fresh episode."""
+    env_state, obs = jax.vmap(env.reset)(jax.random.split(key, num_envs))
+    zeros = jnp.zeros((num_envs,))
+    return runner._replace(
+        env_state=env_state, obs=obs, prev_reward=zeros,
+        reset=jnp.ones((num_envs,), bool),
+        core_state=agent.initial_core_state(runner.params, num_envs),
+        episode_return=zeros,
+        episode_length=jnp.zeros((num_envs,), jnp.int32))
 
   def init(key):
     k_params, k_env, key = jax.random.split(key, 3)
     params = agent.init(k_params)
-    env_state, obs = jax.vmap(env.reset)(jax.random.split(k_env, num_envs))
-    zeros = jnp.zeros((num_envs,))
     runner = RunnerState(
-        params=params, opt_state=optimizer.init(params), env_state=env_state,
-        obs=obs, prev_reward=zeros, reset=jnp.ones((num_envs,), bool),
-        core_state=agent.initial_core_state(params, num_envs),
-        episode_return=zeros, episode_length=jnp.zeros((num_envs,), jnp.int32),
-        key=key, update=jnp.zeros((), jnp.int32))
-    return runner
+        params=params, opt_state=optimizer.init(params), env_state=None,
+        obs=None, prev_reward=None, reset=None, core_state=None,
+        episode_return=None, episode_length=None, key=key,
+        update=jnp.zeros((), jnp.int32))
+    return start_episodes(runner, k_env)
 
   def shardings(runner):
     """Per-environment leaves split over "data"; the rest replicated."""
@@ -137,6 +160,9 @@ def make_train(config, mesh=None) -> Train:
 
   def rollout(runner):
     """M actor steps: (runner, Trajectory, episode statistics)."""
+    if episode_aligned:
+      key, k_env = jax.random.split(runner.key)
+      runner = start_episodes(runner._replace(key=key), k_env)
     initial_state = runner.core_state
     runner, steps = jax.lax.scan(env_step, runner, None, unroll_length)
     append = lambda seq, last: jnp.concatenate([seq, last[None]])

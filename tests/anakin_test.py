@@ -6,6 +6,8 @@ import sys
 import textwrap
 
 import jax
+import numpy as np
+import optax
 import pytest
 
 from experiments.configs import r2ac as r2ac_configs
@@ -14,12 +16,16 @@ from rtrl_jax import anakin
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def test_short_rtrl_run_learns_a_memory_task():
+@pytest.mark.parametrize("gradient,unroll_length", [("rtrl", 4), ("bptt", 5)])
+def test_short_run_learns_a_memory_task(gradient, unroll_length):
   """MemoryChain (cue at step 0, reward ±1 at step 4; random policy: 0):
-  the RTRL agent with 4-step unrolls gets well above chance."""
+  the RTRL agent with 4-step unrolls, and full-episode BPTT with 5-step
+  unrolls (one episode each), get well above chance."""
   config = r2ac_configs.tiny()
   config.env.kwargs.memory_length = 4
-  config.num_envs, config.unroll_length = 32, 4
+  config.env.kwargs.max_steps_in_episode = 5
+  config.gradient = gradient
+  config.num_envs, config.unroll_length = 32, unroll_length
   config.network.hidden_size = 32
   config.total_updates, config.updates_per_call = 800, 100
   train = anakin.make_train(config)
@@ -32,6 +38,60 @@ def test_short_rtrl_run_learns_a_memory_task():
   assert int(runner.update) == config.total_updates
   assert abs(returns[0]) < 0.3, returns      # starts near chance
   assert returns[-1] > 0.6, returns
+
+
+def bptt_config(**changes):
+  config = r2ac_configs.tiny()   # MemoryChain(3): 4-step episodes
+  config.env.kwargs.max_steps_in_episode = 4
+  config.gradient, config.unroll_length = "bptt", 4
+  for key, value in changes.items():
+    setattr(config, key, value)
+  return config
+
+
+def test_full_episode_bptt_unrolls_are_whole_fresh_episodes():
+  config = bptt_config()
+  train = anakin.make_train(config)
+  runner = train.init(jax.random.PRNGKey(0))
+  rollout = jax.jit(train.rollout)
+  for _ in range(3):
+    runner, trajectory, stats = rollout(runner)
+    assert trajectory.reset[0].all() and not trajectory.reset[1:-1].any()
+    assert trajectory.terminated[-1].all()
+    assert not trajectory.terminated[:-1].any()
+    assert int(stats["episodes"]) == config.num_envs
+    fresh = train.agent.initial_core_state(runner.params, config.num_envs)
+    for got, want in zip(jax.tree.leaves(trajectory.initial_state),
+                         jax.tree.leaves(fresh)):
+      np.testing.assert_array_equal(got, want)
+
+
+def test_full_episode_bptt_gradient_equals_rtrl_over_the_episode():
+  """From a fresh episode and over all of it, RTRL (an independent code path)
+  and backprop give the same gradient for every parameter."""
+  config = bptt_config()
+  train = anakin.make_train(config)
+  runner = train.init(jax.random.PRNGKey(1))
+  runner, trajectory, _ = jax.jit(train.rollout)(runner)
+  rtrl_config = bptt_config(gradient="rtrl")
+  rtrl_agent = anakin.make_train(rtrl_config).agent
+  rtrl_trajectory = trajectory._replace(
+      initial_state=rtrl_agent.initial_core_state(runner.params,
+                                                  config.num_envs))
+  grad = lambda agent, traj: jax.grad(
+      lambda p: agent.loss(p, traj)[0])(runner.params)
+  bptt_grads = grad(train.agent, trajectory)
+  rtrl_grads = grad(rtrl_agent, rtrl_trajectory)
+  for b, r in zip(jax.tree.leaves(bptt_grads), jax.tree.leaves(rtrl_grads)):
+    np.testing.assert_allclose(b, r, rtol=1e-4, atol=1e-6)
+  # Not vacuous: the recurrent parameters do get a gradient.
+  assert optax.tree.norm(bptt_grads["core"]["recurrent"]) > 1e-6
+
+
+def test_full_episode_bptt_needs_whole_episodes_in_an_unroll():
+  with pytest.raises(ValueError, match=r"unroll_length=3 is shorter than the "
+                     r"environment's max_episode_steps=4"):
+    anakin.make_train(bptt_config(unroll_length=3))
 
 
 DEVICE_SCRIPT = textwrap.dedent("""

@@ -7,8 +7,11 @@
 
 Override on the command line, e.g. `--config.gradient=tbptt
 --config.network.core=lstm --config.unroll_length=10`.
-Cores: any of rtrl_jax.CELLS (gradient rtrl or tbptt), lstm or feedforward
-(gradient tbptt). Paper values (paper-notes §4.4) are the loss/optimizer
+Cores: any of rtrl_jax.CELLS (gradient rtrl, tbptt or bptt), lstm or
+feedforward (gradient tbptt or bptt). Full-episode BPTT, e.g. on
+MemoryChain(10)'s 11-step episodes:
+`--config.gradient=bptt --config.unroll_length=11
+--config.env.kwargs.max_steps_in_episode=11`. Paper values (paper-notes §4.4) are the loss/optimizer
 defaults below; only sizes are scaled down for a 2-core CPU.
 """
 
@@ -31,7 +34,9 @@ def default():
       hidden_size=64,
       core_kwargs=ml_collections.ConfigDict(dict(forget_bias=1.0)),
   ))
-  config.gradient = "rtrl"      # rtrl | tbptt (M = unroll_length)
+  # rtrl | tbptt (M = unroll_length) | bptt (whole episodes: every unroll
+  # starts fresh episodes; unroll_length >= the env's max_episode_steps)
+  config.gradient = "rtrl"
   config.num_envs = 64
   config.unroll_length = 5      # M
   config.total_updates = 3000   # also the LR-decay horizon
@@ -109,10 +114,10 @@ def agent_rules():
   # pylint: enable=g-import-not-at-top
   positive = experiment.config.positive
   return [
-      ("gradient", *experiment.config.one_of("rtrl", "tbptt")),
+      ("gradient", *experiment.config.one_of(*r2ac.GRADIENTS)),
       ("network.core", *experiment.config.one_of(*r2ac.CORES)),
       ("@network.core",
-       lambda c: c.gradient == "tbptt" or c.network.core in rtrl_jax.CELLS,
+       lambda c: c.gradient != "rtrl" or c.network.core in rtrl_jax.CELLS,
        f"a cell with exact RTRL {sorted(rtrl_jax.CELLS)} when gradient "
        "is 'rtrl'"),
       ("network.encoder", *experiment.config.one_of("mlp", "impala")),

@@ -132,6 +132,9 @@ def config_rules():
   # pylint: enable=g-import-not-at-top
   positive = experiment.config.positive
   return r2ac.agent_rules() + [
+      ("gradient", lambda v: v != "bptt",
+       "'rtrl' or 'tbptt' (full-episode 'bptt' needs unrolls aligned to "
+       "episodes: Anakin only)"),
       ("env.suite", *experiment.config.one_of(*envpool_envs.SUITE_DEFAULTS)),
       ("log_every", positive, "a positive int"),
       ("sebulba.num_actor_threads", positive, "a positive int"),

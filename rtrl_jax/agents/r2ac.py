@@ -17,6 +17,10 @@ Data flow (as the paper's torchbeast code):
   the encoder, read-out and heads get backprop truncated to the unroll.
   With gradient="tbptt" the whole network gets backprop within the unroll
   (TBPTT with M = unroll length).
+* gradient="bptt" is full-episode BPTT: the system starts every unroll with
+  fresh episodes (rtrl_jax/anakin.py resets all environments; the unroll must
+  hold a whole episode), so backprop within the unroll reaches every step of
+  each episode back to its start. Any core.
 
 Losses (sums over time and batch, torchbeast defaults):
 
@@ -51,6 +55,9 @@ from rtrl_jax.cell import RecurrentState
 from rtrl_jax.lstm import LSTM
 
 CORES = {**rtrl_jax.CELLS, "lstm": LSTM, "feedforward": FeedForward}
+# rtrl: untruncated across unrolls; tbptt: cut at each unroll's start;
+# bptt: whole episodes per unroll (the system must align unrolls to episodes).
+GRADIENTS = ("rtrl", "tbptt", "bptt")
 
 
 class ActorOutput(NamedTuple):
@@ -101,9 +108,9 @@ def make_agent(config, obs_shape, num_actions) -> Agent:
   if net.core not in CORES:
     raise ValueError(
         f"network.core must be one of {sorted(CORES)}, got {net.core!r}")
-  if gradient not in ("rtrl", "tbptt"):
+  if gradient not in GRADIENTS:
     raise ValueError(
-        f"gradient must be 'rtrl' or 'tbptt', got {gradient!r}")
+        f"gradient must be one of {GRADIENTS}, got {gradient!r}")
   if gradient == "rtrl" and net.core not in rtrl_jax.CELLS:
     raise ValueError(
         f"gradient='rtrl' needs a core with exact RTRL {sorted(rtrl_jax.CELLS)}, "
