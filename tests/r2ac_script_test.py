@@ -172,5 +172,11 @@ def test_config_errors_are_one_line_naming_the_key():
     r2ac_configs.check(config)
   config.gradient = "tbptt"
   r2ac_configs.check(config)
+  config.gradient = "bptt"      # full-episode BPTT takes any core
+  r2ac_configs.check(config)
+  config.gradient = "sgd"
+  with pytest.raises(experiment.ConfigError, match=(
+      r"^config\.gradient: must be one of .*'bptt'.*, got 'sgd'$")):
+    r2ac_configs.check(config)
   minigrid = r2ac_configs.get_config("minigrid")  # other env kwargs are fine
   r2ac_configs.check(minigrid)

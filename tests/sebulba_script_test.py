@@ -114,3 +114,9 @@ def test_every_named_config_passes_the_checks():
   with pytest.raises(experiment.ConfigError,
                      match=r"^config.sebulba.queue_size: must be a positive"):
     configs.check(config)
+  config = configs.tiny()
+  config.gradient = "bptt"
+  with pytest.raises(experiment.ConfigError,
+                     match=r"^config.gradient: must be 'rtrl' or 'tbptt' "
+                     r"\(full-episode 'bptt' needs unrolls aligned"):
+    configs.check(config)
