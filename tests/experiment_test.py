@@ -119,6 +119,13 @@ def test_check_config_unknown_key_and_good_config():
     experiment.check_config(config, reference(), RULES)
 
 
+def test_locked_config_key_error_names_the_flag():
+  argv = ["script", "--config.env.kwargs.max_step=4"]
+  assert experiment.cli.describe_flag_error(KeyError("max_step"), argv) == (
+      "config.env.kwargs.max_step: unknown key (the config file defines no "
+      "such key)")
+
+
 def test_script_config_errors_are_one_line_naming_the_key(tmp_path):
   bad_value = run_script(TINY, "--config.train.segment_length=3",
                          workdir=str(tmp_path / "a"))

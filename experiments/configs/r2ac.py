@@ -23,7 +23,10 @@ def default():
   config.seed = 0
   config.env = ml_collections.ConfigDict(dict(
       name="gymnax:MemoryChain-bsuite",
-      kwargs=ml_collections.ConfigDict(dict(memory_length=10)),
+      # max_steps_in_episode: gymnax's time limit (its default); full-episode
+      # BPTT needs it <= unroll_length.
+      kwargs=ml_collections.ConfigDict(dict(memory_length=10,
+                                            max_steps_in_episode=1000)),
   ))
   config.network = ml_collections.ConfigDict(dict(
       encoder="mlp",            # mlp | impala (pixels)

@@ -25,6 +25,10 @@ def describe_flag_error(error, argv):
   for arg in argv[1:]:
     match = re.match(r"--(config\.[\w.]+)", arg)
     if match and match.group(1).rsplit(".", 1)[-1] in text:
+      if text == match.group(1).rsplit(".", 1)[-1]:
+        # A locked ConfigDict's KeyError says only the key's name.
+        return (f"{match.group(1)}: unknown key (the config file defines no "
+                f"such key)")
       return f"{match.group(1)}: {text}"
   return text or type(error).__name__
 
