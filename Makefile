@@ -4,7 +4,17 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat setup.py | md5sum | cut -c1-8)
 
-.PHONY: demo demo-rtrl test bench bench-anakin clean
+.PHONY: demo demo-rtrl test bench bench-anakin study study-quick system-deps clean
+
+# envpool's Procgen needs the Qt5 runtime (Debian: libqt5gui5). Installed when
+# this runs as root with apt-get; otherwise the Procgen test skips and says
+# what to install.
+system-deps:
+	@if ldconfig -p 2>/dev/null | grep -q libQt5Gui.so.5; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  apt-get install -y -qq --no-install-recommends libqt5gui5 >/dev/null \
+	    || echo "warning: apt-get install libqt5gui5 failed; Procgen tests will skip"; \
+	else echo "note: libqt5gui5 absent and not root; Procgen tests will skip"; fi
 
 $(STAMP): setup.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -21,7 +31,7 @@ demo: $(STAMP)
 demo-rtrl: $(STAMP)
 	$(PY) -m experiments.demo
 
-test: $(STAMP)
+test: $(STAMP) system-deps
 	$(PY) -m pytest -q -n 2 --dist loadfile tests
 
 bench: $(STAMP)
@@ -29,6 +39,13 @@ bench: $(STAMP)
 
 bench-anakin: $(STAMP)
 	$(PY) -m experiments.benchmark_anakin
+
+# The reproduction study (docs/RESULTS.md): hours on 2 cores; resumable.
+study: $(STAMP)
+	$(PY) -m experiments.study --workers=2 --report_dir=docs/results
+
+study-quick: $(STAMP)
+	$(PY) -m experiments.study --quick
 
 clean:
 	rm -rf $(VENV) runs
