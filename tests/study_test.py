@@ -17,6 +17,19 @@ from experiments.configs import study as study_configs
 TIMEOUT = 600
 
 
+@pytest.mark.parametrize("name", ["get_config", "quick", "paper"])
+def test_every_run_of_every_study_config_passes_the_r2ac_checks(name):
+  # pylint: disable=g-import-not-at-top
+  from experiments.configs import r2ac as r2ac_configs
+  # pylint: enable=g-import-not-at-top
+  config = getattr(study_configs, name)()
+  for task in config.tasks:
+    for system in config.systems:
+      run = study_configs.run_config(config, task, system, seed=0)
+      r2ac_configs.check(run)
+      assert run.num_envs * run.unroll_length == config.frames_per_update
+
+
 def study(*args, env):
   return subprocess.run([sys.executable, "-m", "experiments.study", *args],
                         cwd=ROOT, env=env, capture_output=True, text=True,

@@ -96,7 +96,7 @@ def paper():
   config = get_config()
   config.hidden_size = 512
   config.frames_per_update = 3200
-  config.updates_per_call = 100
+  config.updates_per_call = 50
   config.eval_every_calls = 10
   for name in config.tasks:
     config.tasks[name].updates = 100_000_000 // config.frames_per_update
