@@ -83,33 +83,46 @@ def _binned_mean(points, edges):
 
 
 def _plot_curves(study, task, systems, runs_of, path):
+  """Training (sampled) and greedy-evaluation returns vs frames, per system."""
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
   frames = study.tasks[task].updates * study.frames_per_update
   edges = np.linspace(0, frames, CURVE_BINS + 1)
   centres = (edges[:-1] + edges[1:]) / 2
-  figure, axes = plt.subplots(figsize=(7, 4.2))
-  for system in systems:
-    runs = runs_of(task, system)
-    if not runs:
-      continue
-    curves = np.stack([_binned_mean(run["series"]("train/episode_return_mean"),
-                                    edges) for run in runs])
-    with warnings.catch_warnings():   # bins without a finished episode
-      warnings.simplefilter("ignore", RuntimeWarning)
-      mean, low, high = (np.nanmean(curves, 0), np.nanmin(curves, 0),
-                         np.nanmax(curves, 0))
-    line, = axes.plot(centres, mean, label=f"{system} ({len(runs)} seeds)")
-    if len(runs) > 1:
-      axes.fill_between(centres, low, high, color=line.get_color(), alpha=0.15)
-  axes.set_xlabel("environment frames")
-  axes.set_ylabel("training episode return (sampled actions)")
-  axes.set_title(f"{task}: mean over seeds, band = min..max", fontsize=9)
-  axes.grid(alpha=0.3)
-  axes.legend(fontsize=7)
+  figure, panels = plt.subplots(1, 2, figsize=(12, 4.2))
+  for axes, key, label in (
+      (panels[0], "train/episode_return_mean",
+       "training episode return (sampled actions)"),
+      (panels[1], "eval/greedy_return", "greedy evaluation return")):
+    for system in systems:
+      runs = runs_of(task, system)
+      if not runs:
+        continue
+      if key.startswith("eval/"):
+        # Evaluations happen at the same calls in every seed.
+        curves = [run["series"](key) for run in runs]
+        length = min(len(c) for c in curves)
+        x = np.asarray([p[0] for p in curves[0][:length]])
+        curves = np.asarray([[p[1] for p in c[:length]] for c in curves])
+      else:
+        x = centres
+        curves = np.stack([_binned_mean(run["series"](key), edges)
+                           for run in runs])
+      with warnings.catch_warnings():   # bins without a finished episode
+        warnings.simplefilter("ignore", RuntimeWarning)
+        mean, low, high = (np.nanmean(curves, 0), np.nanmin(curves, 0),
+                           np.nanmax(curves, 0))
+      line, = axes.plot(x, mean, label=f"{system} ({len(runs)} seeds)")
+      if len(runs) > 1:
+        axes.fill_between(x, low, high, color=line.get_color(), alpha=0.12)
+    axes.set_xlabel("environment frames")
+    axes.set_ylabel(label)
+    axes.grid(alpha=0.3)
+  panels[0].set_title(f"{task}: mean over seeds, band = min..max", fontsize=9)
+  panels[1].legend(fontsize=7)
   figure.tight_layout()
-  figure.savefig(path, dpi=100)
+  figure.savefig(path, dpi=90)
   plt.close(figure)
 
 
