@@ -151,16 +151,33 @@ def config_rules():
   ]
 
 
+# Keys whose contents depend on the environment or the core: make_env and the
+# core's constructor check them, the reference config does not.
+FREE_KEYS = ("env.kwargs", "network.core_kwargs")
+
+
+def check_against(config, reference, rules, free_keys=FREE_KEYS):
+  """Raises ConfigError unless `config` fits `reference` and `rules`.
+
+  The dotted `free_keys` are taken from `config` as they are (any contents).
+  Shared with the Sebulba config.
+  """
+  from rtrl_jax import experiment  # pylint: disable=g-import-not-at-top
+  def node(tree, dotted):
+    for part in dotted.split("."):
+      tree = tree[part]
+    return tree
+
+  with reference.unlocked():
+    for key in free_keys:
+      parent, _, name = key.rpartition(".")
+      node(reference, parent)[name] = node(config, parent)[name]
+  experiment.check_config(config, reference, rules)
+
+
 def check(config):
   """Raises ConfigError for a bad config (one line naming the key)."""
-  from rtrl_jax import experiment  # pylint: disable=g-import-not-at-top
-  reference = get_config()
-  # Environment and core keyword arguments depend on the environment and the
-  # core; make_env and the core's constructor check them.
-  with reference.unlocked():
-    reference.env.kwargs = config.env.kwargs
-    reference.network.core_kwargs = config.network.core_kwargs
-  experiment.check_config(config, reference, config_rules())
+  check_against(config, get_config(), config_rules())
 
 
 def get_config(name="default"):

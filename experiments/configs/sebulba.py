@@ -147,16 +147,8 @@ def config_rules():
 
 def check(config):
   """Raises ConfigError for a bad config (one line naming the key)."""
-  # pylint: disable=g-import-not-at-top
-  from rtrl_jax import experiment
-  # pylint: enable=g-import-not-at-top
-  reference = get_config()
-  with reference.unlocked():
-    reference.env.kwargs = config.env.kwargs
-    reference.network.core_kwargs = config.network.core_kwargs
-    reference.sebulba.actor_device_ids = config.sebulba.actor_device_ids
-    reference.sebulba.learner_device_ids = config.sebulba.learner_device_ids
-  experiment.check_config(config, reference, config_rules())
+  r2ac.check_against(config, get_config(), config_rules(), r2ac.FREE_KEYS + (
+      "sebulba.actor_device_ids", "sebulba.learner_device_ids"))
 
 
 CONFIGS = {"default": default, "tiny": tiny, "atari": atari,
