@@ -80,17 +80,27 @@ def run_dir(workdir, task, system, seed):
 
 
 def make_probe(study, task_name):
-  """make_extra_evaluation for r2ac_training.run: alignment + sensitivity norms."""
+  """make_extra_evaluation for r2ac_training.run: alignment + sensitivity norms.
+
+  Every run gets the fixed-θ probe; RTRL runs also the in-training probe
+  (stale sensitivities, the run's own optimizer state and learning rate).
+  """
   def make(config, train):
     # At least two unrolls, so that TBPTT has a boundary to cut at.
     unrolls = max(2, -(-study.tasks[task_name].probe_steps
                        // config.unroll_length))
     probe = alignment.make_alignment_probe(config, train, unrolls)
+    training_probe = (
+        alignment.make_training_alignment_probe(config, train, unrolls)
+        if config.gradient == "rtrl" else None)
     carried_norms = jax.jit(alignment.per_env_norm)
 
     def evaluate(runner):
-      out = probe(runner.params, jax.random.fold_in(
-          jax.random.PRNGKey(config.seed + 2), runner.update))
+      key = jax.random.fold_in(jax.random.PRNGKey(config.seed + 2),
+                               runner.update)
+      out = probe(runner.params, key)
+      if training_probe is not None:
+        out.update(training_probe(runner.params, runner.opt_state, key))
       sensitivities = runner.core_state.sensitivities
       if sensitivities is not None:
         norms = carried_norms(sensitivities)

@@ -68,3 +68,33 @@ def test_bad_window_is_rejected():
   config = probe_config()
   with pytest.raises(ValueError, match="num_unrolls must be >= 1, got 0"):
     alignment.make_alignment_probe(config, anakin.make_train(config), 0)
+
+
+def run_training_probe(learning_rate, num_unrolls=4):
+  config = probe_config()
+  config.optimizer.learning_rate = learning_rate
+  config.optimizer.anneal_lr = False
+  train = anakin.make_train(config)
+  runner = train.init(jax.random.PRNGKey(0))
+  probe = alignment.make_training_alignment_probe(config, train, num_unrolls)
+  out = probe(runner.params, runner.opt_state, jax.random.PRNGKey(1))
+  return {k: float(v) for k, v in out.items()}
+
+
+def test_training_probe_sees_stale_sensitivities_only_when_params_move():
+  still = run_training_probe(0.0)
+  assert still["align_train/param_change"] == 0.0
+  assert still["align_train/rtrl/recurrent/cosine"] == pytest.approx(1.0,
+                                                                     abs=1e-5)
+  assert still["align_train/tbptt/recurrent/cosine"] < 0.999
+  moving = run_training_probe(3e-2)
+  assert moving["align_train/param_change"] > 1e-3
+  # The shipped sensitivities were made under earlier θ: no longer exact.
+  assert moving["align_train/rtrl/recurrent/cosine"] < 1 - 1e-5
+
+
+def test_training_probe_needs_an_rtrl_run():
+  config = probe_config(gradient="tbptt")
+  with pytest.raises(ValueError, match="needs gradient='rtrl'"):
+    alignment.make_training_alignment_probe(config, anakin.make_train(config),
+                                            3)

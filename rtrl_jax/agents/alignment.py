@@ -22,8 +22,15 @@ With θ fixed, RTRL's θ_r gradient equals BPTT's (cosine 1 up to rounding:
 a live check of the training code path); the encoder and heads get gradients
 truncated to the unroll under both methods, so "all" is below 1 for both.
 TBPTT's θ_r alignment measures what truncation at M throws away at the policy
-the run has reached. In training the actor's sensitivities are also stale
-(accumulated under earlier θ); this probe does not measure that.
+the run has reached.
+
+In training the actor's state and sensitivities are also stale: unroll k's
+were accumulated under θ_0 … θ_{k-1}, while the learner differentiates at
+θ_k. `make_training_alignment_probe` measures that: it *trains* through the
+window (the run's own rollout and learner step, K updates from fresh
+episodes) and compares the gradient the learner actually took on the last
+unroll with the true gradient of that unroll's loss at θ_{K-1} (BPTT from
+the episodes' start, every state recomputed under θ_{K-1}).
 
 Also reported: the norm of each environment's sensitivities dh/dθ_r at the
 window's end (mean and max over environments; does it blow up or vanish?).
@@ -57,6 +64,26 @@ def per_env_norm(tree):
   squares = [jnp.sum(x.reshape(x.shape[0], -1) ** 2, axis=1)
              for x in jax.tree.leaves(tree)]
   return jnp.sqrt(sum(squares))
+
+
+def _report(estimates, truth, params, prefix):
+  """{prefix/method/{recurrent|all}/{cosine|relative_norm}: scalar}."""
+  parts = {"all": lambda g: g}
+  if jax.tree.leaves(params["core"]["recurrent"]):
+    parts["recurrent"] = lambda g: g["core"]["recurrent"]
+  out = {}
+  for method, estimate in estimates.items():
+    for part, select in parts.items():
+      alignment = _global_alignment(select(estimate), select(truth))
+      for metric, value in alignment.items():
+        out[f"{prefix}/{method}/{part}/{metric}"] = value
+  return out
+
+
+def _unroll_windows(num_unrolls, steps):
+  """[K, M+1] window indices of each unroll's outputs (the last bootstraps)."""
+  return (jnp.arange(num_unrolls)[:, None] * steps
+          + jnp.arange(steps + 1)[None, :])
 
 
 def make_alignment_probe(config, train, num_unrolls):
@@ -94,9 +121,7 @@ def make_alignment_probe(config, train, num_unrolls):
     _, trajectories = jax.lax.scan(act, runner, None, num_unrolls)
     obs, prev_reward, reset = _window(trajectories)
     start = jax.tree.map(lambda x: x[0], trajectories.initial_state)
-    # Unroll k's outputs are window steps kM .. kM+M (the last bootstraps).
-    index = (jnp.arange(num_unrolls)[:, None] * steps
-             + jnp.arange(steps + 1)[None, :])
+    index = _unroll_windows(num_unrolls, steps)
 
     def window_loss(params):
       logits, values, _ = agent.unroll(
@@ -135,14 +160,63 @@ def make_alignment_probe(config, train, num_unrolls):
       norms = per_env_norm(state.sensitivities)
       out["sens/norm_mean"] = jnp.mean(norms)
       out["sens/norm_max"] = jnp.max(norms)
-    parts = {"all": lambda g: g}
-    if jax.tree.leaves(params["core"]["recurrent"]):
-      parts["recurrent"] = lambda g: g["core"]["recurrent"]
-    for method, estimate in estimates.items():
-      for part, select in parts.items():
-        alignment = _global_alignment(select(estimate), select(truth))
-        for metric, value in alignment.items():
-          out[f"align/{method}/{part}/{metric}"] = value
-    return out
+    return {**out, **_report(estimates, truth, params, "align")}
+
+  return jax.jit(probe)
+
+
+def make_training_alignment_probe(config, train, num_unrolls):
+  """A jitted (params, opt_state, key) -> {name: scalar}; RTRL runs only.
+
+  From fresh episodes, runs K = `num_unrolls` real training updates (the
+  run's `rollout` and `learner_step`, so the actor's sensitivities go stale
+  as θ moves) and compares, on the last unroll, the learner's RTRL gradient
+  and the TBPTT gradient (both from the actor's shipped state) with the
+  truth: BPTT of that unroll's loss at the current θ through the whole
+  window. Names "align_train/{rtrl|tbptt}/{recurrent|all}/{cosine|
+  relative_norm}" and "align_train/param_change" (‖θ_{K-1} − θ_0‖ / ‖θ_0‖).
+  """
+  if num_unrolls < 2:
+    raise ValueError(f"num_unrolls must be >= 2, got {num_unrolls}")
+  if config.gradient != "rtrl":
+    raise ValueError(f"the training probe needs gradient='rtrl' (stale "
+                     f"sensitivities), got {config.gradient!r}")
+  agent, steps = train.agent, config.unroll_length
+
+  def probe(params, opt_state, key):
+    runner = train.init(key)._replace(params=params, opt_state=opt_state)
+
+    def train_one(runner, _):
+      runner, trajectory, _ = train.rollout(runner)
+      acting_params = runner.params
+      new_params, new_opt_state, _ = train.learner_step(
+          runner.params, runner.opt_state, trajectory)
+      runner = runner._replace(params=new_params, opt_state=new_opt_state)
+      return runner, (trajectory, acting_params)
+
+    # The last unroll is acted and differentiated at θ_{K-1}; its update is
+    # not needed.
+    _, (trajectories, acting) = jax.lax.scan(train_one, runner, None,
+                                             num_unrolls)
+    current = jax.tree.map(lambda x: x[-1], acting)
+    last = jax.tree.map(lambda x: x[-1], trajectories)
+    obs, prev_reward, reset = _window(trajectories)
+    start = jax.tree.map(lambda x: x[0], trajectories.initial_state)
+    index = _unroll_windows(num_unrolls, steps)[-1]
+
+    def last_unroll_loss(params):
+      logits, values, _ = agent.unroll(
+          params, start._replace(sensitivities=None), obs, prev_reward, reset,
+          method="bptt")
+      return agent.loss_from_outputs(logits[index], values[index], last)[0]
+
+    truth = jax.grad(last_unroll_loss)(current)
+    estimates = {method: jax.grad(lambda p, m=method: agent.loss(
+        p, last, method=m)[0])(current) for method in ("rtrl", "tbptt")}
+    flat = lambda t: jnp.concatenate([x.ravel() for x in jax.tree.leaves(t)])
+    change = (jnp.linalg.norm(flat(current) - flat(params))
+              / jnp.linalg.norm(flat(params)))
+    return {**_report(estimates, truth, current, "align_train"),
+            "align_train/param_change": change}
 
   return jax.jit(probe)
