@@ -186,6 +186,9 @@ def write_report(study, workdir, report_dir, grid, run_dir, command):
         "tbptt_recurrent_cosine_end": _last(series("align/tbptt/recurrent/cosine")),
         "rtrl_recurrent_cosine_min": min(
             (v for _, v in series("align/rtrl/recurrent/cosine")), default=None),
+        "train_rtrl_recurrent_cosine_mean": (lambda v: float(np.mean(v)) if v
+                                             else None)(
+            [v for _, v in series("align_train/rtrl/recurrent/cosine")]),
         "carried_sens_norm_max_end": _last(series("sens/carried_norm_max")),
         "carried_sens_norm_max_peak": max(
             (v for _, v in series("sens/carried_norm_max")), default=None),
@@ -241,6 +244,32 @@ def write_report(study, workdir, report_dir, grid, run_dir, command):
                                          default=None))
       lines.append(f"| {task}: {method.upper()} | {frames(task)} | " + " | ".join(
           cell(task, s, pick, 4) for s in systems) + " |")
+  lines += ["", "## RTRL in training: the learner's gradient with stale sensitivities",
+            "", "At every evaluation of an RTRL run: K real updates from fresh "
+            "episodes (the run's optimizer state and learning rate), then the "
+            "cosine of the last unroll's learner gradient for θ_r with the "
+            "true gradient at the current θ (BPTT from the episodes' start). "
+            "Mean over the run's probes, then mean ± std over seeds; the "
+            "worst probe of any seed in brackets; TBPTT on the same unroll for "
+            "comparison.", "",
+            "| task | system | RTRL cos | TBPTT cos | ‖Δθ‖/‖θ‖ over the K updates |",
+            "|---|---|---|---|---|"]
+  for task in tasks:
+    for system in systems:
+      runs = [run for run in runs_of(task, system)
+              if run["series"]("align_train/rtrl/recurrent/cosine")]
+      if not runs:
+        continue
+      values = lambda run, key: [v for _, v in run["series"](key)]
+      rtrl = [values(run, "align_train/rtrl/recurrent/cosine") for run in runs]
+      tbptt = [values(run, "align_train/tbptt/recurrent/cosine") for run in runs]
+      change = [values(run, "align_train/param_change") for run in runs]
+      lines.append(
+          f"| {task} | {system} | {_mean_std([np.mean(r) for r in rtrl], 4)} "
+          f"[{min(min(r) for r in rtrl):.4f}] | "
+          f"{_mean_std([np.mean(t) for t in tbptt], 3)} "
+          f"[{min(min(t) for t in tbptt):.3f}] | "
+          f"{_mean_std([np.mean(c) for c in change], 5)} |")
   lines += ["", "## Sensitivities the RTRL actor carries", "",
             "max over environments of ‖dh/dθ_r‖ (RTRL runs), at the first "
             "evaluation after training starts, its peak, and at the end (mean ± std over seeds).", "",
