@@ -12,7 +12,7 @@ STAMP := $(VENV)/.installed-$(shell cat setup.py | md5sum | cut -c1-8)
 system-deps:
 	@if ldconfig -p 2>/dev/null | grep -q libQt5Gui.so.5; then :; \
 	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-	  timeout 180 apt-get install -y -qq --no-install-recommends libqt5gui5 >/dev/null \
+	  DEBIAN_FRONTEND=noninteractive timeout 180 apt-get install -y -qq --no-install-recommends libqt5gui5 >/dev/null \
 	    || echo "warning: apt-get install libqt5gui5 failed; Procgen tests will skip"; \
 	else echo "note: libqt5gui5 absent and not root; Procgen tests will skip"; fi
 
