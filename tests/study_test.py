@@ -17,7 +17,8 @@ from experiments.configs import study as study_configs
 TIMEOUT = 600
 
 
-@pytest.mark.parametrize("name", ["get_config", "quick", "paper"])
+@pytest.mark.parametrize("name", ["get_config", "quick", "paper",
+                                  "batch_control"])
 def test_every_run_of_every_study_config_passes_the_r2ac_checks(name):
   # pylint: disable=g-import-not-at-top
   from experiments.configs import r2ac as r2ac_configs

@@ -3,6 +3,10 @@
   --config=experiments/configs/study.py          the study as run on a 2-core CPU
   --config=experiments/configs/study.py:quick    a smoke run of the whole pipeline
   --config=experiments/configs/study.py:paper    the paper's scale, for GPUs (untested)
+  --config=experiments/configs/study.py:batch_control
+      TBPTT(50) and TBPTT(100) on MemoryChain(30) with the 80 envs per update
+      of the M=10 systems (5x and 10x the frames): is their failure at equal
+      frames the truncation or the smaller batch?
 
 Every cell of the table is one R2AC Anakin run (experiments/configs/r2ac.py's
 `default()` plus the task's and the system's overrides) per seed. All systems
@@ -84,6 +88,16 @@ def quick():
   ))
   config.systems = _systems(("elstm", "rtrl", 2), ("elstm", "tbptt", 2),
                             ("feedforward", "tbptt", 2))
+  return config
+
+
+def batch_control():
+  """MemoryChain(30) for TBPTT(M=50, 100) at RTRL(M=10)'s 80 envs per update."""
+  config = get_config()
+  config.frames_per_update = 4000       # M=50: 80 envs; M=100: 40 envs
+  config.tasks = ml_collections.ConfigDict(dict(
+      memorychain_L30=config.tasks.memorychain_L30))
+  config.systems = _systems(("elstm", "tbptt", 50), ("elstm", "tbptt", 100))
   return config
 
 
