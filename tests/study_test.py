@@ -17,13 +17,12 @@ from experiments.configs import study as study_configs
 TIMEOUT = 600
 
 
-@pytest.mark.parametrize("name", ["get_config", "quick", "paper",
-                                  "batch_control"])
+@pytest.mark.parametrize("name", sorted(study_configs.CONFIGS))
 def test_every_run_of_every_study_config_passes_the_r2ac_checks(name):
   # pylint: disable=g-import-not-at-top
   from experiments.configs import r2ac as r2ac_configs
   # pylint: enable=g-import-not-at-top
-  config = getattr(study_configs, name)()
+  config = study_configs.get_config(name)
   for task in config.tasks:
     for system in config.systems:
       run = study_configs.run_config(config, task, system, seed=0)

@@ -37,7 +37,8 @@ def _task(env, updates, probe_steps, kind, network=None, **kwargs):
       probe_steps=probe_steps, network=network or {}))
 
 
-def get_config():
+def default():
+  """The study as run for docs/RESULTS.md (a few hours on 2 CPU cores)."""
   config = ml_collections.ConfigDict()
   config.seeds = 3
   config.frames_per_update = 800
@@ -75,7 +76,7 @@ def get_config():
 
 def quick():
   """Seconds per run: the pipeline end to end (CI), not a result."""
-  config = get_config()
+  config = default()
   config.seeds = 2
   config.frames_per_update = 16
   config.hidden_size = 8
@@ -93,7 +94,7 @@ def quick():
 
 def batch_control():
   """MemoryChain(30) for TBPTT(M=50, 100) at RTRL(M=10)'s 80 envs per update."""
-  config = get_config()
+  config = default()
   config.frames_per_update = 4000       # M=50: 80 envs; M=100: 40 envs
   config.tasks = ml_collections.ConfigDict(dict(
       memorychain_L30=config.tasks.memorychain_L30))
@@ -107,7 +108,7 @@ def paper():
   Untested: sized from the paper's DMLab settings (N = 512, batch 32 per M,
   100M agent steps), not run here.
   """
-  config = get_config()
+  config = default()
   config.hidden_size = 512
   config.frames_per_update = 3200
   config.updates_per_call = 50
@@ -118,6 +119,16 @@ def paper():
       "gymnax:MemoryChain-bsuite", 100_000_000 // config.frames_per_update,
       2000, "memory", memory_length=1000)
   return config
+
+
+CONFIGS = {"default": default, "quick": quick, "batch_control": batch_control,
+           "paper": paper}
+
+
+def get_config(name="default"):
+  if name not in CONFIGS:
+    raise ValueError(f"unknown config {name!r}; choose from {sorted(CONFIGS)}")
+  return CONFIGS[name]()
 
 
 def ordered_tasks(study):
