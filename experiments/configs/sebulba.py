@@ -108,6 +108,17 @@ def procgen():
   return config
 
 
+def tiny_procgen():
+  """Procgen Chaser (hard, 500 levels) with a small MLP: the pipeline on
+  Procgen frames without the IMPALA ResNet's CPU compile time."""
+  config = tiny()
+  config.env.suite, config.env.name = "procgen", "ChaserHard-v0"
+  config.env.kwargs = ml_collections.ConfigDict(dict(num_levels=500,
+                                                     start_level=0))
+  config.network.obs_scale = 1.0 / 255.0
+  return config
+
+
 def procgen_memory():
   config = procgen()
   config.env.name = "MazeMemory-v0"
@@ -152,7 +163,7 @@ def check(config):
 
 
 CONFIGS = {"default": default, "tiny": tiny, "atari": atari,
-           "tiny_atari": tiny_atari, "procgen": procgen,
+           "tiny_atari": tiny_atari, "procgen": procgen, "tiny_procgen": tiny_procgen,
            "procgen_memory": procgen_memory, "vizdoom": vizdoom}
 
 
