@@ -163,8 +163,9 @@ def check(config):
 
 
 CONFIGS = {"default": default, "tiny": tiny, "atari": atari,
-           "tiny_atari": tiny_atari, "procgen": procgen, "tiny_procgen": tiny_procgen,
-           "procgen_memory": procgen_memory, "vizdoom": vizdoom}
+           "tiny_atari": tiny_atari, "procgen": procgen,
+           "tiny_procgen": tiny_procgen, "procgen_memory": procgen_memory,
+           "vizdoom": vizdoom}
 
 
 def get_config(name="default"):
