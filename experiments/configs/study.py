@@ -7,6 +7,9 @@
       TBPTT(50) and TBPTT(100) on MemoryChain(30) with the 80 envs per update
       of the M=10 systems (5x and 10x the frames): is their failure at equal
       frames the truncation or the smaller batch?
+  --config=experiments/configs/study.py:episode_bptt_control
+      full-episode BPTT (unroll = one 31-step episode, 80 envs) on
+      MemoryChain(30): exact gradients for every episode, no sensitivities.
 
 Every cell of the table is one R2AC Anakin run (experiments/configs/r2ac.py's
 `default()` plus the task's and the system's overrides) per seed. All systems
@@ -102,6 +105,18 @@ def batch_control():
   return config
 
 
+def episode_bptt_control():
+  """MemoryChain(30) with full-episode BPTT: every unroll is one episode."""
+  config = default()
+  episode = 31
+  config.frames_per_update = 80 * episode
+  task = config.tasks.memorychain_L30
+  task.kwargs.max_steps_in_episode = episode   # gradient="bptt" checks it
+  config.tasks = ml_collections.ConfigDict(dict(memorychain_L30=task))
+  config.systems = _systems(("elstm", "bptt", episode))
+  return config
+
+
 def paper():
   """The paper's scale (paper-notes §4.4) on the same tasks, for GPUs.
 
@@ -122,7 +137,7 @@ def paper():
 
 
 CONFIGS = {"default": default, "quick": quick, "batch_control": batch_control,
-           "paper": paper}
+           "episode_bptt_control": episode_bptt_control, "paper": paper}
 
 
 def get_config(name="default"):
