@@ -88,7 +88,9 @@ def _plot_curves(study, task, systems, runs_of, path):
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
   frames = study.tasks[task].updates * study.frames_per_update
-  edges = np.linspace(0, frames, CURVE_BINS + 1)
+  calls = max(1, study.tasks[task].updates // study.updates_per_call)
+  # One point per logged call at most, so that no bin is empty.
+  edges = np.linspace(0, frames, min(CURVE_BINS, calls) + 1)
   centres = (edges[:-1] + edges[1:]) / 2
   figure, panels = plt.subplots(1, 2, figsize=(12, 4.2))
   for axes, key, label in (
@@ -113,7 +115,7 @@ def _plot_curves(study, task, systems, runs_of, path):
         warnings.simplefilter("ignore", RuntimeWarning)
         mean, low, high = (np.nanmean(curves, 0), np.nanmin(curves, 0),
                            np.nanmax(curves, 0))
-      line, = axes.plot(x, mean, label=f"{system} ({len(runs)} seeds)")
+      line, = axes.plot(x, mean, ".-", label=f"{system} ({len(runs)} seeds)")
       if len(runs) > 1:
         axes.fill_between(x, low, high, color=line.get_color(), alpha=0.12)
     axes.set_xlabel("environment frames")
