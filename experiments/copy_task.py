@@ -126,8 +126,7 @@ def run(config, workdir, resume):
 
 
 def main(argv):
-  if len(argv) > 1:
-    sys.exit(f"error: unexpected arguments {argv[1:]}")
+  experiment.cli.start_main(argv, quiet_logging=False)
   config = _CONFIG.value
   workdir = _WORKDIR.value or os.path.join(
       "runs", f"copy_task_{config.train.mode}_{time.strftime('%Y%m%d_%H%M%S')}")

@@ -14,7 +14,7 @@ import json
 import os
 import sys
 
-from absl import app, flags, logging
+from absl import app, flags
 
 from rtrl_jax import evaluation
 from rtrl_jax import experiment
@@ -30,10 +30,7 @@ _CALL = flags.DEFINE_integer("call", None,
 
 
 def main(argv):
-  if len(argv) > 1:
-    sys.exit(f"error: unexpected arguments {argv[1:]}")
-  if not flags.FLAGS["verbosity"].present:
-    logging.set_verbosity(logging.WARNING)
+  experiment.cli.start_main(argv)
   unknown = sorted(set(_ACTIONS.value) - {"greedy", "sampled"})
   if unknown:
     sys.exit(f"error: --actions: unknown {unknown}; use greedy and/or sampled")

@@ -23,7 +23,7 @@ import os
 import sys
 import time
 
-from absl import app, flags, logging
+from absl import app, flags
 from ml_collections import config_flags
 
 from experiments.r2ac_training import run
@@ -39,10 +39,7 @@ _RESUME = flags.DEFINE_bool(
     "resume", False, "Continue from the latest checkpoint in --workdir.")
 
 def main(argv):
-  if len(argv) > 1:
-    sys.exit(f"error: unexpected arguments {argv[1:]}")
-  if not flags.FLAGS["verbosity"].present:
-    logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
+  experiment.cli.start_main(argv)
   config = _CONFIG.value
   workdir = _WORKDIR.value or os.path.join(
       "runs", f"r2ac_{config.gradient}_{time.strftime('%Y%m%d_%H%M%S')}")

@@ -27,7 +27,7 @@ import os
 import sys
 import time
 
-from absl import app, flags, logging
+from absl import app, flags
 from ml_collections import config_flags
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -148,18 +148,14 @@ def run(config, workdir, resume):
 
 
 def main(argv):
-  if len(argv) > 1:
-    sys.exit(f"error: unexpected arguments {argv[1:]}")
-  if not flags.FLAGS["verbosity"].present:
-    logging.set_verbosity(logging.WARNING)
-  if _DISTRIBUTED.value or _COORDINATOR.value:
-    # pylint: disable=g-import-not-at-top
-    from rtrl_jax import sebulba
-    sebulba.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value,
-                                   _PROCESS_ID.value)
   # pylint: disable=g-import-not-at-top
   from rtrl_jax import experiment
   from rtrl_jax import sebulba
+  # pylint: enable=g-import-not-at-top
+  experiment.cli.start_main(argv)
+  if _DISTRIBUTED.value or _COORDINATOR.value:
+    sebulba.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value,
+                                   _PROCESS_ID.value)
   config = _CONFIG.value
   workdir = _WORKDIR.value or os.path.join(
       "runs", f"sebulba_{config.env.name}_{time.strftime('%Y%m%d_%H%M%S')}")

@@ -25,7 +25,7 @@ import sys
 import time
 
 import jax
-from absl import app, flags, logging
+from absl import app, flags
 from ml_collections import config_flags
 
 from experiments import r2ac_training
@@ -166,10 +166,7 @@ def run_workers(workers, argv):
 
 
 def main(argv):
-  if len(argv) > 1:
-    sys.exit(f"error: unexpected arguments {argv[1:]}")
-  if not flags.FLAGS["verbosity"].present:
-    logging.set_verbosity(logging.WARNING)
+  experiment.cli.start_main(argv)
   if _QUICK.value and flags.FLAGS["config"].present:
     sys.exit("error: --quick: give either --quick or --config, not both")
   study = study_configs.quick() if _QUICK.value else _CONFIG.value

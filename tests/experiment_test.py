@@ -15,7 +15,8 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
-from run_helpers import checkpoint_steps, signal_after_checkpoint
+from run_helpers import (checkpoint_steps, script_environment,
+                         signal_after_checkpoint)
 
 from rtrl_jax import copy_task
 from rtrl_jax import experiment
@@ -39,10 +40,7 @@ def script(*args, workdir=None):
 
 
 def environment():
-  env = dict(os.environ)
-  env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
-  env["JAX_PLATFORMS"] = "cpu"
-  return env
+  return script_environment()
 
 
 def run_script(*args, workdir=None):

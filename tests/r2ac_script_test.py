@@ -15,7 +15,8 @@ import sys
 import jax
 import numpy as np
 import pytest
-from run_helpers import checkpoint_steps, signal_after_checkpoint
+from run_helpers import (checkpoint_steps, script_environment,
+                         signal_after_checkpoint)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -40,12 +41,7 @@ TIMEOUT = 300
 
 @pytest.fixture(scope="module")
 def environment(tmp_path_factory):
-  env = dict(os.environ)
-  env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
-  env["JAX_PLATFORMS"] = "cpu"
-  env["JAX_COMPILATION_CACHE_DIR"] = str(tmp_path_factory.mktemp("jax_cache"))
-  env["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
-  return env
+  return script_environment(tmp_path_factory.mktemp("jax_cache"))
 
 
 def training(*args, workdir):

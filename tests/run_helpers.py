@@ -5,6 +5,21 @@ import subprocess
 import time
 
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def script_environment(cache_dir=None):
+  """os.environ for a script subprocess: the repo importable, CPU JAX and,
+  with `cache_dir`, a persistent compilation cache shared by the runs."""
+  env = dict(os.environ)
+  env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
+  env["JAX_PLATFORMS"] = "cpu"
+  if cache_dir is not None:
+    env["JAX_COMPILATION_CACHE_DIR"] = str(cache_dir)
+    env["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
+  return env
+
+
 def checkpoint_steps(workdir):
   """Steps of the checkpoints in `workdir`/checkpoints, read without orbax
   (safe to poll while another process is writing)."""

@@ -9,7 +9,7 @@ import sys
 import time
 
 import pytest
-from run_helpers import checkpoint_steps
+from run_helpers import checkpoint_steps, script_environment
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -28,11 +28,9 @@ TIMEOUT = 240
 
 @pytest.fixture(scope="module")
 def environment(tmp_path_factory):
-  env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu")
+  env = script_environment(tmp_path_factory.mktemp("jax_cache"))
   env["XLA_FLAGS"] = " ".join(  # one CPU device per process
       f for f in env.get("XLA_FLAGS", "").split() if "device_count" not in f)
-  env["JAX_COMPILATION_CACHE_DIR"] = str(tmp_path_factory.mktemp("jax_cache"))
-  env["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
   return env
 
 

@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import pytest
+from run_helpers import script_environment
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -38,12 +39,7 @@ def study(*args, env):
 
 @pytest.fixture(scope="module")
 def environment(tmp_path_factory):
-  env = dict(os.environ)
-  env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
-  env["JAX_PLATFORMS"] = "cpu"
-  env["JAX_COMPILATION_CACHE_DIR"] = str(tmp_path_factory.mktemp("jax_cache"))
-  env["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
-  return env
+  return script_environment(tmp_path_factory.mktemp("jax_cache"))
 
 
 @pytest.fixture(scope="module")

@@ -13,6 +13,7 @@ import re
 import sys
 
 from absl import flags
+from absl import logging
 
 
 def describe_flag_error(error, argv):
@@ -39,3 +40,13 @@ def parse_flags(argv):
     return flags.FLAGS(argv)
   except Exception as error:  # pylint: disable=broad-except
     sys.exit(f"error: {describe_flag_error(error, argv)}")
+
+
+def start_main(argv, quiet_logging=True):
+  """The start of every script's `main`: no positional arguments (exit 1
+  naming them) and, unless --verbosity is given, absl logging at WARNING
+  (orbax logs every checkpoint save at INFO)."""
+  if len(argv) > 1:
+    sys.exit(f"error: unexpected arguments {argv[1:]}")
+  if quiet_logging and not flags.FLAGS["verbosity"].present:
+    logging.set_verbosity(logging.WARNING)
