@@ -86,6 +86,8 @@ def make_probe(study, task_name):
   (stale sensitivities, the run's own optimizer state and learning rate).
   """
   def make(config, train):
+    if config.gradient == "bptt":   # unrolls restart episodes: no stream
+      return lambda runner: {}
     # At least two unrolls, so that TBPTT has a boundary to cut at.
     unrolls = max(2, -(-study.tasks[task_name].probe_steps
                        // config.unroll_length))
@@ -127,6 +129,17 @@ def final_evaluation(directory, episodes, seed):
   return result
 
 
+def _finished(directory):
+  """results.json of a run that finished training (killed before its final
+  evaluation), else None."""
+  path = os.path.join(directory, "results.json")
+  if not os.path.exists(path):
+    return None
+  with open(path) as f:
+    results = json.load(f)
+  return results if results.get("status") == "finished" else None
+
+
 def run_grid(study, workdir, runs, label=""):
   started = time.time()
   for index, (task, system, seed) in enumerate(runs, 1):
@@ -154,7 +167,9 @@ def run_grid(study, workdir, runs, label=""):
 
 def run_workers(workers, argv):
   """Runs this script in `workers` processes, each on every n-th run."""
-  passed = [arg for arg in argv[1:] if not arg.startswith("--workers")]
+  if "--workers" in argv:
+    sys.exit("error: --workers: write --workers=N")
+  passed = [arg for arg in argv[1:] if not arg.startswith("--workers=")]
   processes = [subprocess.Popen(
       [sys.executable, "-m", "experiments.study", *passed,
        f"--shard={k}/{workers}"]) for k in range(workers)]

@@ -164,6 +164,8 @@ def _plot_alignment(tasks, systems, runs_of, path):
 def write_report(study, workdir, report_dir, grid, run_dir, command):
   """Writes report.md, summary.csv and the plots; returns report.md's path."""
   os.makedirs(report_dir, exist_ok=True)
+  rebuild = command if "--report_only" in command else (
+      command + " --report_only")
   loaded = {(task, system, seed): load_run(run_dir(workdir, task, system, seed))
             for task, system, seed in grid}
   tasks = list(dict.fromkeys(task for task, _, _ in grid))
@@ -213,13 +215,13 @@ def write_report(study, workdir, report_dir, grid, run_dir, command):
       "# Reproduction study: report (generated)", "",
       f"Generated {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC "
       f"by `{command}` at commit {_commit()} on {platform.machine()} "
-      f"({os.cpu_count()} CPUs); rebuild with `python -m experiments.study "
-      f"--report_only --workdir={workdir}`.", "",
+      f"({os.cpu_count()} CPUs); rebuild with `{rebuild}`.", "",
       f"Budget per run: {study.frames_per_update} frames per update "
       f"(num_envs = {study.frames_per_update}/M), hidden size "
       f"{study.hidden_size}, forget-gate bias {study.forget_bias}, "
       f"{study.seeds} seeds; final evaluation: {study.final_eval_episodes} "
-      f"greedy episodes per seed. Frames per task below.", "",
+      f"greedy and as many sampled episodes per seed. Frames per task below. "
+      f"± is the standard deviation over seeds (numpy's, ddof 0).", "",
       "## Final greedy return (mean ± std over seeds)", "",
       header, rule]
   frames = lambda task: f"{study.tasks[task].updates * study.frames_per_update:,}"
@@ -244,8 +246,10 @@ def write_report(study, workdir, report_dir, grid, run_dir, command):
       pick = (lambda run, key=key: _last(run["series"](key))) if method == "tbptt" \
           else (lambda run, key=key: min((v for _, v in run["series"](key)),
                                          default=None))
+      # Full-episode BPTT restarts episodes every unroll: no probe stream.
       lines.append(f"| {task}: {method.upper()} | {frames(task)} | " + " | ".join(
-          cell(task, s, pick, 4) for s in systems) + " |")
+          "—" if study.systems[s].gradient == "bptt" else cell(task, s, pick, 4)
+          for s in systems) + " |")
   lines += ["", "## RTRL in training: the learner's gradient with stale sensitivities",
             "", "At every evaluation of an RTRL run: K real updates from fresh "
             "episodes (the run's optimizer state and learning rate), then the "
@@ -287,7 +291,8 @@ def write_report(study, workdir, report_dir, grid, run_dir, command):
                    f"{_mean_std([n[0] for n in norms])} | "
                    f"{_mean_std([max(n) for n in norms])} | "
                    f"{_mean_std([n[-1] for n in norms])} |")
-  lines += ["", "## Wall time per run (s, this machine, includes compiling)",
+  lines += ["", "## Wall time per run (s, this machine, includes compiling; "
+            "a resumed run counts its last session only)",
             "", header, rule]
   for task in tasks:
     lines.append(f"| {task} | {frames(task)} | " + " | ".join(

@@ -98,3 +98,10 @@ def test_training_probe_needs_an_rtrl_run():
   with pytest.raises(ValueError, match="needs gradient='rtrl'"):
     alignment.make_training_alignment_probe(config, anakin.make_train(config),
                                             3)
+
+
+def test_probe_refuses_full_episode_bptt_runs():
+  config = probe_config(gradient="bptt", unroll_length=5)
+  config.env.kwargs.max_steps_in_episode = 5
+  with pytest.raises(ValueError, match="restarts episodes every unroll"):
+    alignment.make_alignment_probe(config, anakin.make_train(config), 2)

@@ -13,6 +13,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 # pylint: disable=g-import-not-at-top,wrong-import-position
 from experiments.configs import study as study_configs
+from rtrl_jax import envs
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
 TIMEOUT = 600
@@ -29,6 +30,10 @@ def test_every_run_of_every_study_config_passes_the_r2ac_checks(name):
       run = study_configs.run_config(config, task, system, seed=0)
       r2ac_configs.check(run)
       assert run.num_envs * run.unroll_length == config.frames_per_update
+    if "memory_length" in config.tasks[task].kwargs:
+      # The time limit must not cut the episode before its answer step.
+      env = envs.make_env(run.env.name, **run.env.kwargs)
+      assert env.max_episode_steps > config.tasks[task].kwargs.memory_length
 
 
 def study(*args, env):

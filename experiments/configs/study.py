@@ -4,8 +4,8 @@
   --config=experiments/configs/study.py:quick    a smoke run of the whole pipeline
   --config=experiments/configs/study.py:paper    the paper's scale, for GPUs (untested)
   --config=experiments/configs/study.py:batch_control
-      TBPTT(50) and TBPTT(100) on MemoryChain(30) with the 80 envs per update
-      of the M=10 systems (5x and 10x the frames): is their failure at equal
+      TBPTT(50) with the M=10 systems' 80 envs per update and TBPTT(100) with
+      40 (both 5x the frames) on MemoryChain(30): is their failure at equal
       frames the truncation or the smaller batch?
   --config=experiments/configs/study.py:episode_bptt_control
       full-episode BPTT (unroll = one 31-step episode, 80 envs) on
@@ -57,11 +57,14 @@ def default():
   config.tasks = ml_collections.ConfigDict(dict(
       # MemoryChain (bsuite, gymnax): cue at t=0, reward ±1 for recalling it
       # at t = L; episodes of L+1 steps.
-      memorychain_L10=_task("gymnax:MemoryChain-bsuite", 500, 30, "memory",
+      # probe_steps = L + 1: with M = 10 the probe's last unroll holds the
+      # first episode's answer step, so the in-training probe's loss has the
+      # reward in it.
+      memorychain_L10=_task("gymnax:MemoryChain-bsuite", 500, 11, "memory",
                             memory_length=10),
-      memorychain_L30=_task("gymnax:MemoryChain-bsuite", 1000, 60, "memory",
+      memorychain_L30=_task("gymnax:MemoryChain-bsuite", 1000, 31, "memory",
                             memory_length=30),
-      memorychain_L100=_task("gymnax:MemoryChain-bsuite", 2500, 200,
+      memorychain_L100=_task("gymnax:MemoryChain-bsuite", 2500, 101,
                              "memory", memory_length=100),
       # xminigrid MiniGrid-MemoryS8: see a cue object, walk a corridor, pick
       # the matching one; up to 320 steps.
@@ -96,7 +99,7 @@ def quick():
 
 
 def batch_control():
-  """MemoryChain(30) for TBPTT(M=50, 100) at RTRL(M=10)'s 80 envs per update."""
+  """MemoryChain(30), TBPTT(M=50) with 80 envs and TBPTT(M=100) with 40."""
   config = default()
   config.frames_per_update = 4000       # M=50: 80 envs; M=100: 40 envs
   config.tasks = ml_collections.ConfigDict(dict(
@@ -130,9 +133,11 @@ def paper():
   config.eval_every_calls = 10
   for name in config.tasks:
     config.tasks[name].updates = 100_000_000 // config.frames_per_update
+  # gymnax's default time limit (1000 steps) would cut the 1001-step episode
+  # before its answer.
   config.tasks.memorychain_L1000 = _task(
       "gymnax:MemoryChain-bsuite", 100_000_000 // config.frames_per_update,
-      2000, "memory", memory_length=1000)
+      1001, "memory", memory_length=1000, max_steps_in_episode=1001)
   return config
 
 

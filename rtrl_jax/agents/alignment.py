@@ -19,8 +19,8 @@ and for all parameters,
     cosine = ⟨g, g*⟩ / (‖g‖ ‖g*‖),   relative_norm = ‖g‖ / ‖g*‖.
 
 With θ fixed, RTRL's θ_r gradient equals BPTT's (cosine 1 up to rounding:
-a live check of the training code path); the encoder and heads get gradients
-truncated to the unroll under both methods, so "all" is below 1 for both.
+a live check of the training code path); the encoder's gradient is truncated
+to the unroll under both methods, so "all" is below 1 for both.
 TBPTT's θ_r alignment measures what truncation at M throws away at the policy
 the run has reached.
 
@@ -101,6 +101,10 @@ def make_alignment_probe(config, train, num_unrolls):
   """
   if num_unrolls < 1:
     raise ValueError(f"num_unrolls must be >= 1, got {num_unrolls}")
+  if config.gradient == "bptt":
+    # Its unrolls restart the environments: the window is not one stream.
+    raise ValueError("the alignment probe needs a continuous stream of "
+                     "unrolls; gradient='bptt' restarts episodes every unroll")
   agent = train.agent
   has_rtrl = config.network.core in rtrl_jax.CELLS
   if has_rtrl:
@@ -174,7 +178,8 @@ def make_training_alignment_probe(config, train, num_unrolls):
   and the TBPTT gradient (both from the actor's shipped state) with the
   truth: BPTT of that unroll's loss at the current θ through the whole
   window. Names "align_train/{rtrl|tbptt}/{recurrent|all}/{cosine|
-  relative_norm}" and "align_train/param_change" (‖θ_{K-1} − θ_0‖ / ‖θ_0‖).
+  relative_norm}" and "align_train/param_change" (‖θ_{K-1} − θ_0‖ / ‖θ_0‖,
+  over the K − 1 updates before the last unroll).
   """
   if num_unrolls < 2:
     raise ValueError(f"num_unrolls must be >= 2, got {num_unrolls}")

@@ -99,7 +99,7 @@ def make_agent(config, obs_shape, num_actions) -> Agent:
   Args:
     config: ConfigDict with `network` (encoder, encoder_sizes, feature_size,
       obs_scale, core, hidden_size, core_kwargs), `gradient` ("rtrl" |
-      "tbptt") and `loss` (discount, baseline_cost, entropy_cost,
+      "tbptt" | "bptt") and `loss` (discount, baseline_cost, entropy_cost,
       reward_clip, clip_rho, clip_pg_rho, lambda_).
     obs_shape: shape of one observation.
     num_actions: size of the discrete action space.
