@@ -258,7 +258,7 @@ def write_report(study, workdir, report_dir, grid, run_dir, command):
             "Mean over the run's probes, then mean ± std over seeds; the "
             "worst probe of any seed in brackets; TBPTT on the same unroll for "
             "comparison.", "",
-            "| task | system | RTRL cos | TBPTT cos | ‖Δθ‖/‖θ‖ over the K updates |",
+            "| task | system | RTRL cos | TBPTT cos | ‖Δθ‖/‖θ‖ over the K − 1 updates |",
             "|---|---|---|---|---|"]
   for task in tasks:
     for system in systems:
