@@ -27,6 +27,7 @@ actor derives truncation from `info["elapsed_step"]` against it (envpool
 #239), never from envpool's own flags alone.
 """
 
+import os
 from typing import Any, Callable, NamedTuple
 
 import numpy as np
@@ -131,6 +132,11 @@ def make_suite(suite, name, kwargs=None, num_threads=0) -> Suite:
   max_episode_steps = int(spec.config.max_episode_steps)
 
   def make(num_envs, seed):
+    if suite == "vizdoom":
+      # Every ViZDoom game creates ./_vizdoom/ if it is missing; games
+      # starting together race on it, and the loser crashes ("Failed to
+      # create ./_vizdoom/ directory: File exists") and recv() then hangs.
+      os.makedirs("_vizdoom", exist_ok=True)
     return envpool.make(name, env_type="gymnasium", num_envs=num_envs,
                         batch_size=num_envs, num_threads=num_threads,
                         seed=int(seed), **options)

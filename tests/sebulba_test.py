@@ -354,13 +354,15 @@ VIZDOOM = textwrap.dedent("""
 
 
 @pytest.mark.timeout(120, method="thread")
-def test_vizdoom_my_way_home_steps():
+def test_vizdoom_my_way_home_steps(tmp_path):
   """In a fresh process: ViZDoom once hung starting its game process inside
   a pytest-xdist worker (not reproduced standalone); a subprocess timeout
   kills it for sure."""
   env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu")
-  result = subprocess.run([sys.executable, "-c", VIZDOOM], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=100,
-                          stdin=subprocess.DEVNULL)
+  # A fresh working directory: no ./_vizdoom/ yet, so the suite must create
+  # it before the two games start (they race on it otherwise).
+  result = subprocess.run([sys.executable, "-c", VIZDOOM], cwd=tmp_path,
+                          env=env, capture_output=True, text=True,
+                          timeout=100, stdin=subprocess.DEVNULL)
   assert result.returncode == 0, result.stderr[-3000:]
   assert "VIZDOOM OK" in result.stdout
