@@ -45,13 +45,23 @@ from rtrl_jax import oracle
 from rtrl_jax.agents.r2ac import make_agent
 
 
-def _window(trajectories):
-  """K stacked unrolls [K, M(+1), B, ...] → one window [K·M + 1, B, ...]."""
+def _window_outputs(agent, params, trajectories):
+  """(logits, values) [K·M + 1, B, ...] of BPTT through the whole window.
+
+  The K stacked unrolls [K, M(+1), B, ...] are joined into one stream and
+  run from the window's first state (fresh episodes), so every step's output
+  depends on θ through every earlier step of its episode: the truth the
+  probes compare against.
+  """
   def join(stacked):
     body = stacked[:, :-1].reshape((-1,) + stacked.shape[2:])
     return jnp.concatenate([body, stacked[-1, -1:]])
-  return (join(trajectories.obs), join(trajectories.prev_reward),
-          join(trajectories.reset))
+  start = jax.tree.map(lambda x: x[0], trajectories.initial_state)
+  logits, values, _ = agent.unroll(
+      params, start._replace(sensitivities=None), join(trajectories.obs),
+      join(trajectories.prev_reward), join(trajectories.reset),
+      method="bptt")
+  return logits, values
 
 
 def _global_alignment(estimate, truth):
@@ -123,14 +133,10 @@ def make_alignment_probe(config, train, num_unrolls):
       return runner, trajectory
 
     _, trajectories = jax.lax.scan(act, runner, None, num_unrolls)
-    obs, prev_reward, reset = _window(trajectories)
-    start = jax.tree.map(lambda x: x[0], trajectories.initial_state)
     index = _unroll_windows(num_unrolls, steps)
 
     def window_loss(params):
-      logits, values, _ = agent.unroll(
-          params, start._replace(sensitivities=None), obs, prev_reward, reset,
-          method="bptt")
+      logits, values = _window_outputs(agent, params, trajectories)
       losses = jax.vmap(lambda lg, v, traj: agent.loss_from_outputs(
           lg, v, traj)[0])(logits[index], values[index], trajectories)
       return jnp.sum(losses)
@@ -205,14 +211,10 @@ def make_training_alignment_probe(config, train, num_unrolls):
                                              num_unrolls)
     current = jax.tree.map(lambda x: x[-1], acting)
     last = jax.tree.map(lambda x: x[-1], trajectories)
-    obs, prev_reward, reset = _window(trajectories)
-    start = jax.tree.map(lambda x: x[0], trajectories.initial_state)
     index = _unroll_windows(num_unrolls, steps)[-1]
 
     def last_unroll_loss(params):
-      logits, values, _ = agent.unroll(
-          params, start._replace(sensitivities=None), obs, prev_reward, reset,
-          method="bptt")
+      logits, values = _window_outputs(agent, params, trajectories)
       return agent.loss_from_outputs(logits[index], values[index], last)[0]
 
     truth = jax.grad(last_unroll_loss)(current)
