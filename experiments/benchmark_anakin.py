@@ -15,7 +15,20 @@ pass as benchmark_cells.py); the roofline time of a call is
 updates_per_call·(M + ½) bare steps, and "roofline" is that time over the
 measured time of the RTRL call.
 
+Two more columns say where the rest of the time goes:
+
+* "RTRL part": the roofline time over (RTRL call − TBPTT call), i.e. how
+  close the work RTRL adds (the actor's sensitivity updates, the copy of the
+  unroll's initial S, the learner's past-gradient contraction) runs to the
+  bandwidth floor of that work.
+* "ceiling": roofline / (roofline + TBPTT call), the fraction the RTRL loop
+  would reach if its sensitivity work ran exactly at the bare-pass speed and
+  everything else (environments, encoder, heads, the learner's forward and
+  backward pass, V-trace, the optimizer) took what it takes in the TBPTT loop.
+
     python -m experiments.benchmark_anakin              # N = 64, 256 (minutes)
+    python -m experiments.benchmark_anakin --hidden=512 --encoder_features=256 \
+        --updates_per_call=4                            # the paper's DMLab core
     python -m experiments.benchmark_anakin --quick      # seconds, a smoke run
 
 Prints a table and writes benchmark_anakin.csv into --out_dir.
@@ -34,6 +47,10 @@ from experiments.configs import r2ac as r2ac_configs
 from rtrl_jax import anakin
 
 _HIDDEN = flags.DEFINE_list("hidden", ["64", "256"], "eLSTM hidden sizes N.")
+_FEATURES = flags.DEFINE_list(
+    "encoder_features", ["32"],
+    "MLP encoder output size per entry of --hidden (one value: for all); the "
+    "core input is D = features + 1 (the previous reward).")
 _NUM_ENVS = flags.DEFINE_integer("num_envs", 64, "Environments B.")
 _UNROLL = flags.DEFINE_integer("unroll_length", 5, "Unroll length M.")
 _UPDATES = flags.DEFINE_integer("updates_per_call", 20, "Updates per call.")
@@ -41,12 +58,18 @@ _MEMORY = flags.DEFINE_integer("memory_length", 10, "MemoryChain length.")
 _REPEATS = flags.DEFINE_integer("repeats", 3, "Timed calls (the minimum is kept).")
 _OUT_DIR = flags.DEFINE_string("out_dir", "docs/benchmarks", "Where the CSV goes.")
 _QUICK = flags.DEFINE_bool("quick", False, "Tiny sizes, for a smoke run.")
+_TRACE_DIR = flags.DEFINE_string(
+    "trace_dir", None,
+    "If set: a jax.profiler trace of one RTRL and one TBPTT call per size goes "
+    "to <trace_dir>/N<N>_D<D>_<gradient>/, and the XLA operations that take "
+    "longest are printed.")
 
 
 def benchmark_config(hidden, gradient, num_envs, unroll_length,
-                     updates_per_call, memory_length):
+                     updates_per_call, memory_length, encoder_features=32):
   config = r2ac_configs.get_config("default")
   config.network.hidden_size = hidden
+  config.network.encoder_sizes = [encoder_features]
   config.gradient = gradient
   config.num_envs = num_envs
   config.unroll_length = unroll_length
@@ -69,18 +92,22 @@ def time_calls(train, runner, repeats):
   return min(times), runner
 
 
-def run(hidden_sizes, num_envs, unroll_length, updates_per_call,
-        memory_length, repeats):
+def run(sizes, num_envs, unroll_length, updates_per_call, memory_length,
+        repeats, trace_dir=None):
+  """Rows of the table for `sizes`, a list of (N, encoder features)."""
   rows = []
   steps_per_call = updates_per_call * num_envs * unroll_length
-  for hidden in hidden_sizes:
+  for hidden, features in sizes:
     seconds = {}
     for gradient in ("rtrl", "tbptt"):
       config = benchmark_config(hidden, gradient, num_envs, unroll_length,
-                                updates_per_call, memory_length)
+                                updates_per_call, memory_length, features)
       train = anakin.make_train(config)
       runner = train.init(jax.random.PRNGKey(0))
       seconds[gradient], runner = time_calls(train, runner, repeats)
+      if trace_dir:
+        print_top_operations(train, runner, os.path.join(
+            trace_dir, f"N{hidden}_D{features + 1}_{gradient}"))
       if gradient == "rtrl":
         sensitivities = runner.core_state.sensitivities
     sensitivity_bytes = sum(s.nbytes for s in jax.tree.leaves(sensitivities))
@@ -91,43 +118,85 @@ def run(hidden_sizes, num_envs, unroll_length, updates_per_call,
     bare_per_step = bare_seconds / actor_steps
     roofline_seconds = updates_per_call * (unroll_length + 0.5) * bare_per_step
     fraction = roofline_seconds / seconds["rtrl"]
+    added = seconds["rtrl"] - seconds["tbptt"]
+    # Timing noise can make the RTRL call the faster one at tiny sizes.
+    rtrl_part = roofline_seconds / added if added > 0 else float("nan")
+    ceiling = roofline_seconds / (roofline_seconds + seconds["tbptt"])
     for gradient in ("rtrl", "tbptt"):
       rows.append({
-          "N": hidden, "B": num_envs, "M": unroll_length,
+          "N": hidden, "D": features + 1, "B": num_envs, "M": unroll_length,
           "updates_per_call": updates_per_call, "gradient": gradient,
           "env_steps_per_s": steps_per_call / seconds[gradient],
           "ms_per_call": 1e3 * seconds[gradient],
           "sensitivity_MiB": sensitivity_bytes / 2**20,
           "bare_pass_GB_per_s": 2 * sensitivity_bytes / bare_per_step / 1e9,
-          "rtrl_fraction_of_roofline": fraction})
-    print(f"N={hidden}: rtrl {steps_per_call / seconds['rtrl']:,.0f} steps/s, "
+          "rtrl_fraction_of_roofline": fraction,
+          "rtrl_part_fraction_of_roofline": rtrl_part,
+          "ceiling_fraction_of_roofline": ceiling})
+    print(f"N={hidden}, D={features + 1}: rtrl {steps_per_call / seconds['rtrl']:,.0f} steps/s, "
           f"tbptt {steps_per_call / seconds['tbptt']:,.0f} steps/s; RTRL loop "
-          f"at {fraction:.1%} of its sensitivity-bandwidth roofline", flush=True)
+          f"at {fraction:.1%} of its sensitivity-bandwidth roofline (the work RTRL "
+          f"adds at {rtrl_part:.0%}; ceiling with the TBPTT loop's other work "
+          f"{ceiling:.0%})", flush=True)
   return rows
 
 
+def print_top_operations(train, runner, trace_dir):
+  # Without donation the runner stays valid across the traced calls.
+  update = jax.jit(train.update.__wrapped__)
+  ops = timing.top_operations(lambda: update(runner), trace_dir)
+  print(f"{trace_dir}: longest XLA operations (ms per call, runs per call)")
+  for name, ms, runs in ops:
+    print(f"  {ms:9.2f} ms  x{runs:6.0f}  {name}")
+
+
+def parse_sizes(hidden, features):
+  """[(N, encoder features)] from the --hidden and --encoder_features lists."""
+  def positive(flag, text):
+    try:
+      value = int(text)
+    except ValueError:
+      value = 0
+    if value <= 0:
+      raise app.UsageError(f"--{flag}: {text!r} is not a positive int")
+    return value
+  hidden = [positive("hidden", n) for n in hidden]
+  features = [positive("encoder_features", f) for f in features]
+  if len(features) == 1:
+    features = features * len(hidden)
+  if len(features) != len(hidden):
+    raise app.UsageError(
+        f"--encoder_features has {len(features)} values for {len(hidden)} "
+        "hidden sizes; give one value or one per --hidden entry")
+  return list(zip(hidden, features))
+
+
 def format_table(rows):
-  header = (f"{'N':>4} {'B':>4} {'M':>3} {'gradient':<8} {'env steps/s':>12} "
-            f"{'ms/call':>9} {'S MiB':>7} {'bare GB/s':>9} {'RTRL roofline':>13}")
+  header = (f"{'N':>4} {'D':>4} {'B':>4} {'M':>3} {'gradient':<8} "
+            f"{'env steps/s':>12} {'ms/call':>9} {'S MiB':>7} {'bare GB/s':>9} "
+            f"{'RTRL roofline':>13} {'RTRL part':>9} {'ceiling':>7}")
   lines = [header, "-" * len(header)]
   for r in rows:
     lines.append(
-        f"{r['N']:>4} {r['B']:>4} {r['M']:>3} {r['gradient']:<8} "
+        f"{r['N']:>4} {r['D']:>4} {r['B']:>4} {r['M']:>3} {r['gradient']:<8} "
         f"{r['env_steps_per_s']:>12,.0f} {r['ms_per_call']:>9.1f} "
         f"{r['sensitivity_MiB']:>7.2f} {r['bare_pass_GB_per_s']:>9.1f} "
-        f"{r['rtrl_fraction_of_roofline']:>13.1%}")
+        f"{r['rtrl_fraction_of_roofline']:>13.1%} "
+        f"{r['rtrl_part_fraction_of_roofline']:>9.0%} "
+        f"{r['ceiling_fraction_of_roofline']:>7.0%}")
   return "\n".join(lines)
 
 
 def main(argv):
   del argv
   if _QUICK.value:
-    hidden, num_envs, updates, repeats = [16], 8, 2, 1
+    sizes, num_envs, updates, repeats = [(16, 8)], 8, 2, 1
   else:
-    hidden = [int(n) for n in _HIDDEN.value]
+    sizes = parse_sizes(_HIDDEN.value, _FEATURES.value)
     num_envs, updates, repeats = _NUM_ENVS.value, _UPDATES.value, _REPEATS.value
   print(f"devices: {jax.devices()}", flush=True)
-  rows = run(hidden, num_envs, _UNROLL.value, updates, _MEMORY.value, repeats)
+  rows = run(sizes, num_envs, _UNROLL.value, updates, _MEMORY.value, repeats,
+             _TRACE_DIR.value)
   print(format_table(rows))
   os.makedirs(_OUT_DIR.value, exist_ok=True)
   path = os.path.join(_OUT_DIR.value, "benchmark_anakin.csv")

@@ -2,9 +2,15 @@
 
 `measure` times a compiled function (minimum over repeats) and reports its
 compiled memory; `bare_sensitivity_pass` is the memory-bandwidth floor of an
-RTRL step: one read and one write of every sensitivity byte per step.
+RTRL step: one read and one write of every sensitivity byte per step;
+`top_operations` profiles calls and lists the XLA operations that take longest.
 """
 
+import collections
+import glob
+import gzip
+import json
+import os
 import time
 
 import jax
@@ -39,3 +45,36 @@ def bare_sensitivity_pass(sensitivities, num_steps):
     return jax.tree.map(lambda s: a * s + b, sensitivities), None
 
   return jax.lax.scan(step, sensitivities, steps)[0]
+
+
+def top_operations(call, trace_dir, calls=3, top=10):
+  """Runs `call()` `calls` times under `jax.profiler` and ranks XLA operations.
+
+  Writes the trace (TensorBoard/XProf files and a Perfetto JSON, open it at
+  ui.perfetto.dev) under `trace_dir`, and returns up to `top` tuples
+  (operation name, ms per call, executions per call), longest first. Only
+  XLA's own operations (fusions, loops, copies, dots; lower-case names) are
+  ranked, not the Python frames and runtime events around them; a loop's
+  time includes its body's operations, which are ranked too.
+  """
+  os.makedirs(trace_dir, exist_ok=True)
+  jax.block_until_ready(call())        # compile outside the trace
+  with jax.profiler.trace(trace_dir, create_perfetto_trace=True):
+    for _ in range(calls):
+      jax.block_until_ready(call())
+  paths = sorted(glob.glob(os.path.join(trace_dir, "**",
+                                        "*perfetto_trace.json.gz"),
+                           recursive=True), key=os.path.getmtime)
+  with gzip.open(paths[-1]) as f:
+    trace = json.load(f)
+  events = trace["traceEvents"] if isinstance(trace, dict) else trace
+  total, count = collections.Counter(), collections.Counter()
+  for event in events:
+    name = event.get("name", "")
+    if (event.get("ph") != "X" or not name[:1].islower()
+        or any(c in name for c in " :()")):
+      continue
+    total[name] += event.get("dur", 0)      # microseconds
+    count[name] += 1
+  return [(name, micros / calls / 1e3, count[name] / calls)
+          for name, micros in total.most_common(top)]

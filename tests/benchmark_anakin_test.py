@@ -1,0 +1,63 @@
+"""experiments/benchmark_anakin.py: a smoke run of its --quick mode.
+
+Timings are not checked (they are noise at these sizes); the test checks that
+the script runs both gradients, writes the CSV with every column, computes the
+roofline fractions from its own measurements and writes a profiler trace.
+"""
+
+import csv
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+from absl import app
+from run_helpers import ROOT, script_environment
+
+sys.path.insert(0, ROOT)
+# pylint: disable=g-import-not-at-top,wrong-import-position
+from experiments import benchmark_anakin
+# pylint: enable=g-import-not-at-top,wrong-import-position
+
+
+def test_quick_run_writes_csv_and_trace(tmp_path):
+  trace_dir = tmp_path / "trace"
+  result = subprocess.run(
+      [sys.executable, "-m", "experiments.benchmark_anakin", "--quick",
+       f"--out_dir={tmp_path}", f"--trace_dir={trace_dir}"],
+      cwd=ROOT, env=script_environment(), capture_output=True, text=True,
+      timeout=300)
+  assert result.returncode == 0, result.stderr[-3000:]
+  with open(tmp_path / "benchmark_anakin.csv") as f:
+    rows = list(csv.DictReader(f))
+  assert [r["gradient"] for r in rows] == ["rtrl", "tbptt"]
+  rtrl, tbptt = rows
+  seconds = {r["gradient"]: float(r["ms_per_call"]) for r in rows}
+  # Both rows carry the same per-size fractions, derived from the timings:
+  # roofline = f·t_rtrl, and ceiling = roofline / (roofline + t_tbptt).
+  fraction = float(rtrl["rtrl_fraction_of_roofline"])
+  ceiling = float(rtrl["ceiling_fraction_of_roofline"])
+  assert 0 < fraction and 0 < ceiling < 1
+  roofline = fraction * seconds["rtrl"]
+  assert math.isclose(ceiling, roofline / (roofline + seconds["tbptt"]),
+                      rel_tol=1e-6)
+  assert rtrl["ceiling_fraction_of_roofline"] == tbptt[
+      "ceiling_fraction_of_roofline"]
+  assert (rtrl["N"], rtrl["D"]) == ("16", "9")
+  for gradient in ("rtrl", "tbptt"):
+    folder = trace_dir / f"N16_D9_{gradient}"
+    assert f"{folder}: longest XLA operations" in result.stdout
+    assert any(name.endswith("perfetto_trace.json.gz")
+               for _, _, names in os.walk(folder) for name in names)
+
+
+def test_sizes_pair_hidden_and_features():
+  assert benchmark_anakin.parse_sizes(["64", "512"], ["32", "256"]) == [
+      (64, 32), (512, 256)]
+  assert benchmark_anakin.parse_sizes(["64", "256"], ["32"]) == [
+      (64, 32), (256, 32)]
+  with pytest.raises(app.UsageError, match="'x' is not a positive int"):
+    benchmark_anakin.parse_sizes(["64", "x"], ["32"])
+  with pytest.raises(app.UsageError, match="2 values for 3 hidden sizes"):
+    benchmark_anakin.parse_sizes(["1", "2", "3"], ["4", "5"])
