@@ -38,7 +38,7 @@ bench: $(STAMP)
 	$(PY) -m experiments.benchmark_cells
 
 bench-anakin: $(STAMP)
-	$(PY) -m experiments.benchmark_anakin
+	$(PY) -m experiments.benchmark_anakin --hidden=64,256,512 --encoder_features=32,32,256
 
 # The reproduction study (docs/RESULTS.md): hours on 2 cores; resumable.
 study: $(STAMP)
