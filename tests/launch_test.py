@@ -75,3 +75,42 @@ def test_tpu_pod_needs_a_name_and_zone():
                           timeout=30)
   assert result.returncode == 2
   assert "--tpu and --zone are required" in result.stderr
+
+
+@pytest.mark.timeout(60)
+def test_accelerator_benchmarks_fetch_pins_python312_wheels():
+  (line,) = dry_run("accelerator_benchmarks.sh", "fetch", "--dry-run",
+                    env={"PYTHON": "py"})
+  assert line.startswith("py -m pip download ")
+  assert "--python-version 3.12" in line and "-d .whl" in line
+  for pin in ("ml-collections==1.1.0", "rlax==0.1.9", "gymnax==1.0.1",
+              "tfp-nightly==0.26.0.dev20261027"):
+    assert pin in line
+
+
+@pytest.mark.timeout(60)
+def test_accelerator_benchmarks_run_installs_then_benchmarks():
+  lines = dry_run("accelerator_benchmarks.sh", "run", "--dry-run",
+                  "--out", "/tmp/o", env={"PYTHON": "py"})
+  assert lines[0].startswith("py -m pip install --quiet --no-index --no-deps")
+  assert lines[0].endswith("--target /tmp/site .whl/*.whl")
+  runs = [l for l in lines if "experiments.benchmark_anakin" in l]
+  assert [r.split("--num_envs=")[1].split()[0] for r in runs] == ["64", "1024"]
+  for r in runs:
+    assert r.startswith("PYTHONPATH=/tmp/site:")
+    assert "--hidden=64,256,512 --encoder_features=32,32,256" in r
+  assert runs[1].endswith("--out_dir=/tmp/o/b1024")
+  quick = dry_run("accelerator_benchmarks.sh", "run", "--dry-run", "--quick",
+                  "--out", "/tmp/o", env={"PYTHON": "py"})
+  assert quick[-1].endswith("-m experiments.benchmark_anakin --quick "
+                            "--out_dir=/tmp/o/quick")
+
+
+@pytest.mark.timeout(60)
+def test_accelerator_benchmarks_rejects_bad_arguments():
+  for args in (["bogus"], ["run", "--fast"]):
+    result = subprocess.run(
+        ["bash", os.path.join(LAUNCH, "accelerator_benchmarks.sh"), *args],
+        cwd=ROOT, capture_output=True, text=True, timeout=30)
+    assert result.returncode == 2
+    assert args[-1] in result.stderr
