@@ -3,7 +3,7 @@
 from setuptools import find_packages, setup
 
 # Pinned to versions that install together on Python 3.11 (jax 0.11+ and
-# envpool 1.2.6+ need Python 3.12); see docs/INSTALL.md.
+# envpool 1.2.6+ need Python 3.12); see the README.
 CORE = [
     "jax==0.10.2",
     "jaxlib==0.10.2",

@@ -37,8 +37,10 @@ from rtrl_jax.core import bptt, rtrl
 # XLA:CPU's fusion emitters and LLVM's optimisations they compile about 5x
 # faster (compiling dominates their run time) and give the same numbers to
 # rounding. Pass as `jax.jit(..., compiler_options=FAST_CPU_COMPILE)`.
-FAST_CPU_COMPILE = {"xla_backend_optimization_level": 0,
-                    "xla_cpu_use_fusion_emitters": False}
+# (jaxlib 0.11 has no fusion-emitter option and rejects it.)
+FAST_CPU_COMPILE = {"xla_backend_optimization_level": 0}
+if jax.__version_info__ < (0, 11):
+  FAST_CPU_COMPILE["xla_cpu_use_fusion_emitters"] = False
 
 
 @dataclasses.dataclass(frozen=True)
