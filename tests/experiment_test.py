@@ -170,8 +170,27 @@ def test_checkpoint_keeps_zero_size_leaves(tmp_path):
   assert restored["hidden"].shape == (4, 0)
   np.testing.assert_array_equal(restored["params"][0], state["params"][0])
   np.testing.assert_array_equal(restored["key"], state["key"])
-  with pytest.raises(ValueError, match="do not match"):
-    checkpointer.restore({**template, "extra": jnp.ones(2)})
+  checkpointer.close()
+
+
+@pytest.mark.parametrize("change, reason", [
+    ("extra leaf", "tree structures do not match"),
+    ("missing leaf", "tree structures do not match"),
+    ("other shape", "not compatible with the stored shape"),
+])
+def test_checkpoint_template_mismatch_is_one_line(tmp_path, change, reason):
+  state = {"params": jnp.arange(3.0), "key": jnp.ones((2,), jnp.uint32)}
+  checkpointer = experiment.Checkpointer(str(tmp_path))
+  checkpointer.save(7, state)
+  template = {"extra leaf": {**state, "extra": jnp.ones(2)},
+              "missing leaf": {"params": state["params"]},
+              "other shape": {**state, "params": jnp.zeros(4)}}[change]
+  with pytest.raises(ValueError) as error:
+    checkpointer.restore(template)
+  message = str(error.value)
+  assert "\n" not in message
+  assert message.startswith(f"checkpoint 7 in {tmp_path} does not fit")
+  assert reason in message
   checkpointer.close()
 
 

@@ -54,17 +54,18 @@ class Checkpointer:
     if step is None:
       raise FileNotFoundError(f"no checkpoint in {self.directory}")
     abstract = _without_empty(template, ocp.utils.to_shape_dtype_struct)
-    restored = self._manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(abstract),
-        metadata=ocp.args.JsonRestore()))
+    try:
+      restored = self._manager.restore(step, args=ocp.args.Composite(
+          state=ocp.args.StandardRestore(abstract),
+          metadata=ocp.args.JsonRestore()))
+    except ValueError as error:
+      # Orbax's message lists whole trees; its first line says what differs.
+      reason = str(error).strip().splitlines()[0]
+      raise ValueError(
+          f"checkpoint {step} in {self.directory} does not fit the template "
+          f"(saved from another config or model?): {reason}") from error
     stored = iter(jax.tree.leaves(restored.state))
     template_leaves, treedef = jax.tree.flatten(template)
-    expected = sum(1 for x in template_leaves if np.size(x))
-    found = len(jax.tree.leaves(restored.state))
-    if found != expected:
-      raise ValueError(
-          f"checkpoint {step} in {self.directory} has {found} arrays, "
-          f"the template {expected}")
     # Zero-size leaves were not stored; the template's are the same value.
     leaves = [next(stored) if np.size(x) else x for x in template_leaves]
     return jax.tree.unflatten(treedef, leaves), restored.metadata
