@@ -206,7 +206,8 @@ def write_report(study, workdir, report_dir, grid, run_dir, command):
   def cell(task, system, pick, digits=2):
     values = [pick(run) for run in runs_of(task, system)]
     text = _mean_std(values, digits)
-    done = len(values)
+    # Seeds that contributed: finished runs with a finite value.
+    done = sum(1 for v in values if v is not None and np.isfinite(v))
     return text if done == study.seeds or text == "—" else f"{text} ({done}/{study.seeds})"
 
   header = "| task | frames | " + " | ".join(systems) + " |"

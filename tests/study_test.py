@@ -3,6 +3,7 @@
 import csv
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -97,6 +98,31 @@ def test_rerun_skips_finished_runs_and_report_only_rebuilds(quick_study,
                  f"--report_dir={tmp_path}", env=environment)
   assert result.returncode == 0, result.stderr[-2000:]
   assert result.stdout.count("done before") == study_configs.quick().seeds
+
+
+def test_report_counts_only_seeds_with_a_finite_value(quick_study, environment,
+                                                      tmp_path):
+  workdir, _ = quick_study
+  copy = tmp_path / "study"
+  shutil.copytree(workdir, copy)
+  config = study_configs.quick()
+  path = (copy / "runs" / "memorychain_L4" / "elstm_rtrl_M2" / "seed0"
+          / "final_eval.json")
+  final = json.loads(path.read_text())
+  final["greedy_mean"] = float("nan")      # e.g. a diverged run
+  path.write_text(json.dumps(final))
+  result = study("--quick", f"--workdir={copy}", "--report_only",
+                 f"--report_dir={tmp_path}", env=environment)
+  assert result.returncode == 0, result.stderr[-2000:]
+  report = (tmp_path / "report.md").read_text()
+  greedy = report.split("## Final greedy return")[1].split("## ")[0]
+  lines = greedy.splitlines()
+  header = next(line for line in lines if line.startswith("| task |"))
+  row = next(line for line in lines if line.startswith("| memorychain_L4 |"))
+  cells = dict(zip([c.strip() for c in header.split("|")],
+                   [c.strip() for c in row.split("|")]))
+  assert cells["elstm_rtrl_M2"].endswith(f"({config.seeds - 1}/{config.seeds})")
+  assert not cells["elstm_tbptt_M2"].endswith(")")
 
 
 @pytest.mark.parametrize("args,message", [
