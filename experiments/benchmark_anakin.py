@@ -26,9 +26,10 @@ Two more columns say where the rest of the time goes:
   everything else (environments, encoder, heads, the learner's forward and
   backward pass, V-trace, the optimizer) took what it takes in the TBPTT loop.
 
-    python -m experiments.benchmark_anakin              # N = 64, 256 (minutes)
-    python -m experiments.benchmark_anakin --hidden=512 --encoder_features=256 \
-        --updates_per_call=4                            # the paper's DMLab core
+    python -m experiments.benchmark_anakin              # N = 64, 256 (a minute)
+    # docs/ANAKIN.md's table: adds the paper's DMLab core, N = 512, D = 257
+    python -m experiments.benchmark_anakin --hidden=64,256,512 \
+        --encoder_features=32,32,256
     python -m experiments.benchmark_anakin --quick      # seconds, a smoke run
 
 Prints a table and writes benchmark_anakin.csv into --out_dir.
@@ -133,7 +134,8 @@ def run(sizes, num_envs, unroll_length, updates_per_call, memory_length,
           "rtrl_fraction_of_roofline": fraction,
           "rtrl_part_fraction_of_roofline": rtrl_part,
           "ceiling_fraction_of_roofline": ceiling})
-    print(f"N={hidden}, D={features + 1}: rtrl {steps_per_call / seconds['rtrl']:,.0f} steps/s, "
+    print(f"N={hidden}, D={features + 1}: "
+          f"rtrl {steps_per_call / seconds['rtrl']:,.0f} steps/s, "
           f"tbptt {steps_per_call / seconds['tbptt']:,.0f} steps/s; RTRL loop "
           f"at {fraction:.1%} of its sensitivity-bandwidth roofline (the work RTRL "
           f"adds at {rtrl_part:.0%}; ceiling with the TBPTT loop's other work "

@@ -17,8 +17,9 @@
 #   --quick     run: the benchmark's seconds-long --quick sizes (a rehearsal
 #               of the whole script, e.g. on a CPU with Python 3.12)
 # Environment: PYTHON (default python3; `fetch` prefers .venv/bin/python).
-# The wheels' versions are setup.py's pins; the machine's own JAX (0.11 on the
-# machines lent so far) is used as it is.
+# The wheels' versions are setup.py's pins (tests/launch_test.py checks that
+# they agree) plus those of their small dependencies; the machine's own JAX
+# (0.11 on the machines lent so far) is used as it is.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -38,7 +39,9 @@ while [[ $# -gt 0 ]]; do
   case "$1" in
     --dry-run) DRY_RUN=1; shift ;;
     --quick) QUICK=1; shift ;;
-    --out) OUT_DIR="$2"; shift 2 ;;
+    --out)
+      [[ $# -ge 2 ]] || { echo "accelerator_benchmarks.sh: --out needs a folder" >&2; exit 2; }
+      OUT_DIR="$2"; shift 2 ;;
     *) echo "accelerator_benchmarks.sh: unknown argument '$1'" >&2; exit 2 ;;
   esac
 done

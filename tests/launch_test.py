@@ -1,6 +1,7 @@
 """launch/ scripts: each dry-run prints the commands it would run."""
 
 import os
+import re
 import subprocess
 
 import pytest
@@ -89,6 +90,20 @@ def test_accelerator_benchmarks_fetch_pins_python312_wheels():
 
 
 @pytest.mark.timeout(60)
+def test_accelerator_benchmarks_fetch_pins_agree_with_setup_py():
+  (line,) = dry_run("accelerator_benchmarks.sh", "fetch", "--dry-run")
+  fetched = dict(pin.split("==") for pin in line.split() if "==" in pin)
+  with open(os.path.join(ROOT, "setup.py")) as f:
+    pinned = dict(re.findall(r'"([\w.-]+)==([^"]+)"', f.read()))
+  normal = lambda name: re.sub(r"[-_.]+", "-", name).lower()
+  pinned = {normal(name): version for name, version in pinned.items()}
+  shared = [name for name in fetched if normal(name) in pinned]
+  assert len(shared) >= 7
+  for name in shared:
+    assert fetched[name] == pinned[normal(name)], name
+
+
+@pytest.mark.timeout(60)
 def test_accelerator_benchmarks_run_installs_then_benchmarks():
   lines = dry_run("accelerator_benchmarks.sh", "run", "--dry-run",
                   "--out", "/tmp/o", env={"PYTHON": "py"})
@@ -108,7 +123,7 @@ def test_accelerator_benchmarks_run_installs_then_benchmarks():
 
 @pytest.mark.timeout(60)
 def test_accelerator_benchmarks_rejects_bad_arguments():
-  for args in (["bogus"], ["run", "--fast"]):
+  for args in (["bogus"], ["run", "--fast"], ["run", "--out"]):
     result = subprocess.run(
         ["bash", os.path.join(LAUNCH, "accelerator_benchmarks.sh"), *args],
         cwd=ROOT, capture_output=True, text=True, timeout=30)
