@@ -19,7 +19,6 @@ def probe_config(**changes):
   for key, value in changes.items():
     if key == "core":
       config.network.core = value
-      config.network.core_kwargs = {}   # forget_bias is the eLSTM's
     else:
       setattr(config, key, value)
   return config

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from experiments.configs import r2ac as r2ac_configs
+import rtrl_jax
 from rtrl_jax import anakin
 from rtrl_jax.agents import r2ac
 
@@ -121,7 +122,6 @@ def test_rtrl_over_two_unrolls_equals_bptt_over_their_concatenation(core):
   sensitivities) == ∇ Σ_k loss_k by BPTT through both unrolls."""
   config = tiny_config()
   config.network.core = core
-  config.network.core_kwargs = ({"forget_bias": 1.0} if core == "elstm" else {})
   steps, batch = 4, 2
   agent = r2ac.make_agent(config, (3,), 2)
   params = agent.init(jax.random.PRNGKey(1))
@@ -204,10 +204,36 @@ def test_truncation_bootstraps_from_final_observation():
       shift, -config.loss.baseline_cost * config.loss.discount * 5.0, rtol=1e-5)
 
 
+@pytest.mark.parametrize("core", sorted(r2ac.CORES))
+def test_every_core_runs_from_the_default_config(core):
+  # Only `--config.network.core=...` changes: each core gets its own
+  # network.core_kwargs entry (none for most), never another core's.
+  config = r2ac_configs.default()
+  config.network.core = core
+  config.gradient = "rtrl" if core in rtrl_jax.CELLS else "tbptt"
+  r2ac_configs.check(config)
+  agent = r2ac.make_agent(config, (3,), 2)
+  expected = dict(config.network.core_kwargs.get(core, {}))
+  for name, value in expected.items():
+    assert getattr(agent.core, name) == value
+  params = agent.init(jax.random.PRNGKey(0))
+  state = agent.initial_core_state(params, 2)
+  _, out = agent.act(params, state, jnp.ones((2, 3)), jnp.zeros((2,)),
+                     jnp.ones((2,), bool), jax.random.PRNGKey(1))
+  assert out.logits.shape == (2, 2) and np.all(np.isfinite(out.logits))
+
+
+def test_core_kwargs_that_do_not_fit_the_core_are_one_line_errors():
+  config = tiny_config()
+  config.network.core_kwargs.elstm.window = 3      # a QRNN argument
+  with pytest.raises(ValueError, match=r"network.core_kwargs.elstm=\{.*'window': 3"
+                     r".*\} does not fit ELSTM: .*'window'"):
+    r2ac.make_agent(config, (3,), 2)
+
+
 def test_bad_core_gradient_combination_is_rejected():
   config = tiny_config()
   config.network.core = "lstm"
-  config.network.core_kwargs = {}
   with pytest.raises(ValueError, match=r"gradient='rtrl' needs a core with exact RTRL"):
     r2ac.make_agent(config, (3,), 2)
 

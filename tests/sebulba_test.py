@@ -13,7 +13,6 @@ import sys
 import textwrap
 
 import jax
-import ml_collections
 import numpy as np
 import pytest
 
@@ -41,7 +40,6 @@ def _close(a, b, rtol=1e-5, atol=1e-6):
 def feedforward(config):
   """A memoryless core trained with TBPTT: the cheapest agent to compile."""
   config.network.core, config.gradient = "feedforward", "tbptt"
-  config.network.core_kwargs = ml_collections.ConfigDict()
 
 
 class _Hook:

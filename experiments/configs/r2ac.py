@@ -8,7 +8,9 @@
 Override on the command line, e.g. `--config.gradient=tbptt
 --config.network.core=lstm --config.unroll_length=10`.
 Cores: any of rtrl_jax.CELLS (gradient rtrl, tbptt or bptt), lstm or
-feedforward (gradient tbptt or bptt). Full-episode BPTT, e.g. on
+feedforward (gradient tbptt or bptt). `network.core_kwargs.<core>` holds the
+keyword arguments of that core only (the others ignore it), e.g.
+`--config.network.core_kwargs.elstm.forget_bias=3.0`. Full-episode BPTT, e.g. on
 MemoryChain(10)'s 11-step episodes:
 `--config.gradient=bptt --config.unroll_length=11
 --config.env.kwargs.max_steps_in_episode=11`. Paper values (paper-notes §4.4) are the loss/optimizer
@@ -35,7 +37,10 @@ def default():
       obs_scale=1.0,
       core="elstm",
       hidden_size=64,
-      core_kwargs=ml_collections.ConfigDict(dict(forget_bias=1.0)),
+      # Per core: what is passed to that core's constructor.
+      core_kwargs=ml_collections.ConfigDict(dict(
+          elstm=dict(forget_bias=1.0), qrnn=dict(forget_bias=1.0),
+          lstm=dict(forget_bias=1.0))),
   ))
   # rtrl | tbptt (M = unroll_length) | bptt (whole episodes: every unroll
   # starts fresh episodes; unroll_length >= the env's max_episode_steps)

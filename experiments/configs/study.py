@@ -185,7 +185,8 @@ def run_config(study, task_name, system_name, seed):
   for key, value in task.network.items():
     setattr(config.network, key, value)
   config.network.core_kwargs = ml_collections.ConfigDict(
-      {} if core == "feedforward" else dict(forget_bias=study.forget_bias))
+      {} if core == "feedforward"
+      else {core: dict(forget_bias=study.forget_bias)})
   config.gradient = gradient
   config.unroll_length = unroll
   config.num_envs = study.frames_per_update // unroll

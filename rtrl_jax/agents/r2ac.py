@@ -98,7 +98,8 @@ def make_agent(config, obs_shape, num_actions) -> Agent:
 
   Args:
     config: ConfigDict with `network` (encoder, encoder_sizes, feature_size,
-      obs_scale, core, hidden_size, core_kwargs), `gradient` ("rtrl" |
+      obs_scale, core, hidden_size, core_kwargs: {core name: keyword
+      arguments of that core}), `gradient` ("rtrl" |
       "tbptt" | "bptt") and `loss` (discount, baseline_cost, entropy_cost,
       reward_clip, clip_rho, clip_pg_rho, lambda_).
     obs_shape: shape of one observation.
@@ -115,7 +116,13 @@ def make_agent(config, obs_shape, num_actions) -> Agent:
     raise ValueError(
         f"gradient='rtrl' needs a core with exact RTRL {sorted(rtrl_jax.CELLS)}, "
         f"got network.core={net.core!r} (use gradient='tbptt')")
-  core = CORES[net.core](net.hidden_size, **dict(net.get("core_kwargs", {})))
+  core_kwargs = dict(net.get("core_kwargs", {}).get(net.core, {}))
+  try:
+    core = CORES[net.core](net.hidden_size, **core_kwargs)
+  except TypeError as error:
+    raise ValueError(
+        f"network.core_kwargs.{net.core}={core_kwargs} does not fit "
+        f"{CORES[net.core].__name__}: {error}") from error
   if net.encoder == "mlp":
     encoder = MLPEncoder(tuple(net.encoder_sizes), net.obs_scale)
   elif net.encoder == "impala":
