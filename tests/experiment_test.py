@@ -120,8 +120,23 @@ def test_check_config_unknown_key_and_good_config():
 def test_locked_config_key_error_names_the_flag():
   argv = ["script", "--config.env.kwargs.max_step=4"]
   assert experiment.cli.describe_flag_error(KeyError("max_step"), argv) == (
-      "config.env.kwargs.max_step: unknown key (the config file defines no "
-      "such key)")
+      "config.env.kwargs.max_step: unknown key 'max_step' (the config file "
+      "defines no such key)")
+  # A missing key in the middle of the path names that key.
+  argv = ["script", "--config.network.core_kwargs.gru.size=4"]
+  assert experiment.cli.describe_flag_error(KeyError("gru"), argv) == (
+      "config.network.core_kwargs.gru.size: unknown key 'gru' (the config "
+      "file defines no such key)")
+  # Only the quotes str(KeyError) puts around the message are removed.
+  argv = ["script", "--config.optimizer.learning_rat=0.1"]
+  error = KeyError("'learning_rat' Did you mean 'learning_rate' instead?")
+  assert experiment.cli.describe_flag_error(error, argv) == (
+      "config.optimizer.learning_rat: 'learning_rat' Did you mean "
+      "'learning_rate' instead?")
+  argv = ["script", "--config.optimizer.decay=abc"]
+  error = ValueError("could not convert string to float: 'abc'")
+  assert experiment.cli.describe_flag_error(error, argv) == (
+      "config.optimizer.decay: could not convert string to float: 'abc'")
 
 
 def test_script_config_errors_are_one_line_naming_the_key(tmp_path):

@@ -8,16 +8,45 @@
 Override on the command line, e.g. `--config.gradient=tbptt
 --config.network.core=lstm --config.unroll_length=10`.
 Cores: any of rtrl_jax.CELLS (gradient rtrl, tbptt or bptt), lstm or
-feedforward (gradient tbptt or bptt). `network.core_kwargs.<core>` holds the
-keyword arguments of that core only (the others ignore it), e.g.
-`--config.network.core_kwargs.elstm.forget_bias=3.0`. Full-episode BPTT, e.g. on
+feedforward (gradient tbptt or bptt). `network.core_kwargs.<core>` holds
+every constructor argument of that core with its default (the other cores
+ignore it), e.g. `--config.network.core_kwargs.elstm.forget_bias=3.0` or
+`--config.network.core=lru --config.network.core_kwargs.lru.r_min=0.8`. Full-episode BPTT, e.g. on
 MemoryChain(10)'s 11-step episodes:
 `--config.gradient=bptt --config.unroll_length=11
 --config.env.kwargs.max_steps_in_episode=11`. Paper values (paper-notes §4.4) are the loss/optimizer
 defaults below; only sizes are scaled down for a 2-core CPU.
 """
 
+import dataclasses
+
 import ml_collections
+
+
+def core_kwargs():
+  """{core name: its constructor's keyword arguments}, defaults included.
+
+  Read from the cores themselves (dataclass fields) so that the command line
+  can set any of them; R2AC raises the initial forget-gate bias to 1.0 where
+  a core has one.
+  """
+  # pylint: disable=g-import-not-at-top
+  from rtrl_jax.agents.r2ac import CORES
+  # pylint: enable=g-import-not-at-top
+  out = {}
+  for name, core in CORES.items():
+    kwargs = {}
+    for field in dataclasses.fields(core):
+      if field.name == "hidden_size" or field.default is dataclasses.MISSING:
+        continue
+      # A None default still takes a value of the annotated type.
+      kwargs[field.name] = (
+          ml_collections.FieldReference(None, field_type=field.type)
+          if field.default is None else field.default)
+    if "forget_bias" in kwargs:
+      kwargs["forget_bias"] = 1.0
+    out[name] = ml_collections.ConfigDict(kwargs)
+  return ml_collections.ConfigDict(out)
 
 
 def default():
@@ -32,15 +61,12 @@ def default():
   ))
   config.network = ml_collections.ConfigDict(dict(
       encoder="mlp",            # mlp | impala (pixels)
-      encoder_sizes=[32],
+      encoder_sizes=(32,),
       feature_size=256,         # impala only
       obs_scale=1.0,
       core="elstm",
       hidden_size=64,
-      # Per core: what is passed to that core's constructor.
-      core_kwargs=ml_collections.ConfigDict(dict(
-          elstm=dict(forget_bias=1.0), qrnn=dict(forget_bias=1.0),
-          lstm=dict(forget_bias=1.0))),
+      core_kwargs=core_kwargs(),   # per core: its constructor's arguments
   ))
   # rtrl | tbptt (M = unroll_length) | bptt (whole episodes: every unroll
   # starts fresh episodes; unroll_length >= the env's max_episode_steps)
@@ -99,7 +125,7 @@ def minigrid():
   config = default()
   config.env.name = "xminigrid:MiniGrid-MemoryS8"
   config.env.kwargs = ml_collections.ConfigDict()
-  config.network.encoder_sizes = [64]
+  config.network.encoder_sizes = (64,)
   config.network.obs_scale = 0.1
   config.unroll_length = 20
   return config

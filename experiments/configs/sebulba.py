@@ -43,7 +43,7 @@ def default():
       name="MiniGrid-MemoryS7-v0",
       kwargs=ml_collections.ConfigDict(),
   ))
-  config.network.encoder_sizes = [64]
+  config.network.encoder_sizes = (64,)
   config.network.obs_scale = 0.1
   config.unroll_length = 20
   config.total_updates = 2000
@@ -51,8 +51,8 @@ def default():
       num_actor_threads=2,
       num_envs_per_thread=16,
       envpool_threads=1,
-      actor_device_ids=[0],
-      learner_device_ids=[],
+      actor_device_ids=(0,),
+      learner_device_ids=(),
       synchronous=False,
       queue_size=1,
   ))
@@ -66,7 +66,7 @@ def default():
 def tiny():
   config = default()
   config.network.hidden_size = 16
-  config.network.encoder_sizes = [16]
+  config.network.encoder_sizes = (16,)
   config.unroll_length = 4
   config.total_updates = 6
   config.sebulba.num_actor_threads = 1

@@ -21,16 +21,21 @@ def describe_flag_error(error, argv):
   lines = [line.strip() for line in str(error).splitlines() if line.strip()]
   if any(line.startswith("Traceback") for line in lines):
     lines = lines[-1:]
-  text = " ".join(lines).replace("\\n", " ").replace("\\'", "'")
-  text = text.strip("'\" ")
+  text = " ".join(lines).replace("\\n", " ").replace("\\'", "'").strip()
+  if len(text) >= 2 and text[0] == text[-1] and text[0] in "'\"":
+    text = text[1:-1].strip()       # the quotes str(KeyError) adds
   for arg in argv[1:]:
     match = re.match(r"--(config\.[\w.]+)", arg)
-    if match and match.group(1).rsplit(".", 1)[-1] in text:
-      if text == match.group(1).rsplit(".", 1)[-1]:
-        # A locked ConfigDict's KeyError says only the key's name.
-        return (f"{match.group(1)}: unknown key (the config file defines no "
-                f"such key)")
-      return f"{match.group(1)}: {text}"
+    if not match:
+      continue
+    key = match.group(1)
+    if text in key.split(".")[1:]:
+      # A locked ConfigDict's KeyError says only the (first) missing key.
+      return (f"{key}: unknown key {text!r} (the config file defines no such "
+              f"key)")
+    value = arg.split("=", 1)[1] if "=" in arg else None
+    if key.rsplit(".", 1)[-1] in text or (value and f"'{value}'" in text):
+      return f"{key}: {text}"
   return text or type(error).__name__
 
 
