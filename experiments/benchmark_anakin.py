@@ -57,7 +57,9 @@ _UNROLL = flags.DEFINE_integer("unroll_length", 5, "Unroll length M.")
 _UPDATES = flags.DEFINE_integer("updates_per_call", 20, "Updates per call.")
 _MEMORY = flags.DEFINE_integer("memory_length", 10, "MemoryChain length.")
 _REPEATS = flags.DEFINE_integer("repeats", 3, "Timed calls (the minimum is kept).")
-_OUT_DIR = flags.DEFINE_string("out_dir", "docs/benchmarks", "Where the CSV goes.")
+_OUT_DIR = flags.DEFINE_string(
+    "out_dir", "docs/benchmarks",
+    "Where the CSV goes (--quick: runs/quick_benchmarks unless given).")
 _QUICK = flags.DEFINE_bool("quick", False, "Tiny sizes, for a smoke run.")
 _TRACE_DIR = flags.DEFINE_string(
     "trace_dir", None,
@@ -200,8 +202,9 @@ def main(argv):
   rows = run(sizes, num_envs, _UNROLL.value, updates, _MEMORY.value, repeats,
              _TRACE_DIR.value)
   print(format_table(rows))
-  os.makedirs(_OUT_DIR.value, exist_ok=True)
-  path = os.path.join(_OUT_DIR.value, "benchmark_anakin.csv")
+  out_dir = timing.output_dir(_OUT_DIR, _QUICK.value)
+  os.makedirs(out_dir, exist_ok=True)
+  path = os.path.join(out_dir, "benchmark_anakin.csv")
   with open(path, "w", newline="") as f:
     writer = csv.DictWriter(f, fieldnames=list(rows[0]))
     writer.writeheader()

@@ -43,7 +43,9 @@ _BATCH = flags.DEFINE_integer("batch", 32, "Batch size B.")
 _INPUT = flags.DEFINE_integer("input_size", 257, "Input size D.")
 _TRUNCATION = flags.DEFINE_integer("truncation", 10, "TBPTT chunk length M.")
 _REPEATS = flags.DEFINE_integer("repeats", 3, "Timed runs (the minimum is kept).")
-_OUT_DIR = flags.DEFINE_string("out_dir", "docs/benchmarks", "Where CSV and PNG go.")
+_OUT_DIR = flags.DEFINE_string(
+    "out_dir", "docs/benchmarks",
+    "Where CSV and PNG go (--quick: runs/quick_benchmarks unless given).")
 _QUICK = flags.DEFINE_bool("quick", False, "Tiny sizes, for a smoke run.")
 
 
@@ -174,13 +176,14 @@ def main(argv):
   rows = run(hidden, lengths, _BATCH.value, _INPUT.value, _TRUNCATION.value,
              repeats)
   print_table(rows)
-  os.makedirs(_OUT_DIR.value, exist_ok=True)
-  csv_path = os.path.join(_OUT_DIR.value, "benchmark_cells.csv")
+  out_dir = timing.output_dir(_OUT_DIR, _QUICK.value)
+  os.makedirs(out_dir, exist_ok=True)
+  csv_path = os.path.join(out_dir, "benchmark_cells.csv")
   with open(csv_path, "w", newline="") as f:
     writer = csv.DictWriter(f, fieldnames=list(rows[0]))
     writer.writeheader()
     writer.writerows(rows)
-  png_path = os.path.join(_OUT_DIR.value, "benchmark_cells.png")
+  png_path = os.path.join(out_dir, "benchmark_cells.png")
   plot(rows, png_path)
   print(f"wrote {csv_path} and {png_path}")
 

@@ -21,8 +21,10 @@ from rtrl_jax import experiment
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A run folder of "
                                "experiments/r2ac_anakin.py.", required=True)
-_SEEDS = flags.DEFINE_integer("seeds", 5, "Number of evaluation seeds.")
-_EPISODES = flags.DEFINE_integer("episodes", 32, "Episodes per seed.")
+_SEEDS = flags.DEFINE_integer("seeds", 5, "Number of evaluation seeds.",
+                              lower_bound=1)
+_EPISODES = flags.DEFINE_integer("episodes", 32, "Episodes per seed.",
+                                 lower_bound=1)
 _ACTIONS = flags.DEFINE_list("actions", ["greedy", "sampled"],
                              "greedy (argmax) and/or sampled.")
 _CALL = flags.DEFINE_integer("call", None,
@@ -36,7 +38,7 @@ def main(argv):
     sys.exit(f"error: --actions: unknown {unknown}; use greedy and/or sampled")
   try:
     config, train, runner, metadata = evaluation.restore_run(_WORKDIR.value, _CALL.value)
-  except FileNotFoundError as error:
+  except (FileNotFoundError, ValueError) as error:
     sys.exit(f"error: {error}")
   print(f"{_WORKDIR.value}: checkpoint of call {metadata.get('call')} "
         f"(update {int(runner.update)}), {config.env.name} "

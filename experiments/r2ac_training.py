@@ -117,13 +117,12 @@ def run(config, workdir, resume, make_extra_evaluation=None):
   gradient-alignment probe).
   """
   r2ac_configs.check(config)
-  checkpointer, resume_step = experiment.prepare_workdir(
-      workdir, config, resume, max_to_keep=config.run.max_checkpoints)
-  try:
+  try:      # before prepare_workdir: a bad config leaves no run folder behind
     train = anakin.make_train(config)
   except (TypeError, ValueError) as error:
-    checkpointer.close()
     raise experiment.ConfigError(str(error).splitlines()[0]) from error
+  checkpointer, resume_step = experiment.prepare_workdir(
+      workdir, config, resume, max_to_keep=config.run.max_checkpoints)
   runner = train.init(jax.random.PRNGKey(config.seed))
   if resume_step is not None:
     runner, _ = checkpointer.restore(runner, resume_step)

@@ -47,6 +47,15 @@ def bare_sensitivity_pass(sensitivities, num_steps):
   return jax.lax.scan(step, sensitivities, steps)[0]
 
 
+def output_dir(out_dir_flag, quick):
+  """Where a benchmark writes: --out_dir, except that a --quick smoke run
+  without an explicit --out_dir goes to runs/quick_benchmarks instead of over
+  the committed results in docs/benchmarks."""
+  if quick and not out_dir_flag.present:
+    return os.path.join("runs", "quick_benchmarks")
+  return out_dir_flag.value
+
+
 def top_operations(call, trace_dir, calls=3, top=10):
   """Runs `call()` `calls` times under `jax.profiler` and ranks XLA operations.
 

@@ -33,7 +33,11 @@ WHEELS=(
 PLATFORMS="--platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64"
 
 MODE="${1:-}"
-[[ $# -gt 0 ]] && shift
+if [[ "$MODE" != fetch && "$MODE" != run ]]; then
+  echo "accelerator_benchmarks.sh: the first argument must be 'fetch' or 'run', got '$MODE'" >&2
+  exit 2
+fi
+shift
 DRY_RUN=0; QUICK=0; OUT_DIR="${OUT:-runs/accelerator_benchmarks}"
 while [[ $# -gt 0 ]]; do
   case "$1" in
@@ -67,9 +71,6 @@ case "$MODE" in
       done
     fi
     ;;
-  *)
-    echo "accelerator_benchmarks.sh: the first argument must be 'fetch' or 'run', got '$MODE'" >&2
-    exit 2 ;;
 esac
 
 if [[ "$DRY_RUN" -eq 1 ]]; then

@@ -61,8 +61,14 @@ class Train(NamedTuple):
 
 
 def make_mesh(num_devices=None):
-  devices = jax.devices()[:num_devices] if num_devices else jax.devices()
-  return jax.sharding.Mesh(devices, ("data",))
+  """A 1-D "data" mesh over the first `num_devices` devices (None: all)."""
+  devices = jax.devices()
+  if num_devices and num_devices > len(devices):
+    raise ValueError(
+        f"num_devices={num_devices}, but this process sees {len(devices)} "
+        f"device(s): {devices}")
+  return jax.sharding.Mesh(devices[:num_devices] if num_devices else devices,
+                           ("data",))
 
 
 def make_train(config, mesh=None) -> Train:

@@ -108,22 +108,35 @@ def make_suite(suite, name, kwargs=None, num_threads=0) -> Suite:
     num_threads: envpool worker threads per instance (0: one per env).
 
   Raises:
-    ValueError: unknown suite, or a non-discrete action space.
+    ValueError: unknown suite or envpool id, an id of another suite, or a
+      non-discrete action space.
     ImportError: Procgen without Qt5 (the message says what to install).
   """
   import envpool  # pylint: disable=g-import-not-at-top
   options = envpool_options(suite, kwargs)
+  if name not in envpool.list_all_envs():
+    raise ValueError(f"env.name={name!r} is not an envpool environment id "
+                     "(envpool.list_all_envs() lists them)")
   try:
     spec = envpool.make_spec(name, **options)
   except ImportError as error:
     if suite == "procgen":
       raise ImportError(f"{QT_HINT} ({error})") from error
     raise
+  except TypeError as error:      # an option this environment does not have
+    raise ValueError(
+        f"env.name={name!r} does not take the options of env.suite="
+        f"{suite!r} ({error}); is env.suite right, and env.kwargs?") from error
   space = spec.action_space
   if not hasattr(space, "n"):
     raise ValueError(f"{name}: needs a discrete action space, got {space}")
   observation = OBSERVATIONS[suite]
   raw_space = spec.observation_space
+  if (suite == "minigrid") != hasattr(raw_space, "spaces"):
+    raise ValueError(
+        f"env.name={name!r} does not belong to env.suite={suite!r} (its "
+        f"observation space is {type(raw_space).__name__}; minigrid has a "
+        "Dict space, the other suites pixel Boxes)")
   raw_shape = (raw_space["image"].shape if suite == "minigrid"
                else raw_space.shape)
   dummy = {"image": np.zeros((1,) + raw_shape, np.uint8)} if (

@@ -142,6 +142,11 @@ def restore_run(workdir, call=None):
     raise FileNotFoundError(f"--workdir: no config.json in {workdir}")
   with open(config_path) as f:
     config = ml_collections.ConfigDict(json.load(f))
+  if "sebulba" in config:
+    raise ValueError(
+        f"--workdir: {workdir} is a Sebulba run (envpool environments); this "
+        "evaluates Anakin runs of experiments/r2ac_anakin.py (JAX "
+        "environments)")
   train = anakin.make_train(config)
   checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"))
   try:

@@ -94,6 +94,14 @@ def test_full_episode_bptt_needs_whole_episodes_in_an_unroll():
     anakin.make_train(bptt_config(unroll_length=3))
 
 
+def test_more_devices_than_there_are_is_an_error():
+  count = len(jax.devices())
+  with pytest.raises(ValueError, match=rf"^num_devices={count + 1}, but this "
+                     rf"process sees {count} device\(s\)"):
+    anakin.make_mesh(count + 1)
+  assert anakin.make_mesh(count).size == count
+
+
 DEVICE_SCRIPT = textwrap.dedent("""
     import jax, numpy as np
     from experiments.configs import r2ac

@@ -61,3 +61,13 @@ def test_sizes_pair_hidden_and_features():
     benchmark_anakin.parse_sizes(["64", "x"], ["32"])
   with pytest.raises(app.UsageError, match="2 values for 3 hidden sizes"):
     benchmark_anakin.parse_sizes(["1", "2", "3"], ["4", "5"])
+
+
+def test_quick_runs_do_not_overwrite_the_committed_results():
+  from experiments import timing  # pylint: disable=g-import-not-at-top
+  flag = lambda value, present: type("Flag", (), {"value": value,
+                                                  "present": present})()
+  default = flag("docs/benchmarks", False)
+  assert timing.output_dir(default, quick=False) == "docs/benchmarks"
+  assert timing.output_dir(default, quick=True) == "runs/quick_benchmarks"
+  assert timing.output_dir(flag("/tmp/b", True), quick=True) == "/tmp/b"

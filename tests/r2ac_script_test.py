@@ -21,6 +21,7 @@ from run_helpers import (checkpoint_steps, script_environment,
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 # pylint: disable=g-import-not-at-top,wrong-import-position
+from experiments import r2ac_training
 from experiments.configs import r2ac as r2ac_configs
 from rtrl_jax import evaluation
 from rtrl_jax import experiment
@@ -176,3 +177,19 @@ def test_config_errors_are_one_line_naming_the_key():
     r2ac_configs.check(config)
   minigrid = r2ac_configs.get_config("minigrid")  # other env kwargs are fine
   r2ac_configs.check(minigrid)
+
+
+def test_a_config_the_system_rejects_leaves_no_run_folder(tmp_path):
+  config = r2ac_configs.get_config("tiny")
+  config.num_devices = len(jax.devices()) + 1
+  workdir = tmp_path / "run"
+  with pytest.raises(experiment.ConfigError, match="num_devices="):
+    r2ac_training.run(config, str(workdir), resume=False)
+  assert not workdir.exists()
+
+
+def test_evaluation_refuses_a_sebulba_run_folder(tmp_path):
+  (tmp_path / "config.json").write_text(json.dumps(
+      {"env": {"name": "MiniGrid-MemoryS7-v0"}, "sebulba": {}}))
+  with pytest.raises(ValueError, match="is a Sebulba run"):
+    evaluation.restore_run(str(tmp_path))

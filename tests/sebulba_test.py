@@ -338,6 +338,21 @@ def test_suite_defaults_are_the_papers_preprocessing():
   assert suite.obs_shape == (7, 7, 3) and suite.num_actions == 7
 
 
+@pytest.mark.parametrize("suite, name, message", [
+    ("minigrid", "MiniGrid-Nope-v0",
+     "env.name='MiniGrid-Nope-v0' is not an envpool environment id"),
+    ("minigrid", "Pong-v5",
+     "env.name='Pong-v5' does not belong to env.suite='minigrid'"),
+    ("atari", "MiniGrid-MemoryS7-v0", "env.name='MiniGrid-MemoryS7-v0' does "
+     "not take the options of env.suite='atari'"),
+])
+def test_suite_and_env_name_mistakes_are_one_line_errors(suite, name, message):
+  with pytest.raises(ValueError) as error:
+    envpool_envs.make_suite(suite, name)
+  assert str(error.value).startswith(message)
+  assert "\n" not in str(error.value)
+
+
 VIZDOOM = textwrap.dedent("""
     from rtrl_jax import envpool_envs
     suite = envpool_envs.make_suite("vizdoom", "MyWayHome-v1")
