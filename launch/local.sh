@@ -17,12 +17,15 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 DRY_RUN=0; PROCESSES=1; FAKE_DEVICES=""; PORT=12355
+value() {   # the value after flag $1, or a one-line error
+  [[ $# -ge 2 && -n "$2" ]] || { echo "local.sh: $1 needs a value" >&2; exit 2; }
+}
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --dry-run) DRY_RUN=1; shift ;;
-    --processes) PROCESSES="$2"; shift 2 ;;
-    --fake-devices) FAKE_DEVICES="$2"; shift 2 ;;
-    --port) PORT="$2"; shift 2 ;;
+    --processes) value "$@"; PROCESSES="$2"; shift 2 ;;
+    --fake-devices) value "$@"; FAKE_DEVICES="$2"; shift 2 ;;
+    --port) value "$@"; PORT="$2"; shift 2 ;;
     --) shift; break ;;
     *) break ;;
   esac
@@ -36,12 +39,15 @@ if [[ -n "$FAKE_DEVICES" ]]; then
   ENV_PREFIX="JAX_PLATFORMS=cpu XLA_FLAGS=--xla_force_host_platform_device_count=$FAKE_DEVICES "
 fi
 
+# The flags go on exactly as given: each is shell-quoted into the command
+# line (spaces, quotes, braces and parentheses survive `bash -c`).
+FORWARDED=$(printf ' %q' "$@")
 commands=()
 if [[ "$PROCESSES" -eq 1 ]]; then
-  commands+=("${ENV_PREFIX}$PYTHON -m experiments.r2ac_sebulba $*")
+  commands+=("${ENV_PREFIX}$PYTHON -m experiments.r2ac_sebulba${FORWARDED}")
 else
   for ((i = 0; i < PROCESSES; i++)); do
-    commands+=("${ENV_PREFIX}$PYTHON -m experiments.r2ac_sebulba $* --coordinator_address=127.0.0.1:$PORT --num_processes=$PROCESSES --process_id=$i")
+    commands+=("${ENV_PREFIX}$PYTHON -m experiments.r2ac_sebulba${FORWARDED} --coordinator_address=127.0.0.1:$PORT --num_processes=$PROCESSES --process_id=$i")
   done
 fi
 

@@ -14,15 +14,18 @@ set -euo pipefail
 
 DRY_RUN=0; SETUP=0; TPU=""; ZONE=""; PROJECT=""; DIR="rtrl_jax"
 REPO="${RTRL_JAX_REPO:-https://github.com/your-org/rtrl_jax.git}"
+value() {   # the value after flag $1, or a one-line error
+  [[ $# -ge 2 && -n "$2" ]] || { echo "tpu_pod.sh: $1 needs a value" >&2; exit 2; }
+}
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --dry-run) DRY_RUN=1; shift ;;
     --setup) SETUP=1; shift ;;
-    --tpu) TPU="$2"; shift 2 ;;
-    --zone) ZONE="$2"; shift 2 ;;
-    --project) PROJECT="$2"; shift 2 ;;
-    --repo) REPO="$2"; shift 2 ;;
-    --dir) DIR="$2"; shift 2 ;;
+    --tpu) value "$@"; TPU="$2"; shift 2 ;;
+    --zone) value "$@"; ZONE="$2"; shift 2 ;;
+    --project) value "$@"; PROJECT="$2"; shift 2 ;;
+    --repo) value "$@"; REPO="$2"; shift 2 ;;
+    --dir) value "$@"; DIR="$2"; shift 2 ;;
     --) shift; break ;;
     *) break ;;
   esac
@@ -31,20 +34,23 @@ if [[ -z "$TPU" || -z "$ZONE" ]]; then
   echo "error: --tpu and --zone are required" >&2
   exit 2
 fi
-ssh_base="gcloud compute tpus tpu-vm ssh $TPU --zone=$ZONE${PROJECT:+ --project=$PROJECT} --worker=all"
-setup="git clone $REPO $DIR || (cd $DIR && git pull); cd $DIR && python3 -m venv .venv && .venv/bin/pip install -q -e '.[envs]' 'jax[tpu]'"
-train="cd $DIR && .venv/bin/python -m experiments.r2ac_sebulba --distributed $*"
+ssh=(gcloud compute tpus tpu-vm ssh "$TPU" "--zone=$ZONE" ${PROJECT:+"--project=$PROJECT"} --worker=all)
+# What each worker's shell runs; the forwarded flags are shell-quoted so they
+# reach r2ac_sebulba exactly as given.
+dir=$(printf '%q' "$DIR")
+setup="git clone $(printf '%q' "$REPO") $dir || (cd $dir && git pull); cd $dir && python3 -m venv .venv && .venv/bin/pip install -q -e '.[envs]' 'jax[tpu]'"
+train="cd $dir && .venv/bin/python -m experiments.r2ac_sebulba --distributed$(printf ' %q' "$@")"
 
-commands=()
+remote=()
 if [[ "$SETUP" -eq 1 ]]; then
-  commands+=("$ssh_base --command=\"$setup\"")
+  remote+=("$setup")
 fi
-commands+=("$ssh_base --command=\"$train\"")
+remote+=("$train")
 
-if [[ "$DRY_RUN" -eq 1 ]]; then
-  printf '%s\n' "${commands[@]}"
-  exit 0
-fi
-for command in "${commands[@]}"; do
-  eval "$command"
+for command in "${remote[@]}"; do
+  if [[ "$DRY_RUN" -eq 1 ]]; then
+    printf '%q ' "${ssh[@]}" "--command=$command"; echo
+  else
+    "${ssh[@]}" "--command=$command"
+  fi
 done

@@ -2,6 +2,7 @@
 
 import os
 import re
+import shlex
 import subprocess
 
 import pytest
@@ -61,12 +62,48 @@ def test_tpu_pod():
                   "--zone", "us-central2-b", "--project", "p", "--",
                   "--workdir=gs://bucket/run")
   assert len(lines) == 2
+  remote = []
   for line in lines:
-    assert line.startswith("gcloud compute tpus tpu-vm ssh pod "
-                           "--zone=us-central2-b --project=p --worker=all")
-  assert "pip install" in lines[0] and "jax[tpu]" in lines[0]
-  assert ("-m experiments.r2ac_sebulba --distributed "
-          "--workdir=gs://bucket/run") in lines[1]
+    *ssh, command = shlex.split(line)
+    assert ssh == ["gcloud", "compute", "tpus", "tpu-vm", "ssh", "pod",
+                   "--zone=us-central2-b", "--project=p", "--worker=all"]
+    assert command.startswith("--command=")
+    remote.append(command[len("--command="):])
+  assert "pip install" in remote[0] and "'jax[tpu]'" in remote[0]
+  assert remote[1].endswith("-m experiments.r2ac_sebulba --distributed "
+                            "--workdir=gs://bucket/run")
+
+
+# Flags a shell would re-read wrongly if they were pasted in unquoted.
+TRICKY = ["--config=c.py:tiny", "--config.network.core_kwargs={'elstm':{'x':2}}",
+          "--workdir=/tmp/a b", "--config.sebulba.queue_size=(1)"]
+
+
+@pytest.mark.timeout(60)
+def test_launch_scripts_forward_flags_exactly():
+  (local,) = dry_run("local.sh", "--dry-run", "--", *TRICKY,
+                     env={"PYTHON": "py"})
+  assert shlex.split(local) == ["py", "-m", "experiments.r2ac_sebulba",
+                                *TRICKY]
+  srun = dry_run("slurm.sbatch", *TRICKY, env={"DRY_RUN": "1",
+                                                "PYTHON": "py"})[-1]
+  assert shlex.split(srun)[-len(TRICKY) - 1:] == ["--distributed", *TRICKY]
+  (train,) = dry_run("tpu_pod.sh", "--dry-run", "--tpu", "pod", "--zone", "z",
+                     "--", *TRICKY)
+  remote = shlex.split(train)[-1][len("--command="):]
+  # The worker's shell reads the command once more.
+  assert shlex.split(remote)[-len(TRICKY) - 1:] == ["--distributed", *TRICKY]
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("script, args", [
+    ("local.sh", ["--processes"]), ("local.sh", ["--port", ""]),
+    ("tpu_pod.sh", ["--tpu", "pod", "--zone"])])
+def test_launch_flags_without_a_value_are_one_line_errors(script, args):
+  result = subprocess.run(["bash", os.path.join(LAUNCH, script), *args],
+                          cwd=ROOT, capture_output=True, text=True, timeout=30)
+  assert result.returncode == 2
+  assert result.stderr.strip() == f"{script}: {args[-1] or args[-2]} needs a value"
 
 
 @pytest.mark.timeout(60)
