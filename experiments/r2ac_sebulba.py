@@ -86,6 +86,13 @@ def run(config, workdir, resume):
   check_config(config)
   checkpointer, resume_step = experiment.prepare_workdir(
       workdir, config, resume, max_to_keep=config.run.max_checkpoints)
+  done = experiment.finished_results(workdir, resume_step,
+                                     config.total_updates)
+  if done is not None:
+    checkpointer.close()
+    print(f"{workdir}: finished before (update {resume_step} of "
+          f"{config.total_updates}); nothing to resume", flush=True)
+    return done
   try:
     system = sebulba.make_system(config)
   except (TypeError, ValueError, ImportError) as error:

@@ -123,6 +123,13 @@ def run(config, workdir, resume, make_extra_evaluation=None):
     raise experiment.ConfigError(str(error).splitlines()[0]) from error
   checkpointer, resume_step = experiment.prepare_workdir(
       workdir, config, resume, max_to_keep=config.run.max_checkpoints)
+  num_calls = config.total_updates // config.updates_per_call
+  done = experiment.finished_results(workdir, resume_step, num_calls)
+  if done is not None:
+    checkpointer.close()
+    print(f"{workdir}: finished before (call {resume_step} of {num_calls}); "
+          "nothing to resume", flush=True)
+    return {**done, "plot": os.path.join(workdir, RETURN_PLOT)}
   runner = train.init(jax.random.PRNGKey(config.seed))
   if resume_step is not None:
     runner, _ = checkpointer.restore(runner, resume_step)
@@ -134,7 +141,6 @@ def run(config, workdir, resume, make_extra_evaluation=None):
     evaluate = lambda runner: {**greedy(runner), **extra(runner)}
   logger = experiment.RunLogger(workdir, config, resume_step=resume_step,
                                 use_wandb=config.run.wandb)
-  num_calls = config.total_updates // config.updates_per_call
   frames_per_call = anakin.frames_per_update(config) * config.updates_per_call
   print(f"{describe(config)}: {num_calls} calls of {config.updates_per_call} "
         f"updates, {frames_per_call} frames each; logs in {workdir}",

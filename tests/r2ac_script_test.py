@@ -100,6 +100,21 @@ def test_run_writes_logs_results_and_plot(uninterrupted):
   assert os.listdir(os.path.join(workdir, "tensorboard"))
 
 
+def test_resume_of_a_finished_run_keeps_its_results(uninterrupted,
+                                                    environment):
+  workdir, _ = uninterrupted
+  path = os.path.join(workdir, "results.json")
+  with open(path) as f:
+    before = f.read()
+  assert "eval/greedy_return" in json.loads(before)
+  result = run(training(*RUN_FLAGS, "--resume", workdir=workdir), environment)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert (f"{workdir}: finished before (call {NUM_CALLS} of {NUM_CALLS}); "
+          "nothing to resume") in result.stdout
+  with open(path) as f:
+    assert f.read() == before
+
+
 def test_sigterm_then_sigkill_then_resume_gives_the_same_runner_state(
     uninterrupted, tmp_path, environment):
   """Preempted (SIGTERM), resumed and killed (SIGKILL), resumed to the end."""

@@ -89,6 +89,17 @@ def test_sigterm_saves_and_resume_finishes(tmp_path, environment):
       os.path.join(workdir, "metrics.jsonl")) if "train/sps" in r]
   assert steps == sorted(set(steps)) and steps[-1] == UPDATES
 
+  with open(os.path.join(workdir, "results.json")) as f:
+    saved = f.read()
+  again = subprocess.run(
+      command(*FLAGS, f"--workdir={workdir}", "--resume"),
+      cwd=ROOT, env=environment, capture_output=True, text=True,
+      timeout=TIMEOUT)
+  assert again.returncode == 0, again.stderr[-3000:]
+  assert "finished before" in again.stdout
+  with open(os.path.join(workdir, "results.json")) as f:
+    assert f.read() == saved
+
 
 @pytest.mark.timeout(120)
 def test_bad_config_is_one_line(environment):

@@ -12,8 +12,9 @@ from rtrl_jax.experiment.config import ConfigError, check_config
 from rtrl_jax.experiment.loop import (LoopResult, NonFiniteLossError,
                                       train_loop)
 from rtrl_jax.experiment.run_logger import RunLogger, read_jsonl
-from rtrl_jax.experiment.workdir import prepare_workdir
+from rtrl_jax.experiment.workdir import finished_results, prepare_workdir
 
 __all__ = ["Checkpointer", "cli", "config", "ConfigError", "LoopResult", "NonFiniteLossError",
-           "RunLogger", "check_config", "prepare_workdir", "read_jsonl",
+           "RunLogger", "check_config", "finished_results", "prepare_workdir",
+           "read_jsonl",
            "train_loop"]

@@ -2,6 +2,7 @@
 
   <workdir>/config.json   the resolved config (written by RunLogger)
   <workdir>/checkpoints/  orbax checkpoints (Checkpointer)
+  <workdir>/results.json  what the script returns when the run ends
 
 A new run refuses a folder that already has checkpoints; a resumed run
 refuses a config that differs from the saved one (naming the first differing
@@ -46,3 +47,14 @@ def prepare_workdir(workdir, config, resume, max_to_keep=2):
             f"was started with {saved.get(key)!r}; --resume needs the same "
             f"config")
   return checkpointer, latest
+
+
+def finished_results(workdir, resume_step, num_steps):
+  """The saved results.json of a run that already did all `num_steps`, else
+  None. A `--resume` of a finished run returns them instead of starting a
+  session with nothing to do and overwriting them."""
+  path = os.path.join(workdir, "results.json")
+  if resume_step != num_steps or not os.path.exists(path):
+    return None
+  with open(path) as f:
+    return json.load(f)
