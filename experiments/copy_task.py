@@ -121,7 +121,7 @@ def run(config, workdir, resume):
              "seconds_this_session": round(time.time() - started, 1),
              **result.eval_metrics, **test}
   with open(os.path.join(workdir, "results.json"), "w") as f:
-    json.dump(results, f, indent=2)
+    json.dump(experiment.json_safe(results), f, indent=2)
   return results
 
 
@@ -134,7 +134,7 @@ def main(argv):
     results = run(config, workdir, _RESUME.value)
   except (experiment.ConfigError, experiment.NonFiniteLossError) as error:
     sys.exit(f"error: {error}")
-  print(json.dumps(results))
+  print(json.dumps(experiment.json_safe(results)))
 
 
 if __name__ == "__main__":

@@ -47,7 +47,7 @@ def main(argv):
     results = run(config, workdir, _RESUME.value)
   except (experiment.ConfigError, experiment.NonFiniteLossError) as error:
     sys.exit(f"error: {error}")
-  print(json.dumps(results))
+  print(json.dumps(experiment.json_safe(results)))
   if results["status"] != "preempted":
     print(f"plot: {results['plot']}\n"
           f"logs: {os.path.join(workdir, 'metrics.csv')}, "

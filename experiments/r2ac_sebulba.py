@@ -150,7 +150,7 @@ def run(config, workdir, resume):
                              "train/episode_return_mean",
                              "train/policy_lag_mean")})
     with open(os.path.join(workdir, "results.json"), "w") as f:
-      json.dump(results, f, indent=2)
+      json.dump(experiment.json_safe(results), f, indent=2)
   return results
 
 
@@ -171,7 +171,7 @@ def main(argv):
   except (experiment.ConfigError, experiment.NonFiniteLossError,
           sebulba.ActorError) as error:
     sys.exit(f"error: {error}")
-  print(json.dumps(results))
+  print(json.dumps(experiment.json_safe(results)))
 
 
 if __name__ == "__main__":

@@ -173,7 +173,7 @@ def run(config, workdir, resume, make_extra_evaluation=None):
              "seconds_this_session": round(time.time() - started, 1),
              **result.eval_metrics}
   with open(os.path.join(workdir, "results.json"), "w") as f:
-    json.dump(results, f, indent=2)
+    json.dump(experiment.json_safe(results), f, indent=2)
   plot_path = os.path.join(workdir, RETURN_PLOT)
   plot_return_vs_frames(workdir, plot_path, describe(config))
   results["plot"] = plot_path

@@ -5,6 +5,7 @@ and a timeout; the kill tests compare final parameters bit for bit.
 """
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -151,6 +152,17 @@ def test_script_config_errors_are_one_line_naming_the_key(tmp_path):
   assert unknown.returncode != 0
   assert "train.learning_rat" in unknown.stderr
   assert not os.path.exists(tmp_path / "a" / "checkpoints")
+
+
+def test_json_safe_writes_strict_json():
+  results = {"return": float("nan"), "rows": [1.0, float("inf"), (2, -math.inf)],
+             "ok": 0.5, "name": "x", "n": 3}
+  text = json.dumps(experiment.json_safe(results))
+  def refuse(constant):
+    raise ValueError(f"non-standard JSON constant {constant}")
+  assert json.loads(text, parse_constant=refuse) == {
+      "return": None, "rows": [1.0, None, [2, None]], "ok": 0.5, "name": "x",
+      "n": 3}
 
 
 # ---- checkpoints ----------------------------------------------------------

@@ -83,7 +83,10 @@ def test_sigterm_saves_and_resume_finishes(tmp_path, environment):
       timeout=TIMEOUT)
   assert resumed.returncode == 0, resumed.stderr[-3000:]
   assert f"resumed {workdir} from update {stopped}" in resumed.stdout
-  result = json.loads(resumed.stdout.strip().splitlines()[-1])
+  def refuse(constant):   # NaN/Infinity are not JSON
+    raise ValueError(f"non-standard JSON constant {constant}")
+  result = json.loads(resumed.stdout.strip().splitlines()[-1],
+                      parse_constant=refuse)
   assert result["status"] == "finished" and result["update"] == UPDATES
   steps = [r["step"] for r in experiment.read_jsonl(
       os.path.join(workdir, "metrics.jsonl")) if "train/sps" in r]

@@ -11,10 +11,10 @@ from rtrl_jax.experiment.checkpoint import Checkpointer
 from rtrl_jax.experiment.config import ConfigError, check_config
 from rtrl_jax.experiment.loop import (LoopResult, NonFiniteLossError,
                                       train_loop)
-from rtrl_jax.experiment.run_logger import RunLogger, read_jsonl
+from rtrl_jax.experiment.run_logger import RunLogger, json_safe, read_jsonl
 from rtrl_jax.experiment.workdir import finished_results, prepare_workdir
 
 __all__ = ["Checkpointer", "cli", "config", "ConfigError", "LoopResult", "NonFiniteLossError",
-           "RunLogger", "check_config", "finished_results", "prepare_workdir",
+           "RunLogger", "check_config", "finished_results", "json_safe", "prepare_workdir",
            "read_jsonl",
            "train_loop"]

@@ -14,10 +14,23 @@ so every step is logged once.
 
 import csv
 import json
+import math
 import os
 
 import tensorboardX
 from absl import logging
+
+
+def json_safe(value):
+  """`value` (nested dicts/lists of scalars) with NaN and ±inf as None, so
+  that json.dumps writes strict JSON (null) that every JSON reader accepts."""
+  if isinstance(value, dict):
+    return {k: json_safe(v) for k, v in value.items()}
+  if isinstance(value, (list, tuple)):
+    return [json_safe(v) for v in value]
+  if isinstance(value, float) and not math.isfinite(value):
+    return None
+  return value
 
 
 def read_jsonl(path):
@@ -99,7 +112,8 @@ class RunLogger:
     self._jsonl.flush()
     for name, value in scalars.items():
       self._csv.writerow([int(step), name, repr(value)])
-      self._tensorboard.add_scalar(name, value, int(step))
+      if math.isfinite(value):    # e.g. no episode ended: nothing to plot
+        self._tensorboard.add_scalar(name, value, int(step))
     self._csv_file.flush()
     self._tensorboard.flush()
     if self._wandb is not None:
