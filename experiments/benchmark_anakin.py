@@ -37,6 +37,7 @@ Prints a table and writes benchmark_anakin.csv into --out_dir.
 
 import csv
 import os
+import sys
 import time
 
 from absl import app
@@ -52,11 +53,17 @@ _FEATURES = flags.DEFINE_list(
     "encoder_features", ["32"],
     "MLP encoder output size per entry of --hidden (one value: for all); the "
     "core input is D = features + 1 (the previous reward).")
-_NUM_ENVS = flags.DEFINE_integer("num_envs", 64, "Environments B.")
-_UNROLL = flags.DEFINE_integer("unroll_length", 5, "Unroll length M.")
-_UPDATES = flags.DEFINE_integer("updates_per_call", 20, "Updates per call.")
-_MEMORY = flags.DEFINE_integer("memory_length", 10, "MemoryChain length.")
-_REPEATS = flags.DEFINE_integer("repeats", 3, "Timed calls (the minimum is kept).")
+_NUM_ENVS = flags.DEFINE_integer("num_envs", 64, "Environments B.",
+                                 lower_bound=1)
+_UNROLL = flags.DEFINE_integer("unroll_length", 5, "Unroll length M.",
+                               lower_bound=1)
+_UPDATES = flags.DEFINE_integer("updates_per_call", 20, "Updates per call.",
+                                lower_bound=1)
+_MEMORY = flags.DEFINE_integer("memory_length", 10, "MemoryChain length.",
+                               lower_bound=1)
+_REPEATS = flags.DEFINE_integer("repeats", 3,
+                                "Timed calls (the minimum is kept).",
+                                lower_bound=1)
 _OUT_DIR = flags.DEFINE_string(
     "out_dir", "docs/benchmarks",
     "Where the CSV goes (--quick: runs/quick_benchmarks unless given).")
@@ -162,14 +169,14 @@ def parse_sizes(hidden, features):
     except ValueError:
       value = 0
     if value <= 0:
-      raise app.UsageError(f"--{flag}: {text!r} is not a positive int")
+      raise ValueError(f"--{flag}: {text!r} is not a positive int")
     return value
   hidden = [positive("hidden", n) for n in hidden]
   features = [positive("encoder_features", f) for f in features]
   if len(features) == 1:
     features = features * len(hidden)
   if len(features) != len(hidden):
-    raise app.UsageError(
+    raise ValueError(
         f"--encoder_features has {len(features)} values for {len(hidden)} "
         "hidden sizes; give one value or one per --hidden entry")
   return list(zip(hidden, features))
@@ -196,7 +203,10 @@ def main(argv):
   if _QUICK.value:
     sizes, num_envs, updates, repeats = [(16, 8)], 8, 2, 1
   else:
-    sizes = parse_sizes(_HIDDEN.value, _FEATURES.value)
+    try:
+      sizes = parse_sizes(_HIDDEN.value, _FEATURES.value)
+    except ValueError as error:
+      sys.exit(f"error: {error}")
     num_envs, updates, repeats = _NUM_ENVS.value, _UPDATES.value, _REPEATS.value
   print(f"devices: {jax.devices()}", flush=True)
   rows = run(sizes, num_envs, _UNROLL.value, updates, _MEMORY.value, repeats,

@@ -12,7 +12,6 @@ import subprocess
 import sys
 
 import pytest
-from absl import app
 from run_helpers import ROOT, script_environment
 
 sys.path.insert(0, ROOT)
@@ -57,9 +56,9 @@ def test_sizes_pair_hidden_and_features():
       (64, 32), (512, 256)]
   assert benchmark_anakin.parse_sizes(["64", "256"], ["32"]) == [
       (64, 32), (256, 32)]
-  with pytest.raises(app.UsageError, match="'x' is not a positive int"):
+  with pytest.raises(ValueError, match="'x' is not a positive int"):
     benchmark_anakin.parse_sizes(["64", "x"], ["32"])
-  with pytest.raises(app.UsageError, match="2 values for 3 hidden sizes"):
+  with pytest.raises(ValueError, match="2 values for 3 hidden sizes"):
     benchmark_anakin.parse_sizes(["1", "2", "3"], ["4", "5"])
 
 
