@@ -22,6 +22,7 @@
 # (0.11 on the machines lent so far) is used as it is.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source launch/flags.sh
 
 WHEELS=(
   ml-collections==1.1.0 rlax==0.1.9 distrax==0.1.9
@@ -43,9 +44,7 @@ while [[ $# -gt 0 ]]; do
   case "$1" in
     --dry-run) DRY_RUN=1; shift ;;
     --quick) QUICK=1; shift ;;
-    --out)
-      [[ $# -ge 2 ]] || { echo "accelerator_benchmarks.sh: --out needs a folder" >&2; exit 2; }
-      OUT_DIR="$2"; shift 2 ;;
+    --out) need_value accelerator_benchmarks.sh "$@"; OUT_DIR="$2"; shift 2 ;;
     *) echo "accelerator_benchmarks.sh: unknown argument '$1'" >&2; exit 2 ;;
   esac
 done

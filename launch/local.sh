@@ -17,9 +17,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 DRY_RUN=0; PROCESSES=1; FAKE_DEVICES=""; PORT=12355
-value() {   # the value after flag $1, or a one-line error
-  [[ $# -ge 2 && -n "$2" ]] || { echo "local.sh: $1 needs a value" >&2; exit 2; }
-}
+source launch/flags.sh
+value() { need_value local.sh "$@"; }
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --dry-run) DRY_RUN=1; shift ;;

@@ -14,9 +14,8 @@ set -euo pipefail
 
 DRY_RUN=0; SETUP=0; TPU=""; ZONE=""; PROJECT=""; DIR="rtrl_jax"
 REPO="${RTRL_JAX_REPO:-https://github.com/your-org/rtrl_jax.git}"
-value() {   # the value after flag $1, or a one-line error
-  [[ $# -ge 2 && -n "$2" ]] || { echo "tpu_pod.sh: $1 needs a value" >&2; exit 2; }
-}
+source "$(dirname "$0")/flags.sh"
+value() { need_value tpu_pod.sh "$@"; }
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --dry-run) DRY_RUN=1; shift ;;
