@@ -17,7 +17,7 @@ import ml_collections
 import numpy as np
 import pytest
 from run_helpers import (checkpoint_steps, script_environment,
-                         signal_after_checkpoint)
+                         signal_after_checkpoint, strict_json_loads)
 
 from rtrl_jax import copy_task
 from rtrl_jax import experiment
@@ -158,9 +158,9 @@ def test_json_safe_writes_strict_json():
   results = {"return": float("nan"), "rows": [1.0, float("inf"), (2, -math.inf)],
              "ok": 0.5, "name": "x", "n": 3}
   text = json.dumps(experiment.json_safe(results))
-  def refuse(constant):
-    raise ValueError(f"non-standard JSON constant {constant}")
-  assert json.loads(text, parse_constant=refuse) == {
+  with pytest.raises(ValueError, match="non-standard JSON constant NaN"):
+    strict_json_loads(json.dumps(results))
+  assert strict_json_loads(text) == {
       "return": None, "rows": [1.0, None, [2, None]], "ok": 0.5, "name": "x",
       "n": 3}
 

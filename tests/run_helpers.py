@@ -1,5 +1,6 @@
 """Helpers for tests that run experiment scripts as subprocesses."""
 
+import json
 import os
 import subprocess
 import time
@@ -18,6 +19,14 @@ def script_environment(cache_dir=None):
     env["JAX_COMPILATION_CACHE_DIR"] = str(cache_dir)
     env["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
   return env
+
+
+def strict_json_loads(text):
+  """json.loads that refuses NaN and Infinity (not JSON, though Python writes
+  them by default)."""
+  def refuse(constant):
+    raise ValueError(f"non-standard JSON constant {constant}")
+  return json.loads(text, parse_constant=refuse)
 
 
 def checkpoint_steps(workdir):

@@ -9,7 +9,8 @@ import sys
 import time
 
 import pytest
-from run_helpers import checkpoint_steps, script_environment
+from run_helpers import (checkpoint_steps, script_environment,
+                         strict_json_loads)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -83,10 +84,7 @@ def test_sigterm_saves_and_resume_finishes(tmp_path, environment):
       timeout=TIMEOUT)
   assert resumed.returncode == 0, resumed.stderr[-3000:]
   assert f"resumed {workdir} from update {stopped}" in resumed.stdout
-  def refuse(constant):   # NaN/Infinity are not JSON
-    raise ValueError(f"non-standard JSON constant {constant}")
-  result = json.loads(resumed.stdout.strip().splitlines()[-1],
-                      parse_constant=refuse)
+  result = strict_json_loads(resumed.stdout.strip().splitlines()[-1])
   assert result["status"] == "finished" and result["update"] == UPDATES
   steps = [r["step"] for r in experiment.read_jsonl(
       os.path.join(workdir, "metrics.jsonl")) if "train/sps" in r]
