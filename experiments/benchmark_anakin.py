@@ -35,7 +35,6 @@ Two more columns say where the rest of the time goes:
 Prints a table and writes benchmark_anakin.csv into --out_dir.
 """
 
-import csv
 import os
 import sys
 import time
@@ -47,6 +46,7 @@ import jax
 from experiments import timing
 from experiments.configs import r2ac as r2ac_configs
 from rtrl_jax import anakin
+from rtrl_jax import experiment
 
 _HIDDEN = flags.DEFINE_list("hidden", ["64", "256"], "eLSTM hidden sizes N.")
 _FEATURES = flags.DEFINE_list(
@@ -163,16 +163,8 @@ def print_top_operations(train, runner, trace_dir):
 
 def parse_sizes(hidden, features):
   """[(N, encoder features)] from the --hidden and --encoder_features lists."""
-  def positive(flag, text):
-    try:
-      value = int(text)
-    except ValueError:
-      value = 0
-    if value <= 0:
-      raise ValueError(f"--{flag}: {text!r} is not a positive int")
-    return value
-  hidden = [positive("hidden", n) for n in hidden]
-  features = [positive("encoder_features", f) for f in features]
+  hidden = timing.positive_ints("hidden", hidden)
+  features = timing.positive_ints("encoder_features", features)
   if len(features) == 1:
     features = features * len(hidden)
   if len(features) != len(hidden):
@@ -212,15 +204,10 @@ def main(argv):
   rows = run(sizes, num_envs, _UNROLL.value, updates, _MEMORY.value, repeats,
              _TRACE_DIR.value)
   print(format_table(rows))
-  out_dir = timing.output_dir(_OUT_DIR, _QUICK.value)
-  os.makedirs(out_dir, exist_ok=True)
-  path = os.path.join(out_dir, "benchmark_anakin.csv")
-  with open(path, "w", newline="") as f:
-    writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-    writer.writeheader()
-    writer.writerows(rows)
+  path = timing.write_csv(rows, timing.output_dir(_OUT_DIR, _QUICK.value),
+                          "benchmark_anakin.csv")
   print(f"wrote {path}")
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=experiment.cli.parse_flags)

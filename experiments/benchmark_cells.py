@@ -25,9 +25,9 @@ Prints a table and writes `benchmark_cells.csv` and `benchmark_cells.png`
 into --out_dir.
 """
 
-import csv
 import functools
 import os
+import sys
 
 from absl import app
 from absl import flags
@@ -36,13 +36,16 @@ import jax.numpy as jnp
 
 import rtrl_jax
 from experiments import timing
+from rtrl_jax import experiment
 
 _HIDDEN = flags.DEFINE_list("hidden", ["128", "256", "512"], "Hidden sizes N.")
 _LENGTH = flags.DEFINE_list("length", ["100", "1000"], "Segment lengths T.")
-_BATCH = flags.DEFINE_integer("batch", 32, "Batch size B.")
-_INPUT = flags.DEFINE_integer("input_size", 257, "Input size D.")
-_TRUNCATION = flags.DEFINE_integer("truncation", 10, "TBPTT chunk length M.")
-_REPEATS = flags.DEFINE_integer("repeats", 3, "Timed runs (the minimum is kept).")
+_BATCH = flags.DEFINE_integer("batch", 32, "Batch size B.", lower_bound=1)
+_INPUT = flags.DEFINE_integer("input_size", 257, "Input size D.", lower_bound=1)
+_TRUNCATION = flags.DEFINE_integer("truncation", 10, "TBPTT chunk length M.",
+                                   lower_bound=1)
+_REPEATS = flags.DEFINE_integer("repeats", 3, "Timed runs (the minimum is kept).",
+                                lower_bound=1)
 _OUT_DIR = flags.DEFINE_string(
     "out_dir", "docs/benchmarks",
     "Where CSV and PNG go (--quick: runs/quick_benchmarks unless given).")
@@ -165,28 +168,26 @@ def main(argv):
   if _QUICK.value:
     hidden, lengths, repeats = [16, 32], [20], 1
   else:
-    hidden = [int(n) for n in _HIDDEN.value]
-    lengths = [int(t) for t in _LENGTH.value]
+    try:
+      hidden = timing.positive_ints("hidden", _HIDDEN.value)
+      lengths = timing.positive_ints("length", _LENGTH.value)
+    except ValueError as error:
+      sys.exit(f"error: {error}")
     repeats = _REPEATS.value
   for t in lengths:
     if t % _TRUNCATION.value:
-      raise app.UsageError(
-          f"--length {t} is not a multiple of --truncation {_TRUNCATION.value}")
+      sys.exit(f"error: --length {t} is not a multiple of --truncation "
+               f"{_TRUNCATION.value}")
   print(f"devices: {jax.devices()}  B={_BATCH.value} D={_INPUT.value}", flush=True)
   rows = run(hidden, lengths, _BATCH.value, _INPUT.value, _TRUNCATION.value,
              repeats)
   print_table(rows)
   out_dir = timing.output_dir(_OUT_DIR, _QUICK.value)
-  os.makedirs(out_dir, exist_ok=True)
-  csv_path = os.path.join(out_dir, "benchmark_cells.csv")
-  with open(csv_path, "w", newline="") as f:
-    writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-    writer.writeheader()
-    writer.writerows(rows)
+  csv_path = timing.write_csv(rows, out_dir, "benchmark_cells.csv")
   png_path = os.path.join(out_dir, "benchmark_cells.png")
   plot(rows, png_path)
   print(f"wrote {csv_path} and {png_path}")
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=experiment.cli.parse_flags)

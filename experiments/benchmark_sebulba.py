@@ -19,35 +19,52 @@ same T and envs runs for `--seconds` after `--warmup_updates` updates
 Learner: one jitted Sebulba learner step on a fixed global batch
 (`--learner_envs` environments × unroll_length), sharded over the first D
 devices; the median over `--repeats` timed steps after one warm-up step.
-Prints one JSON object per measurement and a markdown table.
+
+Prints one JSON object per measurement and a markdown table, and writes a CSV
+and a plot into --out_dir: sebulba_throughput_<env>_<envs>envs.{csv,png}
+(with the per-phase timings) or sebulba_learner_<envs>envs.{csv,png}.
+`--quick` is a smoke run (a few seconds per mode, runs/quick_benchmarks).
 """
 
 import json
+import os
+import sys
 import threading
 import time
 
 import jax
 import numpy as np
 from absl import app, flags
-from ml_collections import config_flags
 
+from experiments import timing
 from rtrl_jax import envpool_envs
+from rtrl_jax import experiment
 from rtrl_jax import sebulba
 
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", "experiments/configs/sebulba.py:tiny", "Sebulba config.")
+_CONFIG = experiment.cli.define_config_flag(
+    "experiments/configs/sebulba.py:tiny", "Sebulba config.")
 _MODE = flags.DEFINE_enum("mode", "throughput", ["throughput", "learner"],
                           "What to measure.")
 _THREADS = flags.DEFINE_list("threads", ["1", "2"], "Actor-thread counts.")
-_ENVS = flags.DEFINE_integer("envs_per_thread", 8, "envpool num_envs.")
-_SECONDS = flags.DEFINE_float("seconds", 20.0, "Timed seconds per setting.")
+_ENVS = flags.DEFINE_integer("envs_per_thread", 8, "envpool num_envs.",
+                             lower_bound=1)
+_SECONDS = flags.DEFINE_float("seconds", 20.0, "Timed seconds per setting.",
+                              lower_bound=0.1)
 _WARMUP = flags.DEFINE_integer("warmup_updates", 3,
-                               "Sebulba updates before timing.")
+                               "Sebulba updates before timing.", lower_bound=0)
 _DEVICES = flags.DEFINE_list("devices", ["1", "2", "4", "8"],
                              "Learner device counts (learner mode).")
 _LEARNER_ENVS = flags.DEFINE_integer("learner_envs", 64,
-                                     "Global batch (learner mode).")
-_REPEATS = flags.DEFINE_integer("repeats", 10, "Timed learner steps.")
+                                     "Global batch (learner mode).",
+                                     lower_bound=1)
+_REPEATS = flags.DEFINE_integer("repeats", 10, "Timed learner steps.",
+                                lower_bound=1)
+_OUT_DIR = flags.DEFINE_string(
+    "out_dir", "docs/benchmarks",
+    "Where the CSV and plot go (--quick: runs/quick_benchmarks unless given).")
+_QUICK = flags.DEFINE_bool(
+    "quick", False, "Smoke run: 1 thread, 4 envs, 1 s (throughput); devices "
+    "1 and 2, 8 envs, 2 steps (learner).")
 
 
 def envpool_alone(suite, threads, envs_per_thread, seconds, seed=0):
@@ -111,87 +128,155 @@ def sebulba_run(config, suite, seconds, warmup):
   return updates * steps_per_update / elapsed, updates / elapsed, timings
 
 
-def throughput(config):
-  suite = envpool_envs.make_suite(config.env.suite, config.env.name,
-                                  dict(config.env.kwargs),
-                                  num_threads=config.sebulba.envpool_threads)
+def throughput(config, suite, thread_counts, envs_per_thread, seconds,
+               warmup):
+  """One row per actor-thread count: envpool alone, then Sebulba."""
   rows = []
-  for threads in [int(t) for t in _THREADS.value]:
-    alone = envpool_alone(suite, threads, _ENVS.value, _SECONDS.value)
+  for threads in thread_counts:
+    alone = envpool_alone(suite, threads, envs_per_thread, seconds)
     with config.unlocked():
       config.sebulba.num_actor_threads = threads
-      config.sebulba.num_envs_per_thread = _ENVS.value
-    sps, ups, timings = sebulba_run(config, suite, _SECONDS.value,
-                                    _WARMUP.value)
+      config.sebulba.num_envs_per_thread = envs_per_thread
+    sps, ups, timings = sebulba_run(config, suite, seconds, warmup)
     row = {"env": config.env.name, "threads": threads,
-           "envs_per_thread": _ENVS.value, "envpool_sps": round(alone, 1),
+           "envs_per_thread": envs_per_thread, "envpool_sps": round(alone, 1),
            "sebulba_sps": round(sps, 1), "ratio": round(sps / alone, 3),
            "updates_per_s": round(ups, 2),
            **{k: round(v, 5) for k, v in timings.items()}}
     print(json.dumps(row), flush=True)
     rows.append(row)
-  print("\n| env | actor threads | envs/thread | envpool alone (steps/s) | "
-        "Sebulba (steps/s) | ratio | learner updates/s |")
-  print("|---|---:|---:|---:|---:|---:|---:|")
+  return rows
+
+
+def throughput_table(rows):
+  lines = ["| env | actor threads | envs/thread | envpool alone (steps/s) | "
+           "Sebulba (steps/s) | ratio | learner updates/s |",
+           "|---|---:|---:|---:|---:|---:|---:|"]
   for r in rows:
-    print(f"| {r['env']} | {r['threads']} | {r['envs_per_thread']} | "
-          f"{r['envpool_sps']:.0f} | {r['sebulba_sps']:.0f} | "
-          f"{r['ratio']:.2f} | {r['updates_per_s']:.1f} |")
+    lines.append(f"| {r['env']} | {r['threads']} | {r['envs_per_thread']} | "
+                 f"{r['envpool_sps']:.0f} | {r['sebulba_sps']:.0f} | "
+                 f"{r['ratio']:.2f} | {r['updates_per_s']:.1f} |")
+  return "\n".join(lines)
 
 
-def learner(config):
+def learner(config, suite, device_counts, global_envs, repeats):
   """Updates/s of the Sebulba learner step vs number of learner devices."""
-  suite = envpool_envs.make_suite(config.env.suite, config.env.name,
-                                  dict(config.env.kwargs))
   rows = []
-  for count in [int(d) for d in _DEVICES.value]:
-    if count > jax.device_count():
-      print(f"skipping {count} devices: only {jax.device_count()}")
-      continue
+  for count in device_counts:
     mesh = jax.sharding.Mesh(np.array(jax.devices()[:count]), ("data",))
     with config.unlocked():
       config.sebulba.num_actor_threads = 1
-      config.sebulba.num_envs_per_thread = _LEARNER_ENVS.value
+      config.sebulba.num_envs_per_thread = global_envs
     system = sebulba.make_system(config, mesh=mesh, suite=suite)
     state = system.init(jax.random.PRNGKey(0))
     example = sebulba.example_trajectory(
-        system.agent, jax.device_get(state.params), suite, _LEARNER_ENVS.value,
+        system.agent, jax.device_get(state.params), suite, global_envs,
         config.unroll_length)
     batch = jax.device_put(example, system.info["global_shardings"])
     step = system.info["jitted_learner_step"]
     params, opt_state, _ = step(state.params, state.opt_state, batch)
     jax.block_until_ready(params)
     times = []
-    for _ in range(_REPEATS.value):
+    for _ in range(repeats):
       begin = time.perf_counter()
       params, opt_state, _ = step(params, opt_state, batch)
       jax.block_until_ready(params)
       times.append(time.perf_counter() - begin)
-    row = {"devices": count, "global_envs": _LEARNER_ENVS.value,
+    row = {"devices": count, "global_envs": global_envs,
            "unroll_length": config.unroll_length,
            "median_step_s": round(float(np.median(times)), 5),
            "updates_per_s": round(1.0 / float(np.median(times)), 2)}
     print(json.dumps(row), flush=True)
     rows.append(row)
-  print("\n| learner devices | global envs x M | median step (ms) | "
-        "updates/s |")
-  print("|---:|---|---:|---:|")
+  return rows
+
+
+def learner_table(rows):
+  lines = ["| learner devices | global envs x M | median step (ms) | "
+           "updates/s |", "|---:|---|---:|---:|"]
   for r in rows:
-    print(f"| {r['devices']} | {r['global_envs']} x {r['unroll_length']} | "
-          f"{1000 * r['median_step_s']:.1f} | {r['updates_per_s']:.1f} |")
+    lines.append(f"| {r['devices']} | {r['global_envs']} x "
+                 f"{r['unroll_length']} | {1000 * r['median_step_s']:.1f} | "
+                 f"{r['updates_per_s']:.1f} |")
+  return "\n".join(lines)
+
+
+def plot(rows, mode, title, path):
+  """Throughput: envpool alone and Sebulba steps/s per thread count (bars,
+  ratio on top); learner: updates/s vs learner devices."""
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  figure, axis = plt.subplots(figsize=(6, 4))
+  if mode == "throughput":
+    positions = np.arange(len(rows))
+    axis.bar(positions - 0.2, [r["envpool_sps"] for r in rows], 0.4,
+             label="envpool alone (random actions)")
+    bars = axis.bar(positions + 0.2, [r["sebulba_sps"] for r in rows], 0.4,
+                    label="Sebulba (acting + learning)")
+    for bar, r in zip(bars, rows):
+      axis.annotate(f"{r['ratio']:.2f}", (bar.get_x() + bar.get_width() / 2,
+                                          bar.get_height()),
+                    ha="center", va="bottom", fontsize=9)
+    axis.set_xticks(positions, [str(r["threads"]) for r in rows])
+    axis.set(xlabel="actor threads", ylabel="agent steps / s")
+    axis.legend(fontsize=8)
+  else:
+    axis.plot([r["devices"] for r in rows], [r["updates_per_s"] for r in rows],
+              "o-")
+    axis.set(xlabel="learner devices", ylabel="learner updates / s",
+             xscale="log", ylim=(0, None))
+    axis.set_xticks([r["devices"] for r in rows],
+                    [str(r["devices"]) for r in rows])
+  axis.set_title(title, fontsize=9)
+  figure.tight_layout()
+  figure.savefig(path, dpi=100)
+  plt.close(figure)
 
 
 def main(argv):
-  del argv
+  experiment.cli.start_main(argv)
   config = _CONFIG.value
+  envs, seconds, warmup = _ENVS.value, _SECONDS.value, _WARMUP.value
+  global_envs, repeats = _LEARNER_ENVS.value, _REPEATS.value
+  try:
+    threads = timing.positive_ints("threads", _THREADS.value)
+    devices = timing.positive_ints("devices", _DEVICES.value)
+    if _QUICK.value:
+      threads, envs, seconds, warmup = [1], 4, 1.0, 1
+      devices, global_envs, repeats = [1, 2][:jax.device_count()], 8, 2
+    too_many = [count for count in devices if count > jax.device_count()]
+    if _MODE.value == "learner" and too_many:
+      raise ValueError(
+          f"--devices: {too_many} above the {jax.device_count()} devices here "
+          "(fake CPU devices: XLA_FLAGS=--xla_force_host_platform_device_count"
+          "=8)")
+    suite = envpool_envs.make_suite(config.env.suite, config.env.name,
+                                    dict(config.env.kwargs),
+                                    num_threads=config.sebulba.envpool_threads)
+  except ValueError as error:
+    sys.exit(f"error: {error}")
+  describe = (f"{config.env.name}, {config.network.core}-"
+              f"{config.network.hidden_size} {config.gradient}, "
+              f"M={config.unroll_length}")
   print(f"jax {jax.__version__}, {jax.device_count()} {jax.default_backend()} "
-        f"device(s); config {config.env.name} {config.network.core}-"
-        f"{config.network.hidden_size} {config.gradient}", flush=True)
+        f"device(s); {describe}", flush=True)
   if _MODE.value == "throughput":
-    throughput(config)
+    rows = throughput(config, suite, threads, envs, seconds, warmup)
+    table = throughput_table(rows)
+    name = f"sebulba_throughput_{config.env.name}_{envs}envs"
   else:
-    learner(config)
+    rows = learner(config, suite, devices, global_envs, repeats)
+    table = learner_table(rows)
+    name = f"sebulba_learner_{global_envs}envs"
+  print("\n" + table)
+  out_dir = timing.output_dir(_OUT_DIR, _QUICK.value)
+  csv_path = timing.write_csv(rows, out_dir, name + ".csv")
+  png_path = os.path.join(out_dir, name + ".png")
+  plot(rows, _MODE.value, f"Sebulba {_MODE.value}: {describe} "
+       f"({jax.default_backend()})", png_path)
+  print(f"wrote {csv_path} and {png_path}")
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=experiment.cli.parse_flags)

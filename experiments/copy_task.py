@@ -19,16 +19,14 @@ import time
 
 import jax
 from absl import app, flags, logging
-from ml_collections import config_flags
 
 from experiments.configs import copy_task as copy_task_configs
 from rtrl_jax import copy_task
 from rtrl_jax import experiment
 
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", "experiments/configs/copy_task.py",
-    "A config file, optionally with ':name' (paper, cpu, tiny).",
-    lock_config=True)
+_CONFIG = experiment.cli.define_config_flag(
+    "experiments/configs/copy_task.py",
+    "A config file, optionally with ':name' (paper, cpu, tiny).")
 _WORKDIR = flags.DEFINE_string(
     "workdir", None, "Run folder (default runs/copy_task_<mode>_<time>).")
 _RESUME = flags.DEFINE_bool(

@@ -25,6 +25,7 @@ import optax
 import tqdm
 
 import rtrl_jax
+from rtrl_jax import experiment
 
 _STEPS = flags.DEFINE_integer("steps", 3000, "Parameter updates per method.")
 _EPISODE = flags.DEFINE_integer("episode", 8, "Steps from the cue to the query.")
@@ -133,4 +134,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=experiment.cli.parse_flags)

@@ -9,14 +9,15 @@ Each run is labelled by its mode from config.json (e.g. "rtrl k=1, online",
 
 import json
 import os
+import sys
 
 import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top,wrong-import-position
 from absl import app, flags  # pylint: disable=g-import-not-at-top,wrong-import-position
 
+from rtrl_jax import experiment  # pylint: disable=wrong-import-position
 from rtrl_jax.copy_task import describe_training  # pylint: disable=wrong-import-position
-from rtrl_jax.experiment import read_jsonl  # pylint: disable=wrong-import-position
 
 _RUNS = flags.DEFINE_list("runs", None, "Run folders.", required=True)
 _LABELS = flags.DEFINE_list("labels", None, "One label per run (optional).")
@@ -33,7 +34,7 @@ def run_label(workdir):
 
 def curve(workdir, metric):
   """(steps, values) of `metric` in the run's metrics.jsonl."""
-  rows = [row for row in read_jsonl(os.path.join(workdir, "metrics.jsonl"))
+  rows = [row for row in experiment.read_jsonl(os.path.join(workdir, "metrics.jsonl"))
           if metric in row]
   return [row["step"] for row in rows], [row[metric] for row in rows]
 
@@ -58,10 +59,21 @@ def plot(workdirs, metric, out, labels=None, title=""):
 def main(argv):
   del argv
   if _LABELS.value and len(_LABELS.value) != len(_RUNS.value):
-    raise app.UsageError("--labels needs one label per --runs entry")
+    sys.exit(f"error: --labels: {len(_LABELS.value)} labels for "
+             f"{len(_RUNS.value)} --runs "
+             "entries; give one label per run")
+  needed = ["metrics.jsonl"] + ([] if _LABELS.value else ["config.json"])
+  for workdir in _RUNS.value:
+    missing = [name for name in needed
+               if not os.path.exists(os.path.join(workdir, name))]
+    if missing:
+      sys.exit(f"error: --runs: {workdir!r} has no {' or '.join(missing)} "
+               "(not a run folder?)")
+    if not curve(workdir, _METRIC.value)[0]:
+      sys.exit(f"error: --metric: {workdir!r} never logged {_METRIC.value!r}")
   plot(_RUNS.value, _METRIC.value, _OUT.value, _LABELS.value, _TITLE.value)
   print(_OUT.value)
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=experiment.cli.parse_flags)

@@ -24,15 +24,14 @@ import sys
 import time
 
 from absl import app, flags
-from ml_collections import config_flags
 
 from experiments.r2ac_training import run
 from rtrl_jax import experiment
 
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", "experiments/configs/r2ac.py",
+_CONFIG = experiment.cli.define_config_flag(
+    "experiments/configs/r2ac.py",
     "A config file, optionally with ':name' (default, tiny, minigrid, "
-    "cartpole).", lock_config=True)
+    "cartpole).")
 _WORKDIR = flags.DEFINE_string(
     "workdir", None, "Run folder (default runs/r2ac_<gradient>_<time>).")
 _RESUME = flags.DEFINE_bool(

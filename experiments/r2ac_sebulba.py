@@ -28,12 +28,13 @@ import sys
 import time
 
 from absl import app, flags
-from ml_collections import config_flags
 
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", "experiments/configs/sebulba.py",
+from rtrl_jax import experiment
+
+_CONFIG = experiment.cli.define_config_flag(
+    "experiments/configs/sebulba.py",
     "A config file, optionally with ':name' (default, tiny, atari, "
-    "tiny_atari, procgen, procgen_memory, vizdoom).", lock_config=True)
+    "tiny_atari, procgen, procgen_memory, vizdoom).")
 _WORKDIR = flags.DEFINE_string(
     "workdir", None, "Run folder (default runs/sebulba_<env>_<time>).")
 _RESUME = flags.DEFINE_bool(
@@ -80,7 +81,6 @@ def run(config, workdir, resume):
   """Trains; returns the results dict (also written to results.json)."""
   # pylint: disable=g-import-not-at-top
   import jax
-  from rtrl_jax import experiment
   from rtrl_jax import sebulba
   # pylint: enable=g-import-not-at-top
   check_config(config)
@@ -156,7 +156,6 @@ def run(config, workdir, resume):
 
 def main(argv):
   # pylint: disable=g-import-not-at-top
-  from rtrl_jax import experiment
   from rtrl_jax import sebulba
   # pylint: enable=g-import-not-at-top
   experiment.cli.start_main(argv)
@@ -175,6 +174,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  # pylint: disable=g-import-not-at-top
-  from rtrl_jax import experiment
   app.run(main, flags_parser=experiment.cli.parse_flags)

@@ -26,7 +26,6 @@ import time
 
 import jax
 from absl import app, flags
-from ml_collections import config_flags
 
 from experiments import r2ac_training
 from experiments import study_report
@@ -35,10 +34,9 @@ from rtrl_jax import evaluation
 from rtrl_jax import experiment
 from rtrl_jax.agents import alignment
 
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", "experiments/configs/study.py",
-    "The study grid (experiments/configs/study.py[:quick|paper]).",
-    lock_config=True)
+_CONFIG = experiment.cli.define_config_flag(
+    "experiments/configs/study.py",
+    "The study grid (experiments/configs/study.py[:quick|paper]).")
 _QUICK = flags.DEFINE_bool(
     "quick", False, "Shorthand for --config=experiments/configs/study.py:quick "
     "(and the default --workdir runs/study_quick).")

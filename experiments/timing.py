@@ -3,10 +3,12 @@
 `measure` times a compiled function (minimum over repeats) and reports its
 compiled memory; `bare_sensitivity_pass` is the memory-bandwidth floor of an
 RTRL step: one read and one write of every sensitivity byte per step;
-`top_operations` profiles calls and lists the XLA operations that take longest.
+`top_operations` profiles calls and lists the XLA operations that take longest;
+`output_dir`, `write_csv` and `positive_ints` are the scripts' shared plumbing.
 """
 
 import collections
+import csv
 import glob
 import gzip
 import json
@@ -54,6 +56,33 @@ def output_dir(out_dir_flag, quick):
   if quick and not out_dir_flag.present:
     return os.path.join("runs", "quick_benchmarks")
   return out_dir_flag.value
+
+
+def write_csv(rows, out_dir, name):
+  """Writes the dict `rows` (one header: the first row's keys) to
+  <out_dir>/<name>, creating the folder; returns the path."""
+  os.makedirs(out_dir, exist_ok=True)
+  path = os.path.join(out_dir, name)
+  with open(path, "w", newline="") as f:
+    writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+  return path
+
+
+def positive_ints(flag, values):
+  """The list flag --`flag`'s `values` as ints; ValueError naming the first
+  one that is not a positive int."""
+  numbers = []
+  for text in values:
+    try:
+      number = int(text)
+    except ValueError:
+      number = 0
+    if number <= 0:
+      raise ValueError(f"--{flag}: {text!r} is not a positive int")
+    numbers.append(number)
+  return numbers
 
 
 def top_operations(call, trace_dir, calls=3, top=10):

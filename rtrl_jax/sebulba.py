@@ -341,7 +341,13 @@ def make_system(config, mesh=None, suite=None, trajectory_hook=None) -> System:
       if params is None:
         return
       if core_state is None:
-        core_state = jitted_initial_state(params, num_envs)
+        # Committed to the actor device like every later core state, so
+        # act_step and value_of compile once each.
+        core_state = jax.device_put(
+            jitted_initial_state(params, num_envs), device)
+        if bootstrap_truncated:
+          # Compile now, not at the first time limit mid-run.
+          jitted_value(params, core_state, obs, prev_reward)
       initial_state = core_state
       steps = {k: [] for k in ("obs", "prev_reward", "reset", "action",
                                "logits", "reward", "terminated", "truncated",

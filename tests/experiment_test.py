@@ -128,6 +128,13 @@ def test_locked_config_key_error_names_the_flag():
   assert experiment.cli.describe_flag_error(KeyError("gru"), argv) == (
       "config.network.core_kwargs.gru.size: unknown key 'gru' (the config "
       "file defines no such key)")
+  # A locked ConfigDict raises AttributeError(KeyError("'key'")) when a flag
+  # sets a key below an existing ConfigDict: str() quotes the key twice.
+  argv = ["script", "--config.env.kwargs.foo=1"]
+  error = AttributeError(KeyError("'foo'"))
+  assert experiment.cli.describe_flag_error(error, argv) == (
+      "config.env.kwargs.foo: unknown key 'foo' (the config file defines no "
+      "such key)")
   # Only the quotes str(KeyError) puts around the message are removed.
   argv = ["script", "--config.optimizer.learning_rat=0.1"]
   error = KeyError("'learning_rat' Did you mean 'learning_rate' instead?")
@@ -152,6 +159,15 @@ def test_script_config_errors_are_one_line_naming_the_key(tmp_path):
   assert unknown.returncode != 0
   assert "train.learning_rat" in unknown.stderr
   assert not os.path.exists(tmp_path / "a" / "checkpoints")
+  # Without --config=, ml_collections applies the overrides to the default
+  # file while the flag is defined (at import): one line there too.
+  default_file = run_script("--config.train.learning_rat=0.1",
+                            workdir=str(tmp_path / "c"))
+  assert default_file.returncode == 1
+  assert default_file.stderr.strip().splitlines() == [
+      "error: config.train.learning_rat: 'learning_rat' Did you mean "
+      '"learning_rate" instead of "learning_rat"?']
+  assert not os.path.exists(tmp_path / "c")
 
 
 def test_json_safe_writes_strict_json():

@@ -6,7 +6,10 @@ ml_collections raises a multi-line traceback for an unknown override such as
 
     error: config.train.learning_rat: 'learning_rat' Did you mean ...
 
-on stderr and exit status 1.
+on stderr and exit status 1. Scripts define their config flag with
+`define_config_flag`: ml_collections already applies `--config.<key>`
+overrides to the flag's default file while the flag is defined (at import,
+before `parse_flags` runs), and that error is one line too.
 """
 
 import re
@@ -14,6 +17,7 @@ import sys
 
 from absl import flags
 from absl import logging
+from ml_collections import config_flags
 
 
 def describe_flag_error(error, argv):
@@ -24,6 +28,8 @@ def describe_flag_error(error, argv):
   text = " ".join(lines).replace("\\n", " ").replace("\\'", "'").strip()
   if len(text) >= 2 and text[0] == text[-1] and text[0] in "'\"":
     text = text[1:-1].strip()       # the quotes str(KeyError) adds
+  if re.fullmatch(r"'\w+'", text):
+    text = text[1:-1]     # ConfigDict's AttributeError quotes the key twice
   for arg in argv[1:]:
     match = re.match(r"--(config\.[\w.]+)", arg)
     if not match:
@@ -37,6 +43,20 @@ def describe_flag_error(error, argv):
     if key.rsplit(".", 1)[-1] in text or (value and f"'{value}'" in text):
       return f"{key}: {text}"
   return text or type(error).__name__
+
+
+def define_config_flag(default, help_string):
+  """The locked `--config` flag (a config file, default `default`).
+
+  Exits with `describe_flag_error`'s one line if the command line's
+  overrides do not fit the default config, which ml_collections checks here,
+  at definition, when `--config=` is not given.
+  """
+  try:
+    return config_flags.DEFINE_config_file("config", default, help_string,
+                                           lock_config=True)
+  except Exception as error:  # pylint: disable=broad-except
+    sys.exit(f"error: {describe_flag_error(error, sys.argv)}")
 
 
 def parse_flags(argv):

@@ -1,0 +1,73 @@
+"""experiments/benchmark_sebulba.py: smoke runs of its --quick modes.
+
+Timings are not checked (noise at these sizes); the tests check that each
+mode measures what it says (both systems, each device count), that the ratio
+column is Sebulba over envpool alone, and that the CSV and plot are written.
+"""
+
+import csv
+import math
+import subprocess
+import sys
+
+from run_helpers import ROOT, script_environment
+
+TIMEOUT = 300
+
+
+def run_benchmark(*flags, devices=2):
+  environment = script_environment()
+  environment["XLA_FLAGS"] = (
+      f"--xla_force_host_platform_device_count={devices}")
+  return subprocess.run(
+      [sys.executable, "-m", "experiments.benchmark_sebulba", *flags],
+      cwd=ROOT, env=environment, capture_output=True, text=True,
+      timeout=TIMEOUT)
+
+
+def read_rows(path):
+  with open(path) as f:
+    return list(csv.DictReader(f))
+
+
+def test_quick_throughput_writes_csv_and_plot(tmp_path):
+  result = run_benchmark("--quick", "--mode=throughput", f"--out_dir={tmp_path}")
+  assert result.returncode == 0, result.stderr[-3000:]
+  name = "sebulba_throughput_MiniGrid-MemoryS7-v0_4envs"
+  (row,) = read_rows(tmp_path / f"{name}.csv")
+  assert (row["threads"], row["envs_per_thread"]) == ("1", "4")
+  envpool, sebulba = float(row["envpool_sps"]), float(row["sebulba_sps"])
+  assert envpool > 0 and sebulba > 0
+  assert math.isclose(float(row["ratio"]), sebulba / envpool, abs_tol=1e-3)
+  assert float(row["updates_per_s"]) > 0
+  # Every actor and learner phase was timed.
+  for phase in ("actor/inference", "actor/env_recv", "actor/transfer",
+                "learner/step", "learner/queue_get"):
+    assert float(row[f"time/{phase}"]) > 0, phase
+  assert (tmp_path / f"{name}.png").stat().st_size > 0
+  assert "| MiniGrid-MemoryS7-v0 | 1 | 4 |" in result.stdout
+
+
+def test_quick_learner_measures_each_device_count(tmp_path):
+  result = run_benchmark("--quick", "--mode=learner", f"--out_dir={tmp_path}")
+  assert result.returncode == 0, result.stderr[-3000:]
+  rows = read_rows(tmp_path / "sebulba_learner_8envs.csv")
+  assert [r["devices"] for r in rows] == ["1", "2"]
+  for r in rows:
+    assert math.isclose(float(r["updates_per_s"]),
+                        1 / float(r["median_step_s"]), rel_tol=0.01)
+  assert (tmp_path / "sebulba_learner_8envs.png").stat().st_size > 0
+
+
+def test_bad_flags_are_one_line_errors(tmp_path):
+  for flags, message in (
+      (["--threads=1,x"], "error: --threads: 'x' is not a positive int"),
+      (["--mode=learner", "--devices=1,4"],
+       "error: --devices: [4] above the 2 devices here"),
+      (["--config.env.name=MiniGrid-Nope-v0"],
+       "error: env.name='MiniGrid-Nope-v0' is not an envpool environment id")):
+    result = run_benchmark(*flags, f"--out_dir={tmp_path}")
+    assert result.returncode == 1, flags
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(message), (flags, lines)
+  assert not list(tmp_path.iterdir())
