@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat setup.py | md5sum | cut -c1-8)
 
-.PHONY: demo demo-rtrl test bench bench-anakin study study-quick system-deps clean
+.PHONY: demo demo-rtrl test bench bench-anakin bench-sebulba study study-quick system-deps clean
 
 # envpool's Procgen needs the Qt5 runtime (Debian: libqt5gui5). Installed when
 # this runs as root with apt-get; otherwise the Procgen test skips and says
@@ -39,6 +39,15 @@ bench: $(STAMP)
 
 bench-anakin: $(STAMP)
 	$(PY) -m experiments.benchmark_anakin --hidden=64,256,512 --encoder_features=32,32,256
+
+# docs/SEBULBA.md's tables (about 8 minutes on 2 cores).
+SEBULBA_SMALL = --config.unroll_length=20 --config.network.hidden_size=64 --envs_per_thread=8
+bench-sebulba: $(STAMP)
+	$(PY) -m experiments.benchmark_sebulba --config=experiments/configs/sebulba.py:tiny_atari $(SEBULBA_SMALL) --threads=1,2 --seconds=15
+	$(PY) -m experiments.benchmark_sebulba --config=experiments/configs/sebulba.py --threads=1,2 --envs_per_thread=32 --seconds=15
+	$(PY) -m experiments.benchmark_sebulba --config=experiments/configs/sebulba.py --threads=1 --envs_per_thread=128 --seconds=15
+	$(PY) -m experiments.benchmark_sebulba --config=experiments/configs/sebulba.py:tiny_procgen $(SEBULBA_SMALL) --threads=1,2 --seconds=15
+	XLA_FLAGS=--xla_force_host_platform_device_count=8 JAX_PLATFORMS=cpu $(PY) -m experiments.benchmark_sebulba --mode=learner --config=experiments/configs/sebulba.py --devices=1,2,4,8 --learner_envs=64
 
 # The reproduction study (docs/RESULTS.md): hours on 2 cores; resumable.
 study: $(STAMP)
