@@ -37,6 +37,7 @@ import numpy as np
 from absl import app, flags
 
 from experiments import timing
+from experiments.configs import sebulba as sebulba_configs
 from rtrl_jax import envpool_envs
 from rtrl_jax import experiment
 from rtrl_jax import sebulba
@@ -240,6 +241,7 @@ def main(argv):
   envs, seconds, warmup = _ENVS.value, _SECONDS.value, _WARMUP.value
   global_envs, repeats = _LEARNER_ENVS.value, _REPEATS.value
   try:
+    sebulba_configs.check(config)
     threads = timing.positive_ints("threads", _THREADS.value)
     devices = timing.positive_ints("devices", _DEVICES.value)
     if _QUICK.value:
@@ -254,7 +256,7 @@ def main(argv):
     suite = envpool_envs.make_suite(config.env.suite, config.env.name,
                                     dict(config.env.kwargs),
                                     num_threads=config.sebulba.envpool_threads)
-  except ValueError as error:
+  except (ValueError, experiment.ConfigError) as error:
     sys.exit(f"error: {error}")
   describe = (f"{config.env.name}, {config.network.core}-"
               f"{config.network.hidden_size} {config.gradient}, "

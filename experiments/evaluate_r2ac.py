@@ -3,11 +3,17 @@ r"""Evaluates a trained R2AC run: greedy and sampled returns over seeds.
   python -m experiments.evaluate_r2ac --workdir=runs/r2ac_rtrl_... \
       [--seeds=5] [--episodes=32] [--actions=greedy,sampled] [--call=N]
 
-Loads the run's config.json and its latest checkpoint (or call --call),
-runs --episodes episodes per seed for each of --seeds seeds with the agent's
-`act` (rtrl_jax/evaluation.py) and prints mean ± std of the episode return
-(std of the per-seed means, and over all episodes). Also writes
-evaluation.json into the run folder.
+Loads the run's config.json and its latest checkpoint (or --call), runs
+--episodes episodes per seed for each of --seeds seeds with the agent's
+`act` and prints mean ± std of the episode return (std of the per-seed
+means, and over all episodes). Also writes evaluation.json into the run
+folder.
+
+Anakin runs (experiments/r2ac_anakin.py) are evaluated on their JAX
+environment in one jitted loop (`evaluation.evaluate_policy`); Sebulba runs
+(experiments/r2ac_sebulba.py) on their envpool environment, stepped from the
+host (`evaluation.evaluate_envpool_policy`). --call is the Anakin call
+number or the Sebulba update number of the checkpoint.
 """
 
 import json
@@ -19,16 +25,18 @@ from absl import app, flags
 from rtrl_jax import evaluation
 from rtrl_jax import experiment
 
-_WORKDIR = flags.DEFINE_string("workdir", None, "A run folder of "
-                               "experiments/r2ac_anakin.py.", required=True)
+_WORKDIR = flags.DEFINE_string(
+    "workdir", None, "A run folder of experiments/r2ac_anakin.py or "
+    "experiments/r2ac_sebulba.py.", required=True)
 _SEEDS = flags.DEFINE_integer("seeds", 5, "Number of evaluation seeds.",
                               lower_bound=1)
 _EPISODES = flags.DEFINE_integer("episodes", 32, "Episodes per seed.",
                                  lower_bound=1)
 _ACTIONS = flags.DEFINE_list("actions", ["greedy", "sampled"],
                              "greedy (argmax) and/or sampled.")
-_CALL = flags.DEFINE_integer("call", None,
-                             "Checkpoint to load (default: the latest).")
+_CALL = flags.DEFINE_integer(
+    "call", None, "Checkpoint to load: Anakin call or Sebulba update "
+    "(default: the latest).")
 
 
 def main(argv):
@@ -37,21 +45,36 @@ def main(argv):
   if unknown:
     sys.exit(f"error: --actions: unknown {unknown}; use greedy and/or sampled")
   try:
-    config, train, runner, metadata = evaluation.restore_run(_WORKDIR.value, _CALL.value)
-  except (FileNotFoundError, ValueError) as error:
-    sys.exit(f"error: {error}")
-  print(f"{_WORKDIR.value}: checkpoint of call {metadata.get('call')} "
-        f"(update {int(runner.update)}), {config.env.name} "
-        f"{dict(config.env.kwargs)}, {config.gradient}")
-  summaries = [
-      evaluation.evaluate_policy(
-          train.agent, train.env, runner.params, seeds=range(_SEEDS.value),
-          episodes_per_seed=_EPISODES.value, greedy=actions == "greedy",
-          reward_clip=config.loss.reward_clip)
-      for actions in _ACTIONS.value]
+    sebulba_run = evaluation.is_sebulba_run(
+        evaluation.load_run_config(_WORKDIR.value))
+    if sebulba_run:
+      config, agent, suite, state, metadata = evaluation.restore_sebulba_run(
+          _WORKDIR.value, _CALL.value)
+      params, update, env = state.params, int(state.update), suite.name
+    else:
+      config, train, runner, metadata = evaluation.restore_run(
+          _WORKDIR.value, _CALL.value)
+      params, update = runner.params, int(runner.update)
+      env = f"{config.env.name} {dict(config.env.kwargs)}"
+  except (FileNotFoundError, ValueError, ImportError) as error:
+    sys.exit(f"error: {str(error).splitlines()[0]}")
+  checkpoint = (f"update {update}" if sebulba_run else
+                f"call {metadata.get('call')} (update {update})")
+  print(f"{_WORKDIR.value}: checkpoint of {checkpoint}, {env}, "
+        f"{config.gradient}", flush=True)
+  summaries = []
+  for actions in _ACTIONS.value:
+    options = dict(seeds=range(_SEEDS.value), episodes_per_seed=_EPISODES.value,
+                   greedy=actions == "greedy",
+                   reward_clip=config.loss.reward_clip)
+    summaries.append(
+        evaluation.evaluate_envpool_policy(agent, suite, params, **options)
+        if sebulba_run else
+        evaluation.evaluate_policy(train.agent, train.env, params, **options))
   print(evaluation.format_table(summaries))
   results = {
-      "call": metadata.get("call"), "update": int(runner.update),
+      **({} if sebulba_run else {"call": metadata.get("call")}),
+      "update": update,
       **{("greedy" if s.greedy else "sampled"): {
           "mean": s.mean, "std_over_seeds": s.std_over_seeds,
           "std_over_episodes": s.std_over_episodes,

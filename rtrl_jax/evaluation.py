@@ -12,8 +12,14 @@ agent's `act` carrying the core state (and, for RTRL agents, the
 sensitivities) step by step, as the actor does in training. Greedy takes the
 argmax of the policy logits; sampled draws from them.
 
+`evaluate_envpool_policy` does the same for envpool environments (Sebulba
+runs): one envpool instance of `episodes_per_seed` environments per seed,
+stepped from the host with the Sebulba actor's inputs and episode flags.
+
 `restore_run(workdir)` loads a run of experiments/r2ac_anakin.py (its
-config.json and a checkpoint of the whole RunnerState).
+config.json and a checkpoint of the whole RunnerState);
+`restore_sebulba_run(workdir)` one of experiments/r2ac_sebulba.py (a
+checkpoint of the LearnerState).
 """
 
 import json
@@ -116,6 +122,77 @@ def evaluate_policy(agent, env, params, *, seeds, episodes_per_seed, greedy,
   return EvaluationSummary(greedy, np.stack(returns), np.stack(lengths))
 
 
+def evaluate_envpool_policy(agent, suite, params, *, seeds, episodes_per_seed,
+                            greedy, reward_clip=1.0):
+  """An EvaluationSummary of envpool episodes (`suite`: envpool_envs.Suite).
+
+  For each seed, `episodes_per_seed` environments of one envpool instance
+  (seeded with the seed) run from their reset until their first episode
+  ends. The agent gets what the Sebulba actor gives it: the observation, the
+  previous reward clipped to [-reward_clip, reward_clip], and reset = True on
+  the first step. An episode ends when envpool flags it terminated or
+  truncated (the time limit comes from `elapsed_step`,
+  `sebulba.episode_flags`). Rewards after that are not counted; envpool
+  auto-resets those environments while the others finish. With Atari's
+  episodic life, an episode is a life, as in the training logs.
+  """
+  # pylint: disable=g-import-not-at-top
+  from rtrl_jax.sebulba import episode_flags
+  # pylint: enable=g-import-not-at-top
+  n = episodes_per_seed
+
+  @jax.jit
+  def act(params, core_state, obs, prev_reward, reset, key):
+    core_state, out = agent.act(params, core_state, obs, prev_reward, reset,
+                                key)
+    action = jnp.argmax(out.logits, -1).astype(jnp.int32) if greedy else (
+        out.action.astype(jnp.int32))
+    return core_state, action
+
+  returns, lengths = [], []
+  for seed in seeds:
+    env = suite.make(n, seed)
+    try:
+      env_ids = np.arange(n, dtype=np.int32)
+      env.async_reset()
+      raw, _, _, _, info = env.recv()
+      obs = suite.observation(raw)[np.argsort(info["env_id"])]
+      prev_reward, reset = np.zeros((n,), np.float32), np.ones((n,), bool)
+      core_state = agent.initial_core_state(params, n)
+      key = jax.random.PRNGKey(seed)
+      episode_return, length = np.zeros((n,)), np.zeros((n,), np.int64)
+      running = np.ones((n,), bool)
+      # Every episode ends by the time limit: at most that many steps.
+      for _ in range(suite.max_episode_steps):
+        key, act_key = jax.random.split(key)
+        core_state, action = act(params, core_state, obs, prev_reward, reset,
+                                 act_key)
+        env.send(np.asarray(action), env_ids)
+        raw, reward, terminated, truncated, info = env.recv()
+        order = np.argsort(info["env_id"])
+        done, _, _ = episode_flags(terminated[order], truncated[order],
+                                   info["elapsed_step"][order],
+                                   suite.max_episode_steps)
+        reward = np.asarray(reward, np.float32)[order]
+        episode_return += np.where(running, reward, 0.0)
+        length += running
+        running &= ~done
+        if not running.any():
+          break
+        obs = suite.observation(raw)[order]
+        prev_reward = np.clip(reward, -reward_clip, reward_clip)
+        reset = done
+    finally:
+      env.close()
+    if running.any():
+      raise RuntimeError(
+          f"{suite.name}: {int(running.sum())} episode(s) still running after "
+          f"the time limit of {suite.max_episode_steps} steps")
+    returns.append(episode_return)
+    lengths.append(length)
+  return EvaluationSummary(greedy, np.stack(returns), np.stack(lengths))
+
+
 def format_table(summaries):
   """A plain-text table, one row per EvaluationSummary."""
   header = (f"{'actions':<8} {'seeds':>5} {'episodes/seed':>13} "
@@ -132,21 +209,29 @@ def format_table(summaries):
   return "\n".join(rows)
 
 
+def load_run_config(workdir):
+  """The ConfigDict in the run folder's config.json."""
+  config_path = os.path.join(workdir, "config.json")
+  if not os.path.exists(config_path):
+    raise FileNotFoundError(f"--workdir: no config.json in {workdir}")
+  with open(config_path) as f:
+    return ml_collections.ConfigDict(json.load(f))
+
+
+def is_sebulba_run(config):
+  return "sebulba" in config
+
+
 def restore_run(workdir, call=None):
   """(config, Train, RunnerState, metadata) of checkpoint `call` (latest).
 
   `workdir` is a run folder of experiments/r2ac_anakin.py.
   """
-  config_path = os.path.join(workdir, "config.json")
-  if not os.path.exists(config_path):
-    raise FileNotFoundError(f"--workdir: no config.json in {workdir}")
-  with open(config_path) as f:
-    config = ml_collections.ConfigDict(json.load(f))
-  if "sebulba" in config:
+  config = load_run_config(workdir)
+  if is_sebulba_run(config):
     raise ValueError(
-        f"--workdir: {workdir} is a Sebulba run (envpool environments); this "
-        "evaluates Anakin runs of experiments/r2ac_anakin.py (JAX "
-        "environments)")
+        f"--workdir: {workdir} is a Sebulba run (envpool environments); "
+        "restore it with restore_sebulba_run")
   train = anakin.make_train(config)
   checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"))
   try:
@@ -155,3 +240,31 @@ def restore_run(workdir, call=None):
   finally:
     checkpointer.close()
   return config, train, runner, metadata
+
+
+def restore_sebulba_run(workdir, update=None):
+  """(config, agent, suite, LearnerState, metadata) of checkpoint `update`
+  (latest) of a run folder of experiments/r2ac_sebulba.py.
+
+  The state is restored on the default device whatever mesh trained it.
+  """
+  # pylint: disable=g-import-not-at-top
+  from rtrl_jax import envpool_envs
+  from rtrl_jax import sebulba
+  # pylint: enable=g-import-not-at-top
+  config = load_run_config(workdir)
+  if not is_sebulba_run(config):
+    raise ValueError(
+        f"--workdir: {workdir} is an Anakin run; restore it with restore_run")
+  suite = envpool_envs.make_suite(config.env.suite, config.env.name,
+                                  dict(config.env.kwargs),
+                                  num_threads=config.sebulba.envpool_threads)
+  agent, optimizer = sebulba.make_agent_and_optimizer(config, suite)
+  template = sebulba.init_learner_state(agent, optimizer,
+                                        jax.random.PRNGKey(config.seed))
+  checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"))
+  try:
+    state, metadata = checkpointer.restore(template, update)
+  finally:
+    checkpointer.close()
+  return config, agent, suite, state, metadata

@@ -230,6 +230,18 @@ def episode_flags(terminated, truncated, elapsed_step, max_episode_steps):
   return done, np.logical_and(done, ~cut), cut
 
 
+def make_agent_and_optimizer(config, suite):
+  """The R2AC agent for `suite` and its optimizer, as `config` sets them."""
+  agent = make_agent(config, suite.obs_shape, suite.num_actions)
+  return agent, make_optimizer(config, max(1, config.total_updates))
+
+
+def init_learner_state(agent, optimizer, key) -> LearnerState:
+  """Fresh parameters (from `key`), optimizer state and update counter 0."""
+  params = agent.init(key)
+  return LearnerState(params, optimizer.init(params), jnp.zeros((), jnp.int32))
+
+
 class System(NamedTuple):
   init: Callable[[jax.Array], LearnerState]
   start: Callable[[LearnerState], None]
@@ -258,8 +270,7 @@ def make_system(config, mesh=None, suite=None, trajectory_hook=None) -> System:
     suite = envpool_envs.make_suite(config.env.suite, config.env.name,
                                     dict(config.env.kwargs),
                                     num_threads=seb.envpool_threads)
-  agent = make_agent(config, suite.obs_shape, suite.num_actions)
-  optimizer = make_optimizer(config, max(1, config.total_updates))
+  agent, optimizer = make_agent_and_optimizer(config, suite)
   learner_step = make_learner_step(agent, optimizer)
   mesh = mesh or Mesh(learner_devices(tuple(seb.learner_device_ids)),
                       ("data",))
@@ -278,13 +289,9 @@ def make_system(config, mesh=None, suite=None, trajectory_hook=None) -> System:
   timings = Timings()
   replicated = NamedSharding(mesh, P())
 
-  def init_state(key):
-    params = agent.init(key)
-    return LearnerState(params, optimizer.init(params),
-                        jnp.zeros((), jnp.int32))
-
   # Every process computes the same replicated state (multi-host safe).
-  init = jax.jit(init_state, out_shardings=replicated)
+  init = jax.jit(lambda key: init_learner_state(agent, optimizer, key),
+                 out_shardings=replicated)
 
   # --- shapes and shardings ----------------------------------------------
   example_params = jax.eval_shape(agent.init, jax.random.PRNGKey(0))

@@ -64,6 +64,7 @@ def test_bad_flags_are_one_line_errors(tmp_path):
       (["--threads=1,x"], "error: --threads: 'x' is not a positive int"),
       (["--mode=learner", "--devices=1,4"],
        "error: --devices: [4] above the 2 devices here"),
+      (["--config.unroll_length=0"], "error: config.unroll_length: "),
       (["--config.env.name=MiniGrid-Nope-v0"],
        "error: env.name='MiniGrid-Nope-v0' is not an envpool environment id")):
     result = run_benchmark(*flags, f"--out_dir={tmp_path}")

@@ -199,6 +199,9 @@ def test_checkpoint_round_trip(tmp_path):
           == jax.tree.structure(state.opt_state))
   assert_same_state(restored, state)
   assert int(restored.data_position) == 1
+  with pytest.raises(FileNotFoundError,
+                     match=r"^no checkpoint 1 in .* \(it has 2, 3\)$"):
+    checkpointer.restore(fresh, 1)
   checkpointer.close()
 
 

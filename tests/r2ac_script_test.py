@@ -203,8 +203,14 @@ def test_a_config_the_system_rejects_leaves_no_run_folder(tmp_path):
   assert not workdir.exists()
 
 
-def test_evaluation_refuses_a_sebulba_run_folder(tmp_path):
+def test_each_restore_refuses_the_other_systems_run_folder(tmp_path):
   (tmp_path / "config.json").write_text(json.dumps(
       {"env": {"name": "MiniGrid-MemoryS7-v0"}, "sebulba": {}}))
   with pytest.raises(ValueError, match="is a Sebulba run"):
     evaluation.restore_run(str(tmp_path))
+  anakin = tmp_path / "anakin"
+  anakin.mkdir()
+  (anakin / "config.json").write_text(json.dumps(
+      {"env": {"name": "gymnax:MemoryChain-bsuite"}}))
+  with pytest.raises(ValueError, match="is an Anakin run"):
+    evaluation.restore_sebulba_run(str(anakin))

@@ -101,6 +101,23 @@ def test_sigterm_saves_and_resume_finishes(tmp_path, environment):
   with open(os.path.join(workdir, "results.json")) as f:
     assert f.read() == saved
 
+  # The finished run evaluates on its envpool environment.
+  evaluated = subprocess.run(
+      [sys.executable, "-m", "experiments.evaluate_r2ac", f"--workdir={workdir}",
+       "--seeds=2", "--episodes=4"],
+      cwd=ROOT, env=environment, capture_output=True, text=True,
+      timeout=TIMEOUT)
+  assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+  assert f"checkpoint of update {UPDATES}, MiniGrid-MemoryS7-v0" in (
+      evaluated.stdout)
+  with open(os.path.join(workdir, "evaluation.json")) as f:
+    evaluation = json.load(f)
+  assert evaluation["update"] == UPDATES
+  for actions in ("greedy", "sampled"):
+    summary = evaluation[actions]
+    assert (summary["seeds"], summary["episodes_per_seed"]) == (2, 4)
+    assert 0.0 <= summary["mean"] <= 1.0   # MiniGrid: 0, or 1 - 0.9 t/T
+
 
 @pytest.mark.timeout(120)
 def test_bad_config_is_one_line(environment):

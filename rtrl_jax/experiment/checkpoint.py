@@ -53,6 +53,10 @@ class Checkpointer:
     step = self.latest_step() if step is None else step
     if step is None:
       raise FileNotFoundError(f"no checkpoint in {self.directory}")
+    if step not in self.all_steps():
+      raise FileNotFoundError(
+          f"no checkpoint {step} in {self.directory} (it has "
+          f"{', '.join(map(str, sorted(self.all_steps())))})")
     abstract = _without_empty(template, ocp.utils.to_shape_dtype_struct)
     try:
       restored = self._manager.restore(step, args=ocp.args.Composite(
