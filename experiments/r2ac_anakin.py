@@ -26,6 +26,7 @@ import time
 from absl import app, flags
 
 from experiments.r2ac_training import run
+from experiments.r2ac_training import where_to_look
 from rtrl_jax import experiment
 
 _CONFIG = experiment.cli.define_config_flag(
@@ -48,10 +49,7 @@ def main(argv):
     sys.exit(f"error: {error}")
   print(json.dumps(experiment.json_safe(results)))
   if results["status"] != "preempted":
-    print(f"plot: {results['plot']}\n"
-          f"logs: {os.path.join(workdir, 'metrics.csv')}, "
-          f"{os.path.join(workdir, 'metrics.jsonl')}, TensorBoard: "
-          f"tensorboard --logdir {os.path.join(workdir, 'tensorboard')}")
+    print(where_to_look(workdir, results["plot"]))
 
 
 if __name__ == "__main__":

@@ -29,6 +29,9 @@ import time
 
 from absl import app, flags
 
+from experiments.r2ac_training import RETURN_PLOT
+from experiments.r2ac_training import plot_return_vs_frames
+from experiments.r2ac_training import where_to_look
 from rtrl_jax import experiment
 
 _CONFIG = experiment.cli.define_config_flag(
@@ -151,6 +154,12 @@ def run(config, workdir, resume):
                              "train/policy_lag_mean")})
     with open(os.path.join(workdir, "results.json"), "w") as f:
       json.dump(experiment.json_safe(results), f, indent=2)
+    results["plot"] = os.path.join(workdir, RETURN_PLOT)
+    plot_return_vs_frames(
+        workdir, results["plot"], describe(config),
+        frames_key="train/env_steps",
+        return_key="train/window/episode_return_mean",
+        frames_label="environment steps (agent steps)")
   return results
 
 
@@ -171,6 +180,8 @@ def main(argv):
           sebulba.ActorError) as error:
     sys.exit(f"error: {error}")
   print(json.dumps(experiment.json_safe(results)))
+  if "plot" in results:
+    print(where_to_look(workdir, results["plot"]))
 
 
 if __name__ == "__main__":

@@ -73,17 +73,25 @@ def make_greedy_evaluation(config, train):
   return evaluate
 
 
-def plot_return_vs_frames(workdir, path, title=""):
-  """Training and greedy-evaluation returns vs environment frames, as a PNG."""
+def plot_return_vs_frames(workdir, path, title="",
+                          frames_key="train/frames",
+                          return_key="train/episode_return_mean",
+                          frames_label="environment frames"):
+  """Training (and any greedy-evaluation) returns vs frames, as a PNG.
+
+  Reads the run's metrics.jsonl: `return_key` against `frames_key` (Anakin:
+  the defaults; Sebulba: train/env_steps and
+  train/window/episode_return_mean), and eval/greedy_return where logged.
+  """
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
   rows = experiment.read_jsonl(os.path.join(workdir, "metrics.jsonl"))
-  frames_at = {row["step"]: row["train/frames"] for row in rows
-               if "train/frames" in row}
+  frames_at = {row["step"]: row[frames_key] for row in rows
+               if frames_key in row}
   frames_at.setdefault(0, 0.0)
-  train = [(row["train/frames"], row["train/episode_return_mean"])
-           for row in rows if "train/episode_return_mean" in row]
+  train = [(frames_at[row["step"]], row[return_key])
+           for row in rows if return_key in row and row["step"] in frames_at]
   greedy = [(frames_at[row["step"]], row["eval/greedy_return"])
             for row in rows if "eval/greedy_return" in row
             and row["step"] in frames_at]
@@ -92,7 +100,7 @@ def plot_return_vs_frames(workdir, path, title=""):
                                (greedy, "greedy evaluation", "o-")):
     if points:
       axes.plot(*zip(*points), style, label=label, markersize=3)
-  axes.set_xlabel("environment frames")
+  axes.set_xlabel(frames_label)
   axes.set_ylabel("episode return")
   axes.set_title(title, fontsize=9)
   axes.grid(alpha=0.3)
@@ -100,6 +108,15 @@ def plot_return_vs_frames(workdir, path, title=""):
   figure.tight_layout()
   figure.savefig(path, dpi=100)
   plt.close(figure)
+
+
+def where_to_look(workdir, plot):
+  """The lines a finished R2AC run prints: its plot, logs and evaluation."""
+  return (f"plot: {plot}\n"
+          f"logs: {os.path.join(workdir, 'metrics.csv')}, "
+          f"{os.path.join(workdir, 'metrics.jsonl')}, TensorBoard: "
+          f"tensorboard --logdir {os.path.join(workdir, 'tensorboard')}\n"
+          f"evaluate: python -m experiments.evaluate_r2ac --workdir={workdir}")
 
 
 def describe(config):

@@ -80,6 +80,8 @@ def test_run_writes_logs_results_and_plot(uninterrupted):
   workdir, stdout = uninterrupted
   plot = os.path.join(workdir, "return_vs_frames.png")
   assert f"plot: {plot}" in stdout
+  assert stdout.strip().splitlines()[-1] == (
+      f"evaluate: python -m experiments.evaluate_r2ac --workdir={workdir}")
   with open(plot, "rb") as f:
     assert f.read(8) == b"\x89PNG\r\n\x1a\n"
   with open(os.path.join(workdir, "results.json")) as f:

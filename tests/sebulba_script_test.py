@@ -84,8 +84,13 @@ def test_sigterm_saves_and_resume_finishes(tmp_path, environment):
       timeout=TIMEOUT)
   assert resumed.returncode == 0, resumed.stderr[-3000:]
   assert f"resumed {workdir} from update {stopped}" in resumed.stdout
-  result = strict_json_loads(resumed.stdout.strip().splitlines()[-1])
+  lines = resumed.stdout.strip().splitlines()
+  result = strict_json_loads(lines[-4])
   assert result["status"] == "finished" and result["update"] == UPDATES
+  assert result["plot"] == os.path.join(workdir, "return_vs_frames.png")
+  assert os.path.getsize(result["plot"]) > 0
+  assert lines[-1] == (
+      f"evaluate: python -m experiments.evaluate_r2ac --workdir={workdir}")
   steps = [r["step"] for r in experiment.read_jsonl(
       os.path.join(workdir, "metrics.jsonl")) if "train/sps" in r]
   assert steps == sorted(set(steps)) and steps[-1] == UPDATES

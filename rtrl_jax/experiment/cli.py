@@ -75,3 +75,4 @@ def start_main(argv, quiet_logging=True):
     sys.exit(f"error: unexpected arguments {argv[1:]}")
   if quiet_logging and not flags.FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)
+
