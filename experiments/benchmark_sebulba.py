@@ -43,7 +43,8 @@ from rtrl_jax import experiment
 from rtrl_jax import sebulba
 
 _CONFIG = experiment.cli.define_config_flag(
-    "experiments/configs/sebulba.py:tiny", "Sebulba config.")
+    "experiments/configs/sebulba.py:tiny", "Sebulba config.",
+    accept_new_keys=True)
 _MODE = flags.DEFINE_enum("mode", "throughput", ["throughput", "learner"],
                           "What to measure.")
 _THREADS = flags.DEFINE_list("threads", ["1", "2"], "Actor-thread counts.")

@@ -32,7 +32,8 @@ from rtrl_jax import experiment
 _CONFIG = experiment.cli.define_config_flag(
     "experiments/configs/r2ac.py",
     "A config file, optionally with ':name' (default, tiny, minigrid, "
-    "cartpole).")
+    "cartpole).",
+    accept_new_keys=True)
 _WORKDIR = flags.DEFINE_string(
     "workdir", None, "Run folder (default runs/r2ac_<gradient>_<time>).")
 _RESUME = flags.DEFINE_bool(

@@ -37,7 +37,8 @@ from rtrl_jax import experiment
 _CONFIG = experiment.cli.define_config_flag(
     "experiments/configs/sebulba.py",
     "A config file, optionally with ':name' (default, tiny, atari, "
-    "tiny_atari, procgen, procgen_memory, vizdoom).")
+    "tiny_atari, procgen, procgen_memory, vizdoom).",
+    accept_new_keys=True)
 _WORKDIR = flags.DEFINE_string(
     "workdir", None, "Run folder (default runs/sebulba_<env>_<time>).")
 _RESUME = flags.DEFINE_bool(
@@ -87,6 +88,10 @@ def run(config, workdir, resume):
   from rtrl_jax import sebulba
   # pylint: enable=g-import-not-at-top
   check_config(config)
+  try:      # before prepare_workdir: a bad config leaves no run folder behind
+    system = sebulba.make_system(config)
+  except (TypeError, ValueError, ImportError) as error:
+    raise experiment.ConfigError(str(error).splitlines()[0]) from error
   checkpointer, resume_step = experiment.prepare_workdir(
       workdir, config, resume, max_to_keep=config.run.max_checkpoints)
   done = experiment.finished_results(workdir, resume_step,
@@ -96,11 +101,6 @@ def run(config, workdir, resume):
     print(f"{workdir}: finished before (update {resume_step} of "
           f"{config.total_updates}); nothing to resume", flush=True)
     return done
-  try:
-    system = sebulba.make_system(config)
-  except (TypeError, ValueError, ImportError) as error:
-    checkpointer.close()
-    raise experiment.ConfigError(str(error).splitlines()[0]) from error
   state = system.init(jax.random.PRNGKey(config.seed))
   if resume_step is not None:
     state, _ = checkpointer.restore(state, resume_step)

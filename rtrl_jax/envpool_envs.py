@@ -90,12 +90,34 @@ def procgen_available():
   return True, ""
 
 
+# Integer envpool options and their least allowed value: envpool takes a
+# negative or zero value silently and then misbehaves (e.g. Procgen with
+# num_levels=-3 runs).
+INTEGER_OPTION_MINIMUM = {
+    "num_levels": 0, "start_level": 0, "noop_max": 0,
+    "max_episode_steps": 1, "frame_skip": 1, "stack_num": 1,
+    "img_height": 1, "img_width": 1,
+}
+
+
 def envpool_options(suite, kwargs=None):
-  """The envpool keyword arguments of `suite` with `kwargs` overriding them."""
+  """The envpool keyword arguments of `suite` with `kwargs` overriding them.
+
+  Raises:
+    ValueError: an unknown suite, or an integer option (INTEGER_OPTION_MINIMUM)
+      that is not an int or below its minimum, named as env.kwargs.<option>.
+  """
   if suite not in SUITE_DEFAULTS:
     raise ValueError(
         f"env suite must be one of {sorted(SUITE_DEFAULTS)}, got {suite!r}")
-  return {**SUITE_DEFAULTS[suite], **dict(kwargs or {})}
+  options = {**SUITE_DEFAULTS[suite], **dict(kwargs or {})}
+  for name, minimum in INTEGER_OPTION_MINIMUM.items():
+    value = options.get(name, minimum)
+    if (isinstance(value, bool) or not isinstance(value, (int, np.integer))
+        or value < minimum):
+      raise ValueError(f"env.kwargs.{name}={value!r}: must be an int >= "
+                       f"{minimum}")
+  return options
 
 
 def make_suite(suite, name, kwargs=None, num_threads=0) -> Suite:

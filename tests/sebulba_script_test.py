@@ -125,7 +125,7 @@ def test_sigterm_saves_and_resume_finishes(tmp_path, environment):
 
 
 @pytest.mark.timeout(120)
-def test_bad_config_is_one_line(environment):
+def test_bad_config_is_one_line(environment, tmp_path):
   result = subprocess.run(
       command("--config=experiments/configs/sebulba.py:tiny",
               "--config.sebulba.num_actor_thread=2", "--workdir=/tmp/unused"),
@@ -133,6 +133,17 @@ def test_bad_config_is_one_line(environment):
   assert result.returncode == 1
   assert result.stderr.strip().startswith("error: config.sebulba."), (
       result.stderr)
+  # An option envpool would take silently; the system rejects it before the
+  # run folder exists.
+  workdir = tmp_path / "run"
+  result = subprocess.run(
+      command("--config=experiments/configs/sebulba.py:tiny",
+              "--config.env.kwargs.max_episode_steps=0", f"--workdir={workdir}"),
+      cwd=ROOT, env=environment, capture_output=True, text=True, timeout=100)
+  assert result.returncode == 1
+  assert result.stderr.strip().splitlines() == [
+      "error: env.kwargs.max_episode_steps=0: must be an int >= 1"]
+  assert not workdir.exists()
 
 
 def test_every_named_config_passes_the_checks():

@@ -338,6 +338,22 @@ def test_suite_defaults_are_the_papers_preprocessing():
   assert suite.obs_shape == (7, 7, 3) and suite.num_actions == 7
 
 
+@pytest.mark.parametrize("suite, kwargs, message", [
+    ("procgen", {"num_levels": -3}, "env.kwargs.num_levels=-3: must be an int "
+     ">= 0"),
+    ("atari", {"frame_skip": 0}, "env.kwargs.frame_skip=0: must be an int >= 1"),
+    ("minigrid", {"max_episode_steps": 2.5},
+     "env.kwargs.max_episode_steps=2.5: must be an int >= 1"),
+    ("atari", {"stack_num": True}, "env.kwargs.stack_num=True: must be an int"),
+])
+def test_integer_options_envpool_would_take_silently_are_checked(
+    suite, kwargs, message):
+  with pytest.raises(ValueError) as error:
+    envpool_envs.envpool_options(suite, kwargs)
+  assert str(error.value).startswith(message)
+  assert envpool_envs.envpool_options(suite, {"num_levels": 0})["num_levels"] == 0
+
+
 @pytest.mark.parametrize("suite, name, message", [
     ("minigrid", "MiniGrid-Nope-v0",
      "env.name='MiniGrid-Nope-v0' is not an envpool environment id"),

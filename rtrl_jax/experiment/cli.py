@@ -45,16 +45,23 @@ def describe_flag_error(error, argv):
   return text or type(error).__name__
 
 
-def define_config_flag(default, help_string):
-  """The locked `--config` flag (a config file, default `default`).
+def define_config_flag(default, help_string, accept_new_keys=False):
+  """The `--config` flag (a config file, default `default`).
+
+  Locked: `--config.<key>` must name a key the file defines. With
+  `accept_new_keys` it may add keys (e.g. an environment parameter under
+  env.kwargs that the file does not list); the script must then check the
+  config against a reference that refuses unknown keys elsewhere
+  (experiments/configs/r2ac.check_against does).
 
   Exits with `describe_flag_error`'s one line if the command line's
   overrides do not fit the default config, which ml_collections checks here,
   at definition, when `--config=` is not given.
   """
   try:
-    return config_flags.DEFINE_config_file("config", default, help_string,
-                                           lock_config=True)
+    return config_flags.DEFINE_config_file(
+        "config", default, help_string, lock_config=not accept_new_keys,
+        accept_new_attributes=accept_new_keys)
   except Exception as error:  # pylint: disable=broad-except
     sys.exit(f"error: {describe_flag_error(error, sys.argv)}")
 
