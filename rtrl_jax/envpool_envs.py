@@ -100,6 +100,12 @@ INTEGER_OPTION_MINIMUM = {
 }
 
 
+# envpool options the actors set themselves, not env.kwargs.
+_SET_BY_SEBULBA = {"num_envs", "batch_size", "num_threads", "seed",
+                   "max_num_players", "thread_affinity_offset", "base_path",
+                   "gym_reset_return_info"}
+
+
 def envpool_options(suite, kwargs=None):
   """The envpool keyword arguments of `suite` with `kwargs` overriding them.
 
@@ -140,6 +146,13 @@ def make_suite(suite, name, kwargs=None, num_threads=0) -> Suite:
     raise ValueError(f"env.name={name!r} is not an envpool environment id "
                      "(envpool.list_all_envs() lists them)")
   try:
+    known = envpool.make_spec(name).config._fields
+    unknown = sorted(set(options) - set(known))
+    if unknown:
+      raise ValueError(
+          f"env.name={name!r} does not take the option(s) {unknown} (from "
+          f"env.suite={suite!r} defaults or env.kwargs); is env.suite right? "
+          f"Its options: {sorted(set(known) - _SET_BY_SEBULBA)}")
     spec = envpool.make_spec(name, **options)
   except ImportError as error:
     if suite == "procgen":

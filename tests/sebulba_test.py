@@ -360,13 +360,25 @@ def test_integer_options_envpool_would_take_silently_are_checked(
     ("minigrid", "Pong-v5",
      "env.name='Pong-v5' does not belong to env.suite='minigrid'"),
     ("atari", "MiniGrid-MemoryS7-v0", "env.name='MiniGrid-MemoryS7-v0' does "
-     "not take the options of env.suite='atari'"),
+     "not take the option(s) ['episodic_life', 'frame_skip', 'gray_scale', "
+     "'img_height', 'img_width', 'noop_max', 'repeat_action_probability', "
+     "'reward_clip', 'stack_num'] (from env.suite='atari' defaults"),
 ])
 def test_suite_and_env_name_mistakes_are_one_line_errors(suite, name, message):
   with pytest.raises(ValueError) as error:
     envpool_envs.make_suite(suite, name)
   assert str(error.value).startswith(message)
   assert "\n" not in str(error.value)
+
+
+def test_an_option_the_environment_lacks_is_named_with_the_known_ones():
+  with pytest.raises(ValueError) as error:
+    envpool_envs.make_suite("minigrid", "MiniGrid-MemoryS7-v0",
+                            {"max_stepz": 5})
+  message = str(error.value)
+  assert message.startswith("env.name='MiniGrid-MemoryS7-v0' does not take "
+                            "the option(s) ['max_stepz']")
+  assert "'max_episode_steps'" in message and "'num_envs'" not in message
 
 
 VIZDOOM = textwrap.dedent("""
