@@ -184,6 +184,18 @@ def trajectory_shardings(mesh, example):
          for field in Trajectory._fields if field != "initial_state"})
 
 
+@jax.jit
+def _concatenate(pieces):
+  """Trajectories on one device joined along the environment axis (0 for
+  the initial state, 1 for the time-major fields), in one call: op-by-op
+  concatenation of each leaf cost ~0.3 ms a leaf on a 2-core CPU."""
+  joined = {field: jnp.concatenate([getattr(p, field) for p in pieces], 1)
+            for field in Trajectory._fields if field != "initial_state"}
+  initial = jax.tree.map(lambda *xs: jnp.concatenate(xs, 0),
+                         *[p.initial_state for p in pieces])
+  return Trajectory(initial_state=initial, **joined)
+
+
 def combine(trajectories, shardings, num_processes=1):
   """One global Trajectory from per-thread ones, without cross-device copies.
 
@@ -194,28 +206,30 @@ def combine(trajectories, shardings, num_processes=1):
   """
   if len(trajectories) == 1 and num_processes == 1:
     return trajectories[0]
+  devices = list(jax.tree.leaves(shardings)[0].addressable_devices)
 
-  def join(sharding, axis, *leaves):
-    pieces = []
-    by_device = [{s.device: s.data for s in leaf.addressable_shards}
-                 for leaf in leaves]
-    for device in sharding.addressable_devices:
-      parts = [shards[device] for shards in by_device]
-      pieces.append(parts[0] if len(parts) == 1 else
-                    jnp.concatenate(parts, axis))
-    shape = list(leaves[0].shape)
-    shape[axis] *= len(leaves) * num_processes
-    return jax.make_array_from_single_device_arrays(tuple(shape), sharding,
-                                                    pieces)
+  def piece(leaf, device):
+    return next(s.data for s in leaf.addressable_shards if s.device == device)
 
-  first = trajectories[0]
-  initial = jax.tree.map(
-      lambda s, *xs: join(s, 0, *xs), shardings.initial_state,
-      *[t.initial_state for t in trajectories])
-  rest = {field: join(getattr(shardings, field), 1,
-                      *[getattr(t, field) for t in trajectories])
+  # Each device's piece of every input, joined there in one call.
+  on_device = [[jax.tree.map(lambda leaf, d=device: piece(leaf, d), t)
+                for t in trajectories] for device in devices]
+  joined = [pieces[0] if len(pieces) == 1 else _concatenate(pieces)
+            for pieces in on_device]
+
+  def assemble(sharding, axis, *pieces):
+    shape = list(pieces[0].shape)
+    shape[axis] *= len(devices) * num_processes
+    return jax.make_array_from_single_device_arrays(
+        tuple(shape), sharding, list(pieces))
+
+  initial = jax.tree.map(lambda s, *xs: assemble(s, 0, *xs),
+                         shardings.initial_state,
+                         *[j.initial_state for j in joined])
+  rest = {field: assemble(getattr(shardings, field), 1,
+                          *[getattr(j, field) for j in joined])
           for field in Trajectory._fields if field != "initial_state"}
-  return first._replace(initial_state=initial, **rest)
+  return Trajectory(initial_state=initial, **rest)
 
 
 def episode_flags(terminated, truncated, elapsed_step, max_episode_steps):
