@@ -100,23 +100,35 @@ INTEGER_OPTION_MINIMUM = {
 }
 
 
-# envpool options the actors set themselves, not env.kwargs.
-_SET_BY_SEBULBA = {"num_envs", "batch_size", "num_threads", "seed",
-                   "max_num_players", "thread_affinity_offset", "base_path",
-                   "gym_reset_return_info"}
+# envpool options that `Suite.make` and envpool set themselves: never
+# env.kwargs (the config keys that set them instead, where there are any).
+SET_BY_THE_SYSTEM = {
+    "num_envs": "sebulba.num_envs_per_thread",
+    "batch_size": "sebulba.num_envs_per_thread",
+    "num_threads": "sebulba.envpool_threads",
+    "seed": "seed", "env_name": "env.name", "max_num_players": None,
+    "thread_affinity_offset": None, "base_path": None,
+    "gym_reset_return_info": None,
+}
 
 
 def envpool_options(suite, kwargs=None):
   """The envpool keyword arguments of `suite` with `kwargs` overriding them.
 
   Raises:
-    ValueError: an unknown suite, or an integer option (INTEGER_OPTION_MINIMUM)
-      that is not an int or below its minimum, named as env.kwargs.<option>.
+    ValueError: an unknown suite, an option the system sets itself
+      (SET_BY_THE_SYSTEM), or an integer option (INTEGER_OPTION_MINIMUM) that
+      is not an int or below its minimum, named as env.kwargs.<option>.
   """
   if suite not in SUITE_DEFAULTS:
     raise ValueError(
         f"env suite must be one of {sorted(SUITE_DEFAULTS)}, got {suite!r}")
   options = {**SUITE_DEFAULTS[suite], **dict(kwargs or {})}
+  for name in sorted(set(options) & set(SET_BY_THE_SYSTEM)):
+    instead = SET_BY_THE_SYSTEM[name]
+    raise ValueError(
+        f"env.kwargs.{name}: set by the system, not env.kwargs"
+        + (f" (set config.{instead} instead)" if instead else ""))
   for name, minimum in INTEGER_OPTION_MINIMUM.items():
     value = options.get(name, minimum)
     if (isinstance(value, bool) or not isinstance(value, (int, np.integer))
@@ -152,16 +164,23 @@ def make_suite(suite, name, kwargs=None, num_threads=0) -> Suite:
       raise ValueError(
           f"env.name={name!r} does not take the option(s) {unknown} (from "
           f"env.suite={suite!r} defaults or env.kwargs); is env.suite right? "
-          f"Its options: {sorted(set(known) - _SET_BY_SEBULBA)}")
+          f"Its options: {sorted(set(known) - set(SET_BY_THE_SYSTEM))}")
     spec = envpool.make_spec(name, **options)
   except ImportError as error:
     if suite == "procgen":
       raise ImportError(f"{QT_HINT} ({error})") from error
     raise
-  except TypeError as error:      # an option this environment does not have
+  except TypeError as error:      # a value of the wrong type
+    culprits = []
+    for option, value in options.items():
+      try:
+        envpool.make_spec(name, **{option: value})
+      except TypeError:
+        culprits.append(f"env.kwargs.{option}={value!r}")
     raise ValueError(
-        f"env.name={name!r} does not take the options of env.suite="
-        f"{suite!r} ({error}); is env.suite right, and env.kwargs?") from error
+        f"env.name={name!r}: {', '.join(culprits) or 'an option'} has a value "
+        f"of the wrong type for envpool ({str(error).splitlines()[0]})"
+    ) from error
   space = spec.action_space
   if not hasattr(space, "n"):
     raise ValueError(f"{name}: needs a discrete action space, got {space}")

@@ -52,11 +52,34 @@ def make_env(name: str, **overrides) -> Env:
 
 
 def _replace_params(name, params, overrides):
+  """`params` with `overrides`, each checked against the field's default:
+  a bool for a bool, an int for an int (>= 1 where the default is positive:
+  counts and lengths such as memory_length or max_steps_in_episode, which
+  the environments take silently at 0 or below), a number for a float."""
   unknown = sorted(set(overrides) - set(params.__dataclass_fields__))
   if unknown:
     raise ValueError(
         f"{name}: unknown env parameter(s) {unknown}; known: "
         f"{sorted(params.__dataclass_fields__)}")
+  for key, value in overrides.items():
+    default = getattr(params, key)
+    if default is None or getattr(default, "ndim", 0):
+      continue                     # no scalar default to compare with
+    default = default.item() if hasattr(default, "item") else default
+    is_int = isinstance(value, int) and not isinstance(value, bool)
+    if isinstance(default, bool):
+      problem = None if isinstance(value, bool) else "must be true or false"
+    elif isinstance(default, int):
+      problem = (None if is_int and (value >= 1 or default <= 0) else
+                 "must be an int" + (" >= 1" if default > 0 else ""))
+    elif isinstance(default, float):
+      problem = (None if is_int or isinstance(value, float)
+                 else "must be a number")
+    else:
+      problem = None
+    if problem:
+      raise ValueError(f"env.kwargs.{key}={value!r}: {problem} ({name}'s "
+                       f"default is {default!r})")
   return params.replace(**overrides) if overrides else params
 
 

@@ -60,3 +60,31 @@ def test_bad_names_and_parameters_are_rejected():
     make_env("CartPole-v1")
   with pytest.raises(ValueError, match=r"unknown env parameter\(s\) \['memory_lenght'\]"):
     make_env("gymnax:MemoryChain-bsuite", memory_lenght=3)
+
+
+@pytest.mark.parametrize("name, overrides, message", [
+    ("gymnax:MemoryChain-bsuite", {"memory_length": 0},
+     "env.kwargs.memory_length=0: must be an int >= 1"),
+    ("gymnax:MemoryChain-bsuite", {"max_steps_in_episode": -3},
+     "env.kwargs.max_steps_in_episode=-3: must be an int >= 1"),
+    ("gymnax:MemoryChain-bsuite", {"memory_length": 2.5},
+     "env.kwargs.memory_length=2.5: must be an int >= 1"),
+    ("gymnax:CartPole-v1", {"max_steps_in_episode": "abc"},
+     "env.kwargs.max_steps_in_episode='abc': must be an int >= 1"),
+    ("gymnax:CartPole-v1", {"gravity": "high"},
+     "env.kwargs.gravity='high': must be a number"),
+    ("xminigrid:MiniGrid-MemoryS8", {"max_steps": 0},
+     "env.kwargs.max_steps=0: must be an int >= 1"),
+])
+def test_parameter_values_the_environment_would_take_silently(
+    name, overrides, message):
+  # MemoryChain trains with memory_length=-3 and ends in a NaN loss at 0.
+  with pytest.raises(ValueError) as error:
+    make_env(name, **overrides)
+  assert str(error.value).startswith(message)
+
+
+def test_good_parameter_values_are_applied():
+  env = make_env("gymnax:CartPole-v1", gravity=10, max_steps_in_episode=7)
+  assert env.max_episode_steps == 7
+  assert make_env("xminigrid:MiniGrid-MemoryS8", max_steps=11).max_episode_steps == 11

@@ -345,6 +345,9 @@ def test_suite_defaults_are_the_papers_preprocessing():
     ("minigrid", {"max_episode_steps": 2.5},
      "env.kwargs.max_episode_steps=2.5: must be an int >= 1"),
     ("atari", {"stack_num": True}, "env.kwargs.stack_num=True: must be an int"),
+    ("minigrid", {"num_envs": 3}, "env.kwargs.num_envs: set by the system, "
+     "not env.kwargs (set config.sebulba.num_envs_per_thread instead)"),
+    ("minigrid", {"env_name": "x"}, "env.kwargs.env_name: set by the system"),
 ])
 def test_integer_options_envpool_would_take_silently_are_checked(
     suite, kwargs, message):
@@ -368,6 +371,16 @@ def test_suite_and_env_name_mistakes_are_one_line_errors(suite, name, message):
   with pytest.raises(ValueError) as error:
     envpool_envs.make_suite(suite, name)
   assert str(error.value).startswith(message)
+  assert "\n" not in str(error.value)
+
+
+def test_an_option_value_of_the_wrong_type_is_named():
+  with pytest.raises(ValueError) as error:
+    envpool_envs.make_suite("minigrid", "MiniGrid-MemoryS7-v0",
+                            {"size": "abc", "max_episode_steps": 9})
+  assert str(error.value).startswith(
+      "env.name='MiniGrid-MemoryS7-v0': env.kwargs.size='abc' has a value of "
+      "the wrong type for envpool")
   assert "\n" not in str(error.value)
 
 
