@@ -246,6 +246,12 @@ def main(argv):
     threads = timing.positive_ints("threads", _THREADS.value)
     devices = timing.positive_ints("devices", _DEVICES.value)
     if _QUICK.value:
+      given = [f"--{holder.name}" for holder in (
+          _THREADS, _ENVS, _SECONDS, _WARMUP, _DEVICES, _LEARNER_ENVS,
+          _REPEATS) if holder.present]
+      if given:
+        raise ValueError(f"--quick sets {', '.join(given)} itself; give "
+                         "either --quick or them")
       threads, envs, seconds, warmup = [1], 4, 1.0, 1
       devices, global_envs, repeats = [1, 2][:jax.device_count()], 8, 2
     too_many = [count for count in devices if count > jax.device_count()]
@@ -257,7 +263,11 @@ def main(argv):
     suite = envpool_envs.make_suite(config.env.suite, config.env.name,
                                     dict(config.env.kwargs),
                                     num_threads=config.sebulba.envpool_threads)
-  except (ValueError, experiment.ConfigError) as error:
+    out_dir = timing.output_dir(_OUT_DIR, _QUICK.value)
+    os.makedirs(out_dir, exist_ok=True)      # fail now, not after the run
+    if not os.access(out_dir, os.W_OK):
+      raise ValueError(f"--out_dir: cannot write to {out_dir!r}")
+  except (ValueError, OSError) as error:
     sys.exit(f"error: {error}")
   describe = (f"{config.env.name}, {config.network.core}-"
               f"{config.network.hidden_size} {config.gradient}, "
@@ -273,7 +283,6 @@ def main(argv):
     table = learner_table(rows)
     name = f"sebulba_learner_{global_envs}envs"
   print("\n" + table)
-  out_dir = timing.output_dir(_OUT_DIR, _QUICK.value)
   csv_path = timing.write_csv(rows, out_dir, name + ".csv")
   png_path = os.path.join(out_dir, name + ".png")
   plot(rows, _MODE.value, f"Sebulba {_MODE.value}: {describe} "

@@ -73,6 +73,8 @@ def write_csv(rows, out_dir, name):
 def positive_ints(flag, values):
   """The list flag --`flag`'s `values` as ints; ValueError naming the first
   one that is not a positive int."""
+  if not values:
+    raise ValueError(f"--{flag}: give at least one value")
   numbers = []
   for text in values:
     try:

@@ -65,9 +65,15 @@ def test_bad_flags_are_one_line_errors(tmp_path):
       (["--mode=learner", "--devices=1,4"],
        "error: --devices: [4] above the 2 devices here"),
       (["--config.unroll_length=0"], "error: config.unroll_length: "),
+      (["--threads="], "error: --threads: give at least one value"),
+      (["--quick", "--threads=2"],
+       "error: --quick sets --threads itself; give either --quick or them"),
+      (["--out_dir=/dev/null/x"], "error: [Errno 20] Not a directory"),
       (["--config.env.name=MiniGrid-Nope-v0"],
        "error: env.name='MiniGrid-Nope-v0' is not an envpool environment id")):
-    result = run_benchmark(*flags, f"--out_dir={tmp_path}")
+    if not any(flag.startswith("--out_dir") for flag in flags):
+      flags = [*flags, f"--out_dir={tmp_path}"]
+    result = run_benchmark(*flags)
     assert result.returncode == 1, flags
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(message), (flags, lines)
