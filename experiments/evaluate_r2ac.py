@@ -41,16 +41,19 @@ _CALL = flags.DEFINE_integer(
 
 def main(argv):
   experiment.cli.start_main(argv)
-  unknown = sorted(set(_ACTIONS.value) - {"greedy", "sampled"})
-  if unknown:
-    sys.exit(f"error: --actions: unknown {unknown}; use greedy and/or sampled")
+  actions = list(dict.fromkeys(_ACTIONS.value))     # once each, in order
+  unknown = sorted(set(actions) - {"greedy", "sampled"})
+  if unknown or not actions:
+    sys.exit(f"error: --actions: {f'unknown {unknown}' if unknown else 'none'}"
+             "; use greedy and/or sampled")
   try:
     sebulba_run = evaluation.is_sebulba_run(
         evaluation.load_run_config(_WORKDIR.value))
     if sebulba_run:
       config, agent, suite, state, metadata = evaluation.restore_sebulba_run(
           _WORKDIR.value, _CALL.value)
-      params, update, env = state.params, int(state.update), suite.name
+      params, update = state.params, int(state.update)
+      env = f"{suite.name} {dict(config.env.kwargs)}"
     else:
       config, train, runner, metadata = evaluation.restore_run(
           _WORKDIR.value, _CALL.value)
@@ -63,9 +66,9 @@ def main(argv):
   print(f"{_WORKDIR.value}: checkpoint of {checkpoint}, {env}, "
         f"{config.gradient}", flush=True)
   summaries = []
-  for actions in _ACTIONS.value:
+  for action_kind in actions:
     options = dict(seeds=range(_SEEDS.value), episodes_per_seed=_EPISODES.value,
-                   greedy=actions == "greedy",
+                   greedy=action_kind == "greedy",
                    reward_clip=config.loss.reward_clip)
     summaries.append(
         evaluation.evaluate_envpool_policy(agent, suite, params, **options)

@@ -49,7 +49,10 @@ def main(argv):
   except (experiment.ConfigError, experiment.NonFiniteLossError) as error:
     sys.exit(f"error: {error}")
   print(json.dumps(experiment.json_safe(results)))
-  if results["status"] != "preempted":
+  if results["status"] == "preempted":
+    print(f"{workdir}: stopped at call {results['call']}; the same command "
+          "with --resume continues it", file=sys.stderr)
+  else:
     print(where_to_look(workdir, results["plot"]))
 
 

@@ -66,7 +66,8 @@ def describe(config):
   seb = config.sebulba
   return (f"R2AC Sebulba {config.network.core}-{config.network.hidden_size} "
           f"{config.gradient.upper()} (M={config.unroll_length}) on "
-          f"{config.env.name}, {seb.num_actor_threads} actor threads x "
+          f"{config.env.name}, {seb.num_actor_threads} actor thread"
+          f"{'' if seb.num_actor_threads == 1 else 's'} x "
           f"{seb.num_envs_per_thread} envs"
           f"{', synchronous' if seb.synchronous else ''}")
 
@@ -180,6 +181,9 @@ def main(argv):
           sebulba.ActorError) as error:
     sys.exit(f"error: {error}")
   print(json.dumps(experiment.json_safe(results)))
+  if results["status"] == "preempted":
+    print(f"{workdir}: stopped at update {results['update']}; the same "
+          "command with --resume continues it", file=sys.stderr)
   if "plot" in results:
     print(where_to_look(workdir, results["plot"]))
 

@@ -100,11 +100,15 @@ def plot_return_vs_frames(workdir, path, title="",
                                (greedy, "greedy evaluation", "o-")):
     if points:
       axes.plot(*zip(*points), style, label=label, markersize=3)
+  if not train and not greedy:
+    axes.text(0.5, 0.5, "no episode has ended yet", ha="center",
+              va="center", transform=axes.transAxes)
   axes.set_xlabel(frames_label)
   axes.set_ylabel("episode return")
   axes.set_title(title, fontsize=9)
   axes.grid(alpha=0.3)
-  axes.legend()
+  if train or greedy:
+    axes.legend()
   figure.tight_layout()
   figure.savefig(path, dpi=100)
   plt.close(figure)

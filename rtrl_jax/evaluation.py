@@ -218,6 +218,15 @@ def load_run_config(workdir):
     return ml_collections.ConfigDict(json.load(f))
 
 
+def _open_checkpoints(workdir):
+  """The run's Checkpointer; FileNotFoundError (and no folder made, which
+  orbax would do) if the run has none."""
+  directory = os.path.join(workdir, "checkpoints")
+  if not os.path.isdir(directory):
+    raise FileNotFoundError(f"no checkpoint in {directory}")
+  return Checkpointer(directory)
+
+
 def is_sebulba_run(config):
   return "sebulba" in config
 
@@ -233,7 +242,7 @@ def restore_run(workdir, call=None):
         f"--workdir: {workdir} is a Sebulba run (envpool environments); "
         "restore it with restore_sebulba_run")
   train = anakin.make_train(config)
-  checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"))
+  checkpointer = _open_checkpoints(workdir)
   try:
     runner, metadata = checkpointer.restore(
         train.init(jax.random.PRNGKey(config.seed)), call)
@@ -262,7 +271,7 @@ def restore_sebulba_run(workdir, update=None):
   agent, optimizer = sebulba.make_agent_and_optimizer(config, suite)
   template = sebulba.init_learner_state(agent, optimizer,
                                         jax.random.PRNGKey(config.seed))
-  checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"))
+  checkpointer = _open_checkpoints(workdir)
   try:
     state, metadata = checkpointer.restore(template, update)
   finally:

@@ -61,6 +61,8 @@ def test_sigterm_saves_and_resume_finishes(tmp_path, environment):
   assert result["status"] == "preempted"
   stopped = result["update"]
   assert stopped in checkpoint_steps(workdir)
+  assert (f"{workdir}: stopped at update {stopped}; the same command with "
+          "--resume continues it") in stderr
   rows = experiment.read_jsonl(os.path.join(workdir, "metrics.jsonl"))
   logged = [r for r in rows if "train/sps" in r]
   assert logged, rows

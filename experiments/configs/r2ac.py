@@ -14,7 +14,9 @@ ignore it), e.g. `--config.network.core_kwargs.elstm.forget_bias=3.0` or
 `--config.network.core=lru --config.network.core_kwargs.lru.r_min=0.8`. Full-episode BPTT, e.g. on
 MemoryChain(10)'s 11-step episodes:
 `--config.gradient=bptt --config.unroll_length=11
---config.env.kwargs.max_steps_in_episode=11`. Paper values (paper-notes §4.4) are the loss/optimizer
+--config.env.kwargs.max_steps_in_episode=11` (`env.kwargs` takes any
+field of the environment's EnvParams, also ones this file does not list).
+Paper values (paper-notes §4.4) are the loss/optimizer
 defaults below; only sizes are scaled down for a 2-core CPU.
 """
 

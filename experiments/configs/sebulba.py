@@ -8,9 +8,9 @@
   --config=experiments/configs/sebulba.py:vizdoom      MyWayHome
 
 Environment preprocessing is envpool options (rtrl_jax/envpool_envs.py has
-the suite defaults; `env.kwargs` overrides them. The config is locked, so a
-key overridden on the command line, e.g. `--config.env.kwargs.num_levels=200`,
-must already be in `env.kwargs`).
+the suite defaults; `env.kwargs` overrides them, also with options this file
+does not list, e.g. `--config.env.kwargs.max_episode_steps=100`). Options
+the system sets itself (num_envs, seed, ...) are refused there.
 The agent keys (network, gradient, loss, optimizer, unroll_length) mean what
 they mean in experiments/configs/r2ac.py; sizes are scaled for a 2-core CPU.
 
