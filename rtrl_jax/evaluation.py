@@ -137,7 +137,7 @@ def evaluate_envpool_policy(agent, suite, params, *, seeds, episodes_per_seed,
   episodic life, an episode is a life, as in the training logs.
   """
   # pylint: disable=g-import-not-at-top
-  from rtrl_jax.sebulba import episode_flags
+  from rtrl_jax.sebulba import recv_step
   # pylint: enable=g-import-not-at-top
   n = episodes_per_seed
 
@@ -168,18 +168,12 @@ def evaluate_envpool_policy(agent, suite, params, *, seeds, episodes_per_seed,
         core_state, action = act(params, core_state, obs, prev_reward, reset,
                                  act_key)
         env.send(np.asarray(action), env_ids)
-        raw, reward, terminated, truncated, info = env.recv()
-        order = np.argsort(info["env_id"])
-        done, _, _ = episode_flags(terminated[order], truncated[order],
-                                   info["elapsed_step"][order],
-                                   suite.max_episode_steps)
-        reward = np.asarray(reward, np.float32)[order]
+        obs, reward, done, _, _ = recv_step(env, suite)
         episode_return += np.where(running, reward, 0.0)
         length += running
         running &= ~done
         if not running.any():
           break
-        obs = suite.observation(raw)[order]
         prev_reward = np.clip(reward, -reward_clip, reward_clip)
         reset = done
     finally:

@@ -256,6 +256,22 @@ def init_learner_state(agent, optimizer, key) -> LearnerState:
   return LearnerState(params, optimizer.init(params), jnp.zeros((), jnp.int32))
 
 
+def recv_step(env, suite):
+  """envpool's results of a full-batch step, in env_id order: (agent
+  observations, float32 rewards, done, terminated, truncated), the flags
+  from `episode_flags`."""
+  raw, reward, term, trunc, info = env.recv()
+  obs, reward = suite.observation(raw), np.asarray(reward, np.float32)
+  elapsed = info["elapsed_step"]
+  if np.any(np.diff(info["env_id"]) < 0):            # envpool's order
+    order = np.argsort(info["env_id"])
+    obs, reward, term, trunc, elapsed = (obs[order], reward[order],
+                                         term[order], trunc[order],
+                                         elapsed[order])
+  return (obs, reward, *episode_flags(term, trunc, elapsed,
+                                      suite.max_episode_steps))
+
+
 class System(NamedTuple):
   init: Callable[[jax.Array], LearnerState]
   start: Callable[[LearnerState], None]
@@ -382,16 +398,8 @@ def make_system(config, mesh=None, suite=None, trajectory_hook=None) -> System:
         with _Timer(timings, "actor/env_send"):
           env.send(action, env_ids)
         with _Timer(timings, "actor/env_recv"):
-          raw, reward, term, trunc, info = env.recv()
-          elapsed, next_obs = info["elapsed_step"], suite.observation(raw)
-          reward = np.asarray(reward, np.float32)
-          if not np.array_equal(info["env_id"], env_ids):   # envpool order
-            order = np.argsort(info["env_id"])
-            next_obs, reward, term, trunc, elapsed = (
-                next_obs[order], reward[order], term[order], trunc[order],
-                elapsed[order])
-          done, terminated, truncated = episode_flags(
-              term, trunc, elapsed, suite.max_episode_steps)
+          next_obs, reward, done, terminated, truncated = recv_step(env,
+                                                                    suite)
           final_obs = next_obs
           if done.any():
             next_obs = np.array(next_obs)

@@ -82,4 +82,3 @@ def start_main(argv, quiet_logging=True):
     sys.exit(f"error: unexpected arguments {argv[1:]}")
   if quiet_logging and not flags.FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)
-
