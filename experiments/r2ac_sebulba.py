@@ -153,6 +153,13 @@ def run(config, workdir, resume):
                     if k in ("train/env_steps", "train/sps",
                              "train/episode_return_mean",
                              "train/policy_lag_mean")})
+    # The last update's episodes may be none; the last log window's are the
+    # run's latest return.
+    windows = [row for row in rows
+               if "train/window/episode_return_mean" in row]
+    if windows:
+      results["window/episode_return_mean"] = windows[-1][
+          "train/window/episode_return_mean"]
     with open(os.path.join(workdir, "results.json"), "w") as f:
       json.dump(experiment.json_safe(results), f, indent=2)
     results["plot"] = os.path.join(workdir, RETURN_PLOT)

@@ -89,6 +89,7 @@ def test_sigterm_saves_and_resume_finishes(tmp_path, environment):
   lines = resumed.stdout.strip().splitlines()
   result = strict_json_loads(lines[-4])
   assert result["status"] == "finished" and result["update"] == UPDATES
+  assert 0.0 <= result["window/episode_return_mean"] <= 1.0
   assert result["plot"] == os.path.join(workdir, "return_vs_frames.png")
   assert os.path.getsize(result["plot"]) > 0
   assert lines[-1] == (
