@@ -124,10 +124,11 @@ def envpool_options(suite, kwargs=None):
     raise ValueError(
         f"env suite must be one of {sorted(SUITE_DEFAULTS)}, got {suite!r}")
   options = {**SUITE_DEFAULTS[suite], **dict(kwargs or {})}
-  for name in sorted(set(options) & set(SET_BY_THE_SYSTEM)):
-    instead = SET_BY_THE_SYSTEM[name]
+  clashes = sorted(set(options) & set(SET_BY_THE_SYSTEM))
+  if clashes:
+    instead = SET_BY_THE_SYSTEM[clashes[0]]
     raise ValueError(
-        f"env.kwargs.{name}: set by the system, not env.kwargs"
+        f"env.kwargs.{clashes[0]}: set by the system, not env.kwargs"
         + (f" (set config.{instead} instead)" if instead else ""))
   for name, minimum in INTEGER_OPTION_MINIMUM.items():
     value = options.get(name, minimum)
