@@ -12,7 +12,6 @@ per sequence" for the copy task; "rtrl elstm-64 M=5" for R2AC), or by
 the jitted update (Anakin) or learner updates (Sebulba).
 """
 
-import json
 import os
 import sys
 
@@ -21,6 +20,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top,wrong-import-position
 from absl import app, flags  # pylint: disable=g-import-not-at-top,wrong-import-position
 
+from rtrl_jax import evaluation  # pylint: disable=wrong-import-position
 from rtrl_jax import experiment  # pylint: disable=wrong-import-position
 from rtrl_jax.copy_task import describe_training  # pylint: disable=wrong-import-position
 
@@ -36,7 +36,7 @@ def run_kind(config):
   """"copy_task", "anakin" or "sebulba": which script wrote `config`."""
   if "train" in config and "mode" in config["train"]:
     return "copy_task"
-  return "sebulba" if "sebulba" in config else "anakin"
+  return "sebulba" if evaluation.is_sebulba_run(config) else "anakin"
 
 
 STEP_LABELS = {"copy_task": "training steps (batches of sequences)",
@@ -44,15 +44,10 @@ STEP_LABELS = {"copy_task": "training steps (batches of sequences)",
                "sebulba": "learner updates"}
 
 
-def read_config(workdir):
-  with open(os.path.join(workdir, "config.json")) as f:
-    return json.load(f)
-
-
 def run_label(workdir):
   """The run's mode from its config.json: "rtrl k=1, online" (copy task) or
   "rtrl elstm-64 M=5" (R2AC)."""
-  config = read_config(workdir)
+  config = evaluation.load_run_config(workdir)
   if run_kind(config) == "copy_task":
     return describe_training(config["train"])
   network = config["network"]
@@ -100,7 +95,7 @@ def main(argv):
                "(not a run folder?)")
     if not curve(workdir, _METRIC.value)[0]:
       sys.exit(f"error: --metric: {workdir!r} never logged {_METRIC.value!r}")
-  kinds = {run_kind(read_config(workdir)) for workdir in runs}
+  kinds = {run_kind(evaluation.load_run_config(workdir)) for workdir in runs}
   step_label = STEP_LABELS[kinds.pop()] if len(kinds) == 1 else "logged step"
   out = _OUT.value or os.path.join(
       "runs", "plots", _METRIC.value.replace("/", "_") + ".png")
