@@ -341,7 +341,11 @@ def make_system(config, mesh=None, suite=None, trajectory_hook=None) -> System:
                                 k_act)
     return core_state, out.action, out.logits, key
 
-  jitted_act = jax.jit(act_step)
+  # Donating the core state lets XLA write the new sensitivities over the
+  # old ones: fresh output buffers every step cost more than the step itself
+  # (0.6 vs 2.0 ms for 128 MiniGrid envs, eLSTM-64, on the 2-core CPU).
+  jitted_act = jax.jit(act_step, donate_argnums=1)
+  copy_state = jax.jit(lambda state: jax.tree.map(jnp.copy, state))
   jitted_value = jax.jit(agent.value_of)
   jitted_initial_state = jax.jit(agent.initial_core_state,
                                  static_argnums=1)
@@ -385,7 +389,7 @@ def make_system(config, mesh=None, suite=None, trajectory_hook=None) -> System:
         if bootstrap_truncated:
           # Compile now, not at the first time limit mid-run.
           jitted_value(params, core_state, obs, prev_reward)
-      initial_state = core_state
+      initial_state = copy_state(core_state)   # act_step reuses core_state
       steps = {k: [] for k in ("obs", "prev_reward", "reset", "action",
                                "logits", "reward", "terminated", "truncated",
                                "truncation_value")}
