@@ -11,10 +11,12 @@ r"""Sebulba throughput against envpool alone, and learner scaling over devices.
       experiments.benchmark_sebulba --mode=learner --devices=1,2,4,8
 
 Throughput: for each thread count T, first T Python threads each step their
-own envpool instance (num_envs = batch_size = envs_per_thread) with random
-actions through send/recv for `--seconds`; then the Sebulba system with the
-same T and envs runs for `--seconds` after `--warmup_updates` updates
-(compilation excluded). Both count agent steps (not frames).
+own envpool instance (num_envs = envs_per_thread, batch_size = num_envs /
+sebulba.env_groups, as the actors) with random actions through send/recv for
+`--seconds`; then the Sebulba system with the same T and envs runs for
+`--seconds` after `--warmup_updates` updates (compilation excluded). Both
+count envpool steps (envpool's reset step after an episode end included; not
+frames).
 
 Learner: one jitted Sebulba learner step on a fixed global batch
 (`--learner_envs` environments × unroll_length), sharded over the first D
@@ -69,29 +71,30 @@ _QUICK = flags.DEFINE_bool(
     "1 and 2, 8 envs, 2 steps (learner).")
 
 
-def envpool_alone(suite, threads, envs_per_thread, seconds, seed=0):
+def envpool_alone(suite, threads, envs_per_thread, groups, seconds, seed=0):
   """Env steps/s of `threads` threads stepping their own envpool instance
-  with uniformly random actions (the Sebulba actor's env calls, no policy)."""
+  with uniformly random actions, with the Sebulba actor's envpool calls and
+  layout (`groups` batches in flight, envpool's auto-reset), no policy."""
   counts, stop = [0] * threads, threading.Event()
   start_barrier = threading.Barrier(threads + 1)
+  batch = envs_per_thread // groups
 
   def run(i):
-    env = suite.make(envs_per_thread, seed + i)
+    env = suite.make(envs_per_thread, seed + i, batch_size=batch)
     rng = np.random.default_rng(i)
-    ids = np.arange(envs_per_thread, dtype=np.int32)
     env.async_reset()
-    env.recv()
+    for _ in range(groups):        # every group's reset answered and stepped
+      step(env, rng)
     start_barrier.wait()
     while not stop.is_set():
-      env.send(rng.integers(0, suite.num_actions, envs_per_thread,
-                            dtype=np.int32), ids)
-      _, _, term, trunc, _ = env.recv()
-      done = np.flatnonzero(term | trunc).astype(np.int32)
-      if len(done):     # the same extra reset step the Sebulba actor takes
-        env.send(np.zeros(len(done), np.int32), done)
-        env.recv()
-      counts[i] += envs_per_thread
+      step(env, rng)
+      counts[i] += batch
     env.close()
+
+  def step(env, rng):
+    *_, info = env.recv()
+    env.send(rng.integers(0, suite.num_actions, batch, dtype=np.int32),
+             info["env_id"])
 
   workers = [threading.Thread(target=run, args=(i,), daemon=True)
              for i in range(threads)]
@@ -135,13 +138,15 @@ def throughput(config, suite, thread_counts, envs_per_thread, seconds,
   """One row per actor-thread count: envpool alone, then Sebulba."""
   rows = []
   for threads in thread_counts:
-    alone = envpool_alone(suite, threads, envs_per_thread, seconds)
+    groups = config.sebulba.env_groups
+    alone = envpool_alone(suite, threads, envs_per_thread, groups, seconds)
     with config.unlocked():
       config.sebulba.num_actor_threads = threads
       config.sebulba.num_envs_per_thread = envs_per_thread
     sps, ups, timings = sebulba_run(config, suite, seconds, warmup)
     row = {"env": config.env.name, "threads": threads,
-           "envs_per_thread": envs_per_thread, "envpool_sps": round(alone, 1),
+           "envs_per_thread": envs_per_thread, "env_groups": groups,
+           "envpool_sps": round(alone, 1),
            "sebulba_sps": round(sps, 1), "ratio": round(sps / alone, 3),
            "updates_per_s": round(ups, 2),
            **{k: round(v, 5) for k, v in timings.items()}}
@@ -151,11 +156,12 @@ def throughput(config, suite, thread_counts, envs_per_thread, seconds,
 
 
 def throughput_table(rows):
-  lines = ["| env | actor threads | envs/thread | envpool alone (steps/s) | "
-           "Sebulba (steps/s) | ratio | learner updates/s |",
-           "|---|---:|---:|---:|---:|---:|---:|"]
+  lines = ["| env | actor threads | envs/thread | env groups | "
+           "envpool alone (steps/s) | Sebulba (steps/s) | ratio | "
+           "learner updates/s |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
   for r in rows:
     lines.append(f"| {r['env']} | {r['threads']} | {r['envs_per_thread']} | "
+                 f"{r['env_groups']} | "
                  f"{r['envpool_sps']:.0f} | {r['sebulba_sps']:.0f} | "
                  f"{r['ratio']:.2f} | {r['updates_per_s']:.1f} |")
   return "\n".join(lines)
@@ -254,6 +260,10 @@ def main(argv):
                          "either --quick or them")
       threads, envs, seconds, warmup = [1], 4, 1.0, 1
       devices, global_envs, repeats = [1, 2][:jax.device_count()], 8, 2
+    if envs % config.sebulba.env_groups:
+      raise ValueError(
+          f"--envs_per_thread={envs} must be a multiple of "
+          f"sebulba.env_groups={config.sebulba.env_groups}")
     too_many = [count for count in devices if count > jax.device_count()]
     if _MODE.value == "learner" and too_many:
       raise ValueError(

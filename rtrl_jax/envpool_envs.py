@@ -52,15 +52,16 @@ class Suite(NamedTuple):
 
   Attributes:
     name: the envpool id.
-    make: (num_envs, seed) -> envpool gymnasium env with batch_size ==
-      num_envs (synchronous inside an actor thread).
+    make: (num_envs, seed, batch_size=None) -> envpool gymnasium env;
+      batch_size defaults to num_envs (synchronous); a divisor of num_envs
+      makes it asynchronous (the Sebulba actor's env groups).
     observation: envpool observation batch -> agent observation [B, *obs_shape].
     obs_shape: one agent observation's shape.
     num_actions: size of the discrete action space.
     max_episode_steps: the time limit in agent steps.
   """
   name: str
-  make: Callable[[int, int], Any]
+  make: Callable[..., Any]
   observation: Callable[[Any], np.ndarray]
   obs_shape: tuple
   num_actions: int
@@ -104,7 +105,7 @@ INTEGER_OPTION_MINIMUM = {
 # env.kwargs (the config keys that set them instead, where there are any).
 SET_BY_THE_SYSTEM = {
     "num_envs": "sebulba.num_envs_per_thread",
-    "batch_size": "sebulba.num_envs_per_thread",
+    "batch_size": "sebulba.env_groups (num_envs_per_thread / env_groups)",
     "num_threads": "sebulba.envpool_threads",
     "seed": "seed", "env_name": "env.name", "max_num_players": None,
     "thread_affinity_offset": None, "base_path": None,
@@ -199,14 +200,15 @@ def make_suite(suite, name, kwargs=None, num_threads=0) -> Suite:
   obs_shape = tuple(observation(dummy).shape[1:])
   max_episode_steps = int(spec.config.max_episode_steps)
 
-  def make(num_envs, seed):
+  def make(num_envs, seed, batch_size=None):
     if suite == "vizdoom":
       # Every ViZDoom game creates ./_vizdoom/ if it is missing; games
       # starting together race on it, and the loser crashes ("Failed to
       # create ./_vizdoom/ directory: File exists") and recv() then hangs.
       os.makedirs("_vizdoom", exist_ok=True)
     return envpool.make(name, env_type="gymnasium", num_envs=num_envs,
-                        batch_size=num_envs, num_threads=num_threads,
+                        batch_size=batch_size or num_envs,
+                        num_threads=num_threads,
                         seed=int(seed), **options)
 
   return Suite(name, make, observation, obs_shape, int(space.n),

@@ -168,7 +168,7 @@ def evaluate_envpool_policy(agent, suite, params, *, seeds, episodes_per_seed,
         core_state, action = act(params, core_state, obs, prev_reward, reset,
                                  act_key)
         env.send(np.asarray(action), env_ids)
-        obs, reward, done, _, _ = recv_step(env, suite)
+        _, obs, reward, done, _, _ = recv_step(env, suite)
         episode_return += np.where(running, reward, 0.0)
         length += running
         running &= ~done

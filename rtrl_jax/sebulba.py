@@ -47,6 +47,7 @@ Errors: an actor thread that raises stops the system; the learner raises
 devices of every process, each process runs its own actors.
 """
 
+import collections
 import itertools
 import queue
 import threading
@@ -257,19 +258,41 @@ def init_learner_state(agent, optimizer, key) -> LearnerState:
 
 
 def recv_step(env, suite):
-  """envpool's results of a full-batch step, in env_id order: (agent
+  """envpool's results of one batch, in env_id order: (env_ids, agent
   observations, float32 rewards, done, terminated, truncated), the flags
   from `episode_flags`."""
   raw, reward, term, trunc, info = env.recv()
   obs, reward = suite.observation(raw), np.asarray(reward, np.float32)
-  elapsed = info["elapsed_step"]
-  if np.any(np.diff(info["env_id"]) < 0):            # envpool's order
-    order = np.argsort(info["env_id"])
-    obs, reward, term, trunc, elapsed = (obs[order], reward[order],
-                                         term[order], trunc[order],
-                                         elapsed[order])
-  return (obs, reward, *episode_flags(term, trunc, elapsed,
-                                      suite.max_episode_steps))
+  env_ids, elapsed = np.asarray(info["env_id"]), info["elapsed_step"]
+  if np.any(np.diff(env_ids) < 0):                    # envpool's order
+    order = np.argsort(env_ids)
+    env_ids, obs, reward, term, trunc, elapsed = (
+        env_ids[order], obs[order], reward[order], term[order], trunc[order],
+        elapsed[order])
+  return (env_ids, obs, reward, *episode_flags(term, trunc, elapsed,
+                                               suite.max_episode_steps))
+
+
+def check_group(env_ids, expected):
+  """Raises unless envpool returned the env group that is due."""
+  if not np.array_equal(env_ids, expected):
+    raise RuntimeError(
+        f"envpool returned env_ids {env_ids.tolist()} where the group "
+        f"{np.asarray(expected).tolist()} was due: env groups rely on envpool "
+        "answering sends in order (sebulba.envpool_threads=1)")
+
+
+class _EnvGroup:
+  """One of an actor thread's env groups: the inputs of its next step."""
+
+  def __init__(self, env_ids, obs, size):
+    self.env_ids, self.obs = env_ids, obs
+    self.prev_reward = np.zeros((size,), np.float32)
+    self.reset = np.ones((size,), bool)      # a new episode starts
+    self.valid = np.ones((size,), bool)      # envpool will act on the action
+    self.core_state = None
+    self.episode_return = np.zeros((size,), np.float64)
+    self.episode_length = np.zeros((size,), np.int64)
 
 
 class System(NamedTuple):
@@ -309,6 +332,17 @@ def make_system(config, mesh=None, suite=None, trajectory_hook=None) -> System:
   local_mesh = Mesh(np.array(local_mesh_devices), ("data",))
   num_envs, unroll_length = seb.num_envs_per_thread, config.unroll_length
   num_threads = seb.num_actor_threads
+  num_groups = seb.env_groups
+  if num_groups < 1 or num_envs % num_groups:
+    raise ValueError(
+        f"sebulba.env_groups={num_groups} must be a positive divisor of "
+        f"sebulba.num_envs_per_thread={num_envs}")
+  if num_groups > 1 and seb.envpool_threads != 1:
+    raise ValueError(
+        f"sebulba.env_groups={num_groups} needs sebulba.envpool_threads=1 "
+        f"(got {seb.envpool_threads}): with one envpool worker the groups come "
+        "back in the order they were sent")
+  group_size = num_envs // num_groups
   if num_envs % len(local_mesh_devices):
     raise ValueError(
         f"sebulba.num_envs_per_thread={num_envs} must be a multiple of the "
@@ -345,108 +379,136 @@ def make_system(config, mesh=None, suite=None, trajectory_hook=None) -> System:
   # old ones: fresh output buffers every step cost more than the step itself
   # (0.6 vs 2.0 ms for 128 MiniGrid envs, eLSTM-64, on the 2-core CPU).
   jitted_act = jax.jit(act_step, donate_argnums=1)
-  copy_state = jax.jit(lambda state: jax.tree.map(jnp.copy, state))
   jitted_value = jax.jit(agent.value_of)
   jitted_initial_state = jax.jit(agent.initial_core_state,
                                  static_argnums=1)
-  stack = jax.jit(lambda xs: jnp.stack(xs))
+
+  @jax.jit
+  def join_states(states):
+    # A copy even for one group: act_step then reuses the groups' buffers.
+    return jax.tree.map(lambda *xs: jnp.concatenate(xs, 0) if len(xs) > 1
+                        else jnp.copy(xs[0]), *states)
+
+  @jax.jit
+  def join_logits(per_group):
+    return jnp.concatenate([jnp.stack(steps) for steps in per_group], 1)
 
   runtime = {}
 
   def actor(thread_id, device, server, out_queue, start_update):
     env = suite.make(num_envs, config.seed + 10007 * jax.process_index()
-                     + 1009 * thread_id)
+                     + 1009 * thread_id, batch_size=group_size)
     try:
       run_actor(thread_id, env, device, server, out_queue, start_update)
     finally:
       env.close()
+
+  def receive(env, group, record, params, finished):
+    """The result of `group`'s last step: recorded, and the group advanced
+    to the inputs of its next step."""
+    with _Timer(timings, "actor/env_recv"):
+      env_ids, obs, reward, done, terminated, truncated = recv_step(env, suite)
+    check_group(env_ids, group.env_ids)
+    acted = group.valid          # False: envpool only reset the environment
+    done, terminated, truncated = done & acted, terminated & acted, (
+        truncated & acted)
+    reward = np.where(acted, reward, 0.0).astype(np.float32)
+    reward_in = np.clip(reward, -clip, clip)
+    truncation_value = np.zeros(reward.shape, np.float32)
+    if bootstrap_truncated and truncated.any():
+      with _Timer(timings, "actor/truncation_value"):
+        # obs is the cut episode's final observation; the core state is
+        # still that episode's.
+        values = np.asarray(jitted_value(params, group.core_state, obs,
+                                         reward_in))
+        truncation_value = np.where(truncated, values, 0.0).astype(
+            np.float32)
+    group.episode_return += reward
+    group.episode_length += acted
+    if done.any():
+      finished += [float(done.sum()), group.episode_return[done].sum(),
+                   group.episode_length[done].sum()]
+      group.episode_return[done], group.episode_length[done] = 0.0, 0
+    for name, value in (("reward", reward), ("terminated", terminated),
+                        ("truncated", truncated),
+                        ("truncation_value", truncation_value)):
+      record[name].append(value)
+    # After an end, the next step's action is ignored (envpool resets then)
+    # and the core reads the final observation; the step after starts the
+    # new episode with a reset core and a zero reward input.
+    group.obs = obs
+    group.prev_reward = np.where(acted, reward_in, 0.0).astype(np.float32)
+    group.reset = ~acted
+    group.valid = ~done
+
+  def act(env, group, record, params, key):
+    """`group`'s policy step: recorded and sent to envpool."""
+    for name in ("obs", "prev_reward", "reset", "valid"):
+      record[name].append(getattr(group, name))
+    with _Timer(timings, "actor/inference"):
+      group.core_state, action, logits, key = jitted_act(
+          params, group.core_state, group.obs, group.prev_reward, group.reset,
+          key)
+      action = np.asarray(action)
+    record["action"].append(action)
+    record["logits"].append(logits)
+    with _Timer(timings, "actor/env_send"):
+      env.send(action, group.env_ids)
+    return key
 
   def run_actor(thread_id, env, device, server, out_queue, start_update):
     stop = runtime["stop"]
     key = jax.device_put(jax.random.fold_in(
         jax.random.PRNGKey(config.seed),
         1 + 1000 * jax.process_index() + thread_id), device)
-    env_ids = np.arange(num_envs, dtype=np.int32)
     env.async_reset()
-    raw, _, _, _, info = env.recv()
-    obs = _ordered(suite.observation(raw), info["env_id"])
-    prev_reward = np.zeros((num_envs,), np.float32)
-    reset = np.ones((num_envs,), bool)
-    episode_return = np.zeros((num_envs,), np.float64)
-    episode_length = np.zeros((num_envs,), np.int64)
-    core_state = None
+    groups = []
+    for first_env in range(0, num_envs, group_size):
+      env_ids, obs, *_ = recv_step(env, suite)
+      check_group(env_ids, np.arange(first_env, first_env + group_size))
+      groups.append(_EnvGroup(env_ids, obs, group_size))
     for unroll in itertools.count():
       with _Timer(timings, "actor/params_wait"):
         min_version = start_update + unroll if seb.synchronous else 0
         params, version = server.get(device, min_version)
       if params is None:
         return
-      if core_state is None:
+      if groups[0].core_state is None:
         # Committed to the actor device like every later core state, so
         # act_step and value_of compile once each.
-        core_state = jax.device_put(
-            jitted_initial_state(params, num_envs), device)
+        for group in groups:
+          group.core_state = jax.device_put(
+              jitted_initial_state(params, group_size), device)
         if bootstrap_truncated:
           # Compile now, not at the first time limit mid-run.
-          jitted_value(params, core_state, obs, prev_reward)
-      initial_state = copy_state(core_state)   # act_step reuses core_state
-      steps = {k: [] for k in ("obs", "prev_reward", "reset", "action",
-                               "logits", "reward", "terminated", "truncated",
-                               "truncation_value")}
+          jitted_value(params, groups[0].core_state, groups[0].obs,
+                       groups[0].prev_reward)
+      initial_state = join_states([group.core_state for group in groups])
+      records = [collections.defaultdict(list) for _ in groups]
       finished = []
-      for _ in range(unroll_length):
-        with _Timer(timings, "actor/inference"):
-          core_state, action, logits, key = jitted_act(
-              params, core_state, obs, prev_reward, reset, key)
-          action = np.asarray(action)
-        with _Timer(timings, "actor/env_send"):
-          env.send(action, env_ids)
-        with _Timer(timings, "actor/env_recv"):
-          next_obs, reward, done, terminated, truncated = recv_step(env,
-                                                                    suite)
-          final_obs = next_obs
-          if done.any():
-            next_obs = np.array(next_obs)
-            ended = np.flatnonzero(done).astype(np.int32)
-            env.send(np.zeros((len(ended),), action.dtype), ended)
-            raw2, _, _, _, info2 = env.recv()
-            next_obs[info2["env_id"]] = suite.observation(raw2)
-        reward_in = np.clip(reward, -clip, clip)
-        truncation_value = np.zeros((num_envs,), np.float32)
-        if bootstrap_truncated and truncated.any():
-          with _Timer(timings, "actor/truncation_value"):
-            values = np.asarray(jitted_value(params, core_state, final_obs,
-                                             reward_in))
-            truncation_value = np.where(truncated, values, 0.0).astype(
-                np.float32)
-        episode_return += reward
-        episode_length += 1
-        if done.any():
-          finished += [float(done.sum()), episode_return[done].sum(),
-                       episode_length[done].sum()]
-          episode_return[done], episode_length[done] = 0.0, 0
-        for name, value in (("obs", obs), ("prev_reward", prev_reward),
-                            ("reset", reset), ("action", action),
-                            ("logits", logits), ("reward", reward),
-                            ("terminated", terminated),
-                            ("truncated", truncated),
-                            ("truncation_value", truncation_value)):
-          steps[name].append(value)
-        obs = next_obs
-        prev_reward = np.where(done, 0.0, reward_in).astype(np.float32)
-        reset = done
+      # Group g's policy runs while envpool steps the groups sent before it.
+      for t in range(unroll_length + 1):
+        for group, record in zip(groups, records):
+          if t > 0:
+            receive(env, group, record, params, finished)
+          if t < unroll_length:
+            key = act(env, group, record, params, key)
       with _Timer(timings, "actor/transfer"):
+        def joined(name, dtype=None):
+          last = lambda group: [getattr(group, name)] if name in (
+              "obs", "prev_reward", "reset") else []
+          out = np.concatenate([np.stack(record[name] + last(group))
+                                for record, group in zip(records, groups)], 1)
+          return out if dtype is None else out.astype(dtype)
         trajectory = Trajectory(
             initial_state=initial_state,
-            obs=np.stack(steps["obs"] + [obs]),
-            prev_reward=np.stack(steps["prev_reward"] + [prev_reward]),
-            reset=np.stack(steps["reset"] + [reset]),
-            action=np.stack(steps["action"]).astype(np.int32),
-            behaviour_logits=stack(steps["logits"]),
-            reward=np.stack(steps["reward"]),
-            terminated=np.stack(steps["terminated"]),
-            truncated=np.stack(steps["truncated"]),
-            truncation_value=np.stack(steps["truncation_value"]))
+            obs=joined("obs"), prev_reward=joined("prev_reward"),
+            reset=joined("reset"), action=joined("action", np.int32),
+            behaviour_logits=join_logits([r["logits"] for r in records]),
+            reward=joined("reward"), terminated=joined("terminated"),
+            truncated=joined("truncated"),
+            truncation_value=joined("truncation_value"),
+            valid=joined("valid"))
         if trajectory_hook is not None:
           trajectory_hook(thread_id, jax.device_get(trajectory))
         trajectory = jax.device_put(trajectory, local_shardings)
@@ -590,10 +652,6 @@ def make_system(config, mesh=None, suite=None, trajectory_hook=None) -> System:
                 learner_step, timings, info)
 
 
-def _ordered(obs, env_id):
-  return obs[np.argsort(env_id)]
-
-
 def example_trajectory(agent, params, suite, num_envs, unroll_length):
   """A zero Trajectory with the shapes and dtypes the actors produce."""
   m, b = unroll_length, num_envs
@@ -605,4 +663,5 @@ def example_trajectory(agent, params, suite, num_envs, unroll_length):
       prev_reward=zeros(m + 1, b), reset=zeros(m + 1, b, dtype=bool),
       action=zeros(m, b, dtype=jnp.int32), behaviour_logits=logits,
       reward=zeros(m, b), terminated=zeros(m, b, dtype=bool),
-      truncated=zeros(m, b, dtype=bool), truncation_value=zeros(m, b))
+      truncated=zeros(m, b, dtype=bool), truncation_value=zeros(m, b),
+      valid=zeros(m, b, dtype=bool))

@@ -249,3 +249,65 @@ def test_pytorch_rmsprop_semantics():
   nu = (1 - 0.99) * grads["w"] ** 2
   expected = -6e-4 * grads["w"] / (jnp.sqrt(nu) + 0.01)
   np.testing.assert_allclose(updates["w"], expected, rtol=1e-6)
+
+
+@pytest.mark.parametrize("gradient", ["rtrl", "tbptt"])
+@pytest.mark.parametrize("end", ["terminated", "truncated"])
+@pytest.mark.parametrize("ignored_step", [3, 0])
+def test_ignored_steps_leave_the_loss_of_the_trajectory_without_them(
+    gradient, end, ignored_step):
+  """envpool resets an ended environment on the next step and ignores that
+  step's action (the Sebulba actor ships valid = False there). The loss and
+  its gradient (float64) must equal those of the same data without that
+  step, where the next episode starts right after the end, as in
+  rtrl_jax.envs. The ignored step is inside the unroll (the episode ends at
+  step 2) or its first step (the episode ended in the previous unroll).
+  Without the mask they differ."""
+  steps = 6
+  with jax.enable_x64(True):
+    config = tiny_config(gradient=gradient)
+    agent = r2ac.make_agent(config, (3,), 2)
+    params = jax.tree.map(lambda x: x.astype(jnp.float64),
+                          agent.init(jax.random.PRNGKey(0)))
+    keys = jax.random.split(jax.random.PRNGKey(4), 7)
+    history = jax.random.normal(keys[0], (5, 1, 3), jnp.float64)
+    # A mid-episode initial state: non-zero core state and sensitivities.
+    _, _, initial_state = agent.unroll(
+        params, agent.initial_core_state(params, 1), history,
+        jnp.zeros((5, 1)), jnp.zeros((5, 1), bool).at[0].set(True))
+    obs = jax.random.normal(keys[1], (steps + 1, 1, 3), jnp.float64)
+    prev_reward = jax.random.uniform(keys[2], (steps + 1, 1), jnp.float64,
+                                     -1, 1)
+    reset = jnp.zeros((steps + 1, 1), bool).at[ignored_step + 1].set(True)
+    ended = jnp.zeros((steps, 1), bool)
+    if ignored_step > 0:
+      ended = ended.at[ignored_step - 1].set(True)
+    masked = r2ac.Trajectory(
+        initial_state=initial_state, obs=obs, prev_reward=prev_reward,
+        reset=reset,
+        action=jax.random.randint(keys[3], (steps, 1), 0, 2),
+        behaviour_logits=jax.random.normal(keys[4], (steps, 1, 2),
+                                           jnp.float64),
+        reward=jax.random.normal(keys[5], (steps, 1), jnp.float64),
+        terminated=ended if end == "terminated" else jnp.zeros_like(ended),
+        truncated=ended if end == "truncated" else jnp.zeros_like(ended),
+        truncation_value=jnp.where(ended, 0.7, 0.0) if end == "truncated"
+        else jnp.zeros((steps, 1), jnp.float64),
+        valid=jnp.ones((steps, 1), bool).at[ignored_step].set(False))
+    keep = np.array([t for t in range(steps + 1) if t != ignored_step])
+    compact = jax.tree.map(lambda x: x[keep[keep < steps]], masked._replace(
+        initial_state=None, obs=None, prev_reward=None, reset=None,
+        valid=None))._replace(
+            initial_state=initial_state, obs=obs[keep],
+            prev_reward=prev_reward[keep], reset=reset[keep])
+    assert compact.reset[ignored_step].all()     # the next episode's start
+
+    value_and_grad = jax.jit(jax.value_and_grad(
+        lambda p, traj: agent.loss(p, traj)[0]))
+    loss_masked, grad_masked = value_and_grad(params, masked)
+    loss_compact, grad_compact = value_and_grad(params, compact)
+    np.testing.assert_allclose(loss_masked, loss_compact, rtol=1e-12)
+    for a, b in zip(jax.tree.leaves(grad_masked), jax.tree.leaves(grad_compact)):
+      np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-14)
+    unmasked, _ = value_and_grad(params, masked._replace(valid=None))
+    assert abs(float(unmasked) - float(loss_compact)) > 1e-3

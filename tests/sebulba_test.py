@@ -125,25 +125,45 @@ def test_state_continuity_and_zero_lag(minigrid_run):
 @pytest.mark.timeout(300, method="thread")
 def test_truncation_from_elapsed_step(minigrid_run):
   """Time limit 6: an episode is cut (truncated, not terminated) exactly at
-  its 6th step, bootstraps from the actor's V(final obs), and the next step
-  starts a new episode (reset, zero reward input)."""
-  trajs = minigrid_run["trajectories"]
+  its 6th agent step and bootstraps from the actor's V(final obs). envpool
+  resets on the next step and ignores its action: that step is not valid,
+  its core reads the final observation (no reset, the clipped reward), and
+  the step after starts the new episode (reset, zero reward input). The
+  learner's value at the ignored step is the actor's truncation value."""
+  trajs, params = minigrid_run["trajectories"], minigrid_run["params"]
+  agent = minigrid_run["system"].agent
   cat = lambda name: np.concatenate([getattr(t, name) for t in trajs])
   terminated, truncated = cat("terminated"), cat("truncated")
-  value = cat("truncation_value")
+  value, valid, reward = cat("truncation_value"), cat("valid"), cat("reward")
   reset = np.concatenate([t.reset[:M] for t in trajs] + [trajs[-1].reset[M:]])
   prev_reward = np.concatenate([t.prev_reward[:M] for t in trajs]
                                + [trajs[-1].prev_reward[M:]])
-  assert truncated.any()
+  assert truncated.any() and not valid.all()
   assert not (terminated & truncated).any()
+  assert not ((terminated | truncated) & ~valid).any()
   length = np.zeros((B,), int)
   for t in range(len(truncated)):
-    length = np.where(reset[t], 1, length + 1)
-    np.testing.assert_array_equal(truncated[t], length == LIMIT)
+    length = np.where(reset[t], 1, length + valid[t])
+    np.testing.assert_array_equal(truncated[t], valid[t] & (length == LIMIT))
     done = terminated[t] | truncated[t]
-    np.testing.assert_array_equal(reset[t + 1], done)
-    assert (prev_reward[t + 1][done] == 0).all()
+    if t + 1 < len(valid):
+      np.testing.assert_array_equal(valid[t + 1], ~done)
+    np.testing.assert_array_equal(reset[t + 1], ~valid[t])
+    assert (prev_reward[t + 1][~valid[t]] == 0).all()
+    np.testing.assert_array_equal(prev_reward[t + 1][done],
+                                  np.clip(reward[t][done], -1, 1))
   assert (value[truncated] != 0).all() and (value[~truncated] == 0).all()
+  checked = 0
+  for n, traj in enumerate(trajs):
+    _, values, _ = jax.jit(agent.unroll)(params[n], traj.initial_state,
+                                         traj.obs, traj.prev_reward,
+                                         traj.reset)
+    for t, env in zip(*np.nonzero(traj.truncated)):
+      np.testing.assert_allclose(values[t + 1, env],
+                                 traj.truncation_value[t, env], rtol=1e-4,
+                                 atol=1e-5)
+      checked += 1
+  assert checked
 
 
 def test_episode_flags_trust_elapsed_step_not_envpool():
@@ -214,8 +234,11 @@ def same_update(num_envs=8, threads=2, mesh=None):
                              train.env.num_actions, 100)
   system = sebulba.make_system(s_config, mesh=mesh, suite=suite)
   info = system.info
+  # Sebulba actors ship `valid`; Anakin's environments never ignore an
+  # action (None). All valid must be the same update.
+  shipped = trajectory._replace(valid=np.ones(trajectory.reward.shape, bool))
   pieces = [jax.device_put(jax.device_get(t), info["local_shardings"])
-            for t in _split(trajectory, threads)]
+            for t in _split(shipped, threads)]
   batch = sebulba.combine(pieces, info["global_shardings"])
   replicated = jax.sharding.NamedSharding(system.mesh,
                                           jax.sharding.PartitionSpec())

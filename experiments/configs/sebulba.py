@@ -16,8 +16,12 @@ they mean in experiments/configs/r2ac.py; sizes are scaled for a 2-core CPU.
 
 Sebulba keys:
   num_actor_threads     actor threads per process (each its own envpool)
-  num_envs_per_thread   envpool num_envs == batch_size of each thread
+  num_envs_per_thread   envpool num_envs of each thread
   envpool_threads       envpool worker threads per instance (0: one per env)
+  env_groups            the thread's envs are stepped in this many groups
+                        (envpool batch_size = num_envs_per_thread / env_groups):
+                        envpool steps one group while the policy runs on
+                        another; > 1 needs envpool_threads=1
   actor_device_ids      local device indices the actor threads run on
   learner_device_ids    local device indices of the learner (empty: all)
   synchronous           True: unroll n uses parameter version n (zero lag)
@@ -51,6 +55,7 @@ def default():
       num_actor_threads=2,
       num_envs_per_thread=16,
       envpool_threads=1,
+      env_groups=2,
       actor_device_ids=(0,),
       learner_device_ids=(),
       synchronous=False,
@@ -151,6 +156,7 @@ def config_rules():
       ("sebulba.num_actor_threads", positive, "a positive int"),
       ("sebulba.num_envs_per_thread", positive, "a positive int"),
       ("sebulba.envpool_threads", lambda v: v >= 0, "a non-negative int"),
+      ("sebulba.env_groups", positive, "a positive int"),
       ("sebulba.queue_size", positive, "a positive int"),
       ("run.checkpoint_every", positive, "a positive int"),
   ]

@@ -39,9 +39,15 @@ Episode boundaries, exactly:
   r_t + γ V(final_obs) as the reward of that step (with discount 0), i.e. it
   bootstraps instead of treating the cut as a real end.
 * The bootstrap step M has no loss; its value is a stop-gradient target.
+* Steps whose action the environment ignored (`valid_t` = False: envpool
+  resets an ended environment on the step after the end, the Sebulba
+  actor's case) get ρ_t = 0 and no entropy term. Then v^s_t = V(x_t), their
+  TD error, trace coefficient and advantage are 0, and the step before them
+  ended an episode (discount 0): the loss and its gradient are those of the
+  trajectory without the ignored steps (tests/r2ac_test.py checks this).
 """
 
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable, NamedTuple, Optional
 
 import chex
 import jax
@@ -78,6 +84,10 @@ class Trajectory(NamedTuple):
   terminated: jax.Array          # [M, B]
   truncated: jax.Array           # [M, B]
   truncation_value: jax.Array    # [M, B] actor's V(final_obs) where truncated
+  # [M, B] False where the environment ignored the action (envpool's
+  # next-step auto-reset: the step after an episode's end only resets).
+  # None: every step is an agent step (rtrl_jax.envs resets in the same step).
+  valid: Optional[jax.Array] = None
 
 
 class Agent(NamedTuple):
@@ -219,12 +229,20 @@ def make_agent(config, obs_shape, num_actions) -> Agent:
     log_mu = jax.nn.log_softmax(traj.behaviour_logits)
     take = lambda lp: jnp.take_along_axis(lp, traj.action[..., None], -1)[..., 0]
     rho = jnp.exp(take(log_pi) - take(log_mu))
+    entropy_terms = jnp.sum(jnp.exp(log_pi) * log_pi, -1)
+    if traj.valid is not None:
+      # ρ = 0 on an ignored step: its TD error, trace coefficient and
+      # policy-gradient advantage vanish, so v^s = V there and nothing flows
+      # through it. The step before it ended an episode (discount 0), so no
+      # other step's target reads it; only the entropy needs masking.
+      rho = jnp.where(traj.valid, rho, 0.0)
+      entropy_terms = jnp.where(traj.valid, entropy_terms, 0.0)
     out = vtrace(values[:-1], jax.lax.stop_gradient(values[1:]), reward,
                  discount, jax.lax.stop_gradient(rho), loss_cfg.lambda_,
                  loss_cfg.clip_rho, loss_cfg.clip_pg_rho)
     pg_loss = -jnp.sum(take(log_pi) * jax.lax.stop_gradient(out.pg_advantage))
     baseline_loss = 0.5 * jnp.sum(out.errors ** 2)
-    entropy_loss = jnp.sum(jnp.exp(log_pi) * log_pi)   # = -entropy
+    entropy_loss = jnp.sum(entropy_terms)   # = -entropy
     total = (pg_loss + loss_cfg.baseline_cost * baseline_loss
              + loss_cfg.entropy_cost * entropy_loss)
     return total, {"loss/total": total, "loss/policy": pg_loss,
