@@ -14,9 +14,13 @@ Throughput: for each thread count T, first T Python threads each step their
 own envpool instance (num_envs = envs_per_thread, batch_size = num_envs /
 sebulba.env_groups, as the actors) with random actions through send/recv for
 `--seconds`; then the Sebulba system with the same T and envs runs for
-`--seconds` after `--warmup_updates` updates (compilation excluded). Both
+`--seconds` after `--warmup_updates` updates (compilation excluded; one
+update after later restarts). The two alternate `--rounds` times, and the
+row has the means, the ratio of the means and each round's ratio's min and
+max: this machine's speed drifts by tens of percent between seconds. Both
 count envpool steps (envpool's reset step after an episode end included; not
-frames).
+frames). `cpu_ceiling_ratio` bounds what any schedule of the measured work
+could reach on this machine's cores (see `cpu_ceiling`).
 
 Learner: one jitted Sebulba learner step on a fixed global batch
 (`--learner_envs` environments × unroll_length), sharded over the first D
@@ -54,6 +58,9 @@ _ENVS = flags.DEFINE_integer("envs_per_thread", 8, "envpool num_envs.",
                              lower_bound=1)
 _SECONDS = flags.DEFINE_float("seconds", 20.0, "Timed seconds per setting.",
                               lower_bound=0.1)
+_ROUNDS = flags.DEFINE_integer(
+    "rounds", 3, "Throughput: envpool alone and Sebulba measured in turn this "
+    "many times (each --seconds).", lower_bound=1)
 _WARMUP = flags.DEFINE_integer("warmup_updates", 3,
                                "Sebulba updates before timing.", lower_bound=0)
 _DEVICES = flags.DEFINE_list("devices", ["1", "2", "4", "8"],
@@ -67,8 +74,8 @@ _OUT_DIR = flags.DEFINE_string(
     "out_dir", "docs/benchmarks",
     "Where the CSV and plot go (--quick: runs/quick_benchmarks unless given).")
 _QUICK = flags.DEFINE_bool(
-    "quick", False, "Smoke run: 1 thread, 4 envs, 1 s (throughput); devices "
-    "1 and 2, 8 envs, 2 steps (learner).")
+    "quick", False, "Smoke run: 1 thread, 4 envs, 2 rounds of 1 s "
+    "(throughput); devices 1 and 2, 8 envs, 2 steps (learner).")
 
 
 def envpool_alone(suite, threads, envs_per_thread, groups, seconds, seed=0):
@@ -111,15 +118,15 @@ def envpool_alone(suite, threads, envs_per_thread, groups, seconds, seed=0):
   return total / elapsed
 
 
-def sebulba_run(config, suite, seconds, warmup):
-  """(env steps/s, learner updates/s, timings) of the Sebulba system."""
-  system = sebulba.make_system(config, suite=suite)
-  state = system.init(jax.random.PRNGKey(0))
+def sebulba_run(system, state, seconds, warmup):
+  """(env steps/s, learner updates/s, timings, state) of the Sebulba system
+  started from `state`, over `seconds` after `warmup` updates."""
   system.start(state)
   try:
     for _ in range(warmup):
       state, _ = system.train_step(state)
-    steps_per_update = system.info["num_envs_per_step"] * config.unroll_length
+    steps_per_update = (system.info["num_envs_per_step"]
+                        * system.info["unroll_length"])
     system.info["timing_metrics"](reset=True)
     begin, updates = time.perf_counter(), 0
     while time.perf_counter() - begin < seconds:
@@ -130,25 +137,64 @@ def sebulba_run(config, suite, seconds, warmup):
     timings = system.info["timing_metrics"](reset=True)
   finally:
     system.stop()
-  return updates * steps_per_update / elapsed, updates / elapsed, timings
+  return (updates * steps_per_update / elapsed, updates / elapsed, timings,
+          state)
+
+
+def cpu_ceiling(config, threads, envs_per_thread, alone_sps, timings):
+  """Steps/s no schedule of this run's CPU work can beat on this machine's
+  cores: each env step costs the envpool worker's time (from envpool alone:
+  its busy workers / its steps/s), the actor's policy call and the learner's
+  step (mean in-run times per env step); the cores can do at most that much
+  work per second, and envpool at most its own rate."""
+  seb = config.sebulba
+  cores = len(os.sched_getaffinity(0))
+  workers = min(threads * (seb.envpool_threads or envs_per_thread), cores)
+  group = envs_per_thread // seb.env_groups
+  per_update = threads * envs_per_thread * config.unroll_length
+  seconds_per_step = (workers / alone_sps
+                      + timings["time/actor/inference"] / group
+                      + timings["time/learner/step"] / per_update)
+  return min(alone_sps, cores / seconds_per_step)
 
 
 def throughput(config, suite, thread_counts, envs_per_thread, seconds,
-               warmup):
-  """One row per actor-thread count: envpool alone, then Sebulba."""
+               warmup, rounds):
+  """One row per actor-thread count: `rounds` times envpool alone then
+  Sebulba, each for `seconds` (interleaved, so drift hits both alike)."""
   rows = []
   for threads in thread_counts:
-    groups = config.sebulba.env_groups
-    alone = envpool_alone(suite, threads, envs_per_thread, groups, seconds)
     with config.unlocked():
       config.sebulba.num_actor_threads = threads
       config.sebulba.num_envs_per_thread = envs_per_thread
-    sps, ups, timings = sebulba_run(config, suite, seconds, warmup)
+    system = sebulba.make_system(config, suite=suite)
+    state = system.init(jax.random.PRNGKey(0))
+    alone, seb, ups, timings = [], [], [], []
+    for round_index in range(rounds):
+      alone.append(envpool_alone(suite, threads, envs_per_thread,
+                                 config.sebulba.env_groups, seconds,
+                                 seed=round_index))
+      sps, updates_per_s, round_timings, state = sebulba_run(
+          system, state, seconds, warmup if round_index == 0 else 1)
+      seb.append(sps)
+      ups.append(updates_per_s)
+      timings.append(round_timings)
+    timings = {k: float(np.mean([t[k] for t in timings if k in t]))
+               for k in timings[-1]}
+    alone_sps, sebulba_sps = float(np.mean(alone)), float(np.mean(seb))
+    ceiling = cpu_ceiling(config, threads, envs_per_thread, alone_sps,
+                          timings)
+    ratios = [s / a for s, a in zip(seb, alone)]
     row = {"env": config.env.name, "threads": threads,
-           "envs_per_thread": envs_per_thread, "env_groups": groups,
-           "envpool_sps": round(alone, 1),
-           "sebulba_sps": round(sps, 1), "ratio": round(sps / alone, 3),
-           "updates_per_s": round(ups, 2),
+           "envs_per_thread": envs_per_thread,
+           "env_groups": config.sebulba.env_groups, "rounds": rounds,
+           "envpool_sps": round(alone_sps, 1),
+           "sebulba_sps": round(sebulba_sps, 1),
+           "ratio": round(sebulba_sps / alone_sps, 3),
+           "ratio_min": round(min(ratios), 3),
+           "ratio_max": round(max(ratios), 3),
+           "cpu_ceiling_ratio": round(ceiling / alone_sps, 3),
+           "updates_per_s": round(float(np.mean(ups)), 2),
            **{k: round(v, 5) for k, v in timings.items()}}
     print(json.dumps(row), flush=True)
     rows.append(row)
@@ -157,13 +203,16 @@ def throughput(config, suite, thread_counts, envs_per_thread, seconds,
 
 def throughput_table(rows):
   lines = ["| env | actor threads | envs/thread | env groups | "
-           "envpool alone (steps/s) | Sebulba (steps/s) | ratio | "
-           "learner updates/s |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
+           "envpool alone (steps/s) | Sebulba (steps/s) | ratio "
+           "(rounds: min–max) | CPU ceiling | learner updates/s |",
+           "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
   for r in rows:
     lines.append(f"| {r['env']} | {r['threads']} | {r['envs_per_thread']} | "
                  f"{r['env_groups']} | "
                  f"{r['envpool_sps']:.0f} | {r['sebulba_sps']:.0f} | "
-                 f"{r['ratio']:.2f} | {r['updates_per_s']:.1f} |")
+                 f"{r['ratio']:.2f} ({r['ratio_min']:.2f}–"
+                 f"{r['ratio_max']:.2f}) | {r['cpu_ceiling_ratio']:.2f} | "
+                 f"{r['updates_per_s']:.1f} |")
   return "\n".join(lines)
 
 
@@ -246,6 +295,7 @@ def main(argv):
   experiment.cli.start_main(argv)
   config = _CONFIG.value
   envs, seconds, warmup = _ENVS.value, _SECONDS.value, _WARMUP.value
+  rounds = _ROUNDS.value
   global_envs, repeats = _LEARNER_ENVS.value, _REPEATS.value
   try:
     sebulba_configs.check(config)
@@ -253,12 +303,12 @@ def main(argv):
     devices = timing.positive_ints("devices", _DEVICES.value)
     if _QUICK.value:
       given = [f"--{holder.name}" for holder in (
-          _THREADS, _ENVS, _SECONDS, _WARMUP, _DEVICES, _LEARNER_ENVS,
-          _REPEATS) if holder.present]
+          _THREADS, _ENVS, _SECONDS, _ROUNDS, _WARMUP, _DEVICES,
+          _LEARNER_ENVS, _REPEATS) if holder.present]
       if given:
         raise ValueError(f"--quick sets {', '.join(given)} itself; give "
                          "either --quick or them")
-      threads, envs, seconds, warmup = [1], 4, 1.0, 1
+      threads, envs, seconds, warmup, rounds = [1], 4, 1.0, 1, 2
       devices, global_envs, repeats = [1, 2][:jax.device_count()], 8, 2
     if envs % config.sebulba.env_groups:
       raise ValueError(
@@ -285,7 +335,7 @@ def main(argv):
   print(f"jax {jax.__version__}, {jax.device_count()} {jax.default_backend()} "
         f"device(s); {describe}", flush=True)
   if _MODE.value == "throughput":
-    rows = throughput(config, suite, threads, envs, seconds, warmup)
+    rows = throughput(config, suite, threads, envs, seconds, warmup, rounds)
     table = throughput_table(rows)
     name = f"sebulba_throughput_{config.env.name}_{envs}envs"
   else:

@@ -643,6 +643,7 @@ def make_system(config, mesh=None, suite=None, trajectory_hook=None) -> System:
     runtime["threads"] = []
 
   info = {"num_envs_per_step": num_envs * num_threads * jax.process_count(),
+          "unroll_length": unroll_length,
           "actor_devices": devices, "local_learner_devices":
           local_mesh_devices, "timing_metrics": timing_metrics,
           "jitted_learner_step": jitted_learner_step,

@@ -39,6 +39,9 @@ def test_quick_throughput_writes_csv_and_plot(tmp_path):
   envpool, sebulba = float(row["envpool_sps"]), float(row["sebulba_sps"])
   assert envpool > 0 and sebulba > 0
   assert math.isclose(float(row["ratio"]), sebulba / envpool, abs_tol=1e-3)
+  assert row["rounds"] == "2"
+  assert float(row["ratio_min"]) <= float(row["ratio_max"])
+  assert 0 < float(row["cpu_ceiling_ratio"]) <= 1
   assert float(row["updates_per_s"]) > 0
   # Every actor and learner phase was timed.
   for phase in ("actor/inference", "actor/env_recv", "actor/transfer",
