@@ -19,8 +19,9 @@ update after later restarts). The two alternate `--rounds` times, and the
 row has the means, the ratio of the means and each round's ratio's min and
 max: this machine's speed drifts by tens of percent between seconds. Both
 count envpool steps (envpool's reset step after an episode end included; not
-frames). `cpu_ceiling_ratio` bounds what any schedule of the measured work
-could reach on this machine's cores (see `cpu_ceiling`).
+frames). `cpu_ceiling_ratio` bounds what any schedule of this work could
+reach on this machine's cores (`cpu_ceiling`, from envpool alone and the
+policy and learner steps each timed alone).
 
 Learner: one jitted Sebulba learner step on a fixed global batch
 (`--learner_envs` environments × unroll_length), sharded over the first D
@@ -141,20 +142,59 @@ def sebulba_run(system, state, seconds, warmup):
           state)
 
 
-def cpu_ceiling(config, threads, envs_per_thread, alone_sps, timings):
-  """Steps/s no schedule of this run's CPU work can beat on this machine's
-  cores: each env step costs the envpool worker's time (from envpool alone:
-  its busy workers / its steps/s), the actor's policy call and the learner's
-  step (mean in-run times per env step); the cores can do at most that much
-  work per second, and envpool at most its own rate."""
-  seb = config.sebulba
+def median_seconds(call, repeats):
+  """Median wall time of `call()` over `repeats` calls after one warm-up."""
+  call()
+  times = []
+  for _ in range(repeats):
+    begin = time.perf_counter()
+    call()
+    times.append(time.perf_counter() - begin)
+  return float(np.median(times))
+
+
+def isolated_seconds_per_step(system, state, config, envs_per_thread):
+  """(policy, learner) seconds per env step, each timed alone: back-to-back
+  calls with nothing else running, as one actor's env group and one
+  learner update see them."""
+  agent, suite = system.agent, system.suite
+  group = envs_per_thread // config.sebulba.env_groups
+  params = jax.device_put(jax.device_get(state.params))
+  act = jax.jit(agent.act, donate_argnums=1)
+  policy = {"state": agent.initial_core_state(params, group)}
+  obs = np.zeros((group, *suite.obs_shape), np.uint8)
+  reward, reset = np.zeros((group,), np.float32), np.zeros((group,), bool)
+  key = jax.random.PRNGKey(0)
+
+  def act_once():
+    policy["state"], out = act(params, policy["state"], obs, reward, reset,
+                               key)
+    np.asarray(out.action)
+
+  steps = system.info["num_envs_per_step"]
+  example = sebulba.example_trajectory(agent, jax.device_get(state.params),
+                                       suite, steps, config.unroll_length)
+  batch = jax.device_put(example, system.info["global_shardings"])
+  learner_step = system.info["jitted_learner_step"]
+  learn_once = lambda: jax.block_until_ready(
+      learner_step(state.params, state.opt_state, batch))
+  return (median_seconds(act_once, 50) / group,
+          median_seconds(learn_once, 5) / (steps * config.unroll_length))
+
+
+def cpu_ceiling(config, threads, envs_per_thread, alone_sps, policy_seconds,
+                learner_seconds):
+  """Steps/s that no schedule of this work can beat on this machine's cores.
+
+  Each env step costs the envpool workers' time (from envpool alone: its busy
+  workers over its steps/s), the policy's and the learner's (timed alone, per
+  env step). The cores do at most `cores` seconds of that per second, and
+  envpool steps no faster than alone.
+  """
   cores = len(os.sched_getaffinity(0))
-  workers = min(threads * (seb.envpool_threads or envs_per_thread), cores)
-  group = envs_per_thread // seb.env_groups
-  per_update = threads * envs_per_thread * config.unroll_length
-  seconds_per_step = (workers / alone_sps
-                      + timings["time/actor/inference"] / group
-                      + timings["time/learner/step"] / per_update)
+  workers = min(threads * (config.sebulba.envpool_threads or envs_per_thread),
+                cores)
+  seconds_per_step = workers / alone_sps + policy_seconds + learner_seconds
   return min(alone_sps, cores / seconds_per_step)
 
 
@@ -182,8 +222,10 @@ def throughput(config, suite, thread_counts, envs_per_thread, seconds,
     timings = {k: float(np.mean([t[k] for t in timings if k in t]))
                for k in timings[-1]}
     alone_sps, sebulba_sps = float(np.mean(alone)), float(np.mean(seb))
+    policy_seconds, learner_seconds = isolated_seconds_per_step(
+        system, state, config, envs_per_thread)
     ceiling = cpu_ceiling(config, threads, envs_per_thread, alone_sps,
-                          timings)
+                          policy_seconds, learner_seconds)
     ratios = [s / a for s, a in zip(seb, alone)]
     row = {"env": config.env.name, "threads": threads,
            "envs_per_thread": envs_per_thread,
@@ -194,6 +236,8 @@ def throughput(config, suite, thread_counts, envs_per_thread, seconds,
            "ratio_min": round(min(ratios), 3),
            "ratio_max": round(max(ratios), 3),
            "cpu_ceiling_ratio": round(ceiling / alone_sps, 3),
+           "policy_us_per_step": round(policy_seconds * 1e6, 2),
+           "learner_us_per_step": round(learner_seconds * 1e6, 2),
            "updates_per_s": round(float(np.mean(ups)), 2),
            **{k: round(v, 5) for k, v in timings.items()}}
     print(json.dumps(row), flush=True)
@@ -231,18 +275,12 @@ def learner(config, suite, device_counts, global_envs, repeats):
         config.unroll_length)
     batch = jax.device_put(example, system.info["global_shardings"])
     step = system.info["jitted_learner_step"]
-    params, opt_state, _ = step(state.params, state.opt_state, batch)
-    jax.block_until_ready(params)
-    times = []
-    for _ in range(repeats):
-      begin = time.perf_counter()
-      params, opt_state, _ = step(params, opt_state, batch)
-      jax.block_until_ready(params)
-      times.append(time.perf_counter() - begin)
+    median = median_seconds(lambda: jax.block_until_ready(
+        step(state.params, state.opt_state, batch)), repeats)
     row = {"devices": count, "global_envs": global_envs,
            "unroll_length": config.unroll_length,
-           "median_step_s": round(float(np.median(times)), 5),
-           "updates_per_s": round(1.0 / float(np.median(times)), 2)}
+           "median_step_s": round(median, 5),
+           "updates_per_s": round(1.0 / median, 2)}
     print(json.dumps(row), flush=True)
     rows.append(row)
   return rows
