@@ -41,12 +41,13 @@ bench-anakin: $(STAMP)
 	$(PY) -m experiments.benchmark_anakin --hidden=64,256,512 --encoder_features=32,32,256
 
 # docs/SEBULBA.md's tables (about 8 minutes on 2 cores).
+SEBULBA_TIME = --seconds=6 --rounds=3
 SEBULBA_SMALL = --config.unroll_length=20 --config.network.hidden_size=64 --envs_per_thread=8
 bench-sebulba: $(STAMP)
-	$(PY) -m experiments.benchmark_sebulba --config=experiments/configs/sebulba.py:tiny_atari $(SEBULBA_SMALL) --threads=1,2 --seconds=15
-	$(PY) -m experiments.benchmark_sebulba --config=experiments/configs/sebulba.py --threads=1,2 --envs_per_thread=32 --seconds=15
-	$(PY) -m experiments.benchmark_sebulba --config=experiments/configs/sebulba.py --threads=1 --envs_per_thread=128 --seconds=15
-	$(PY) -m experiments.benchmark_sebulba --config=experiments/configs/sebulba.py:tiny_procgen $(SEBULBA_SMALL) --threads=1,2 --seconds=15
+	for groups in 2 1; do $(PY) -m experiments.benchmark_sebulba --config=experiments/configs/sebulba.py:tiny_atari $(SEBULBA_SMALL) --config.sebulba.env_groups=$$groups --threads=1,2 $(SEBULBA_TIME) || exit 1; done
+	for groups in 1 2; do $(PY) -m experiments.benchmark_sebulba --config=experiments/configs/sebulba.py --config.sebulba.env_groups=$$groups --threads=1,2 --envs_per_thread=32 $(SEBULBA_TIME) || exit 1; done
+	for groups in 1 2; do $(PY) -m experiments.benchmark_sebulba --config=experiments/configs/sebulba.py --config.sebulba.env_groups=$$groups --threads=1 --envs_per_thread=128 $(SEBULBA_TIME) || exit 1; done
+	for groups in 2 1; do $(PY) -m experiments.benchmark_sebulba --config=experiments/configs/sebulba.py:tiny_procgen $(SEBULBA_SMALL) --config.sebulba.env_groups=$$groups --threads=1,2 $(SEBULBA_TIME) || exit 1; done
 	XLA_FLAGS=--xla_force_host_platform_device_count=8 JAX_PLATFORMS=cpu $(PY) -m experiments.benchmark_sebulba --mode=learner --config=experiments/configs/sebulba.py --devices=1,2,4,8 --learner_envs=64
 
 # The reproduction study (docs/RESULTS.md): hours on 2 cores; resumable.

@@ -21,14 +21,14 @@ max: this machine's speed drifts by tens of percent between seconds. Both
 count envpool steps (envpool's reset step after an episode end included; not
 frames). `cpu_ceiling_ratio` bounds what any schedule of this work could
 reach on this machine's cores (`cpu_ceiling`, from envpool alone and the
-policy and learner steps each timed alone).
+policy and learner steps each run alone, in CPU seconds).
 
 Learner: one jitted Sebulba learner step on a fixed global batch
 (`--learner_envs` environments × unroll_length), sharded over the first D
 devices; the median over `--repeats` timed steps after one warm-up step.
 
 Prints one JSON object per measurement and a markdown table, and writes a CSV
-and a plot into --out_dir: sebulba_throughput_<env>_<envs>envs.{csv,png}
+and a plot into --out_dir: sebulba_throughput_<env>_<envs>envs_<groups>groups.{csv,png}
 (with the per-phase timings) or sebulba_learner_<envs>envs.{csv,png}.
 `--quick` is a smoke run (a few seconds per mode, runs/quick_benchmarks).
 """
@@ -80,9 +80,10 @@ _QUICK = flags.DEFINE_bool(
 
 
 def envpool_alone(suite, threads, envs_per_thread, groups, seconds, seed=0):
-  """Env steps/s of `threads` threads stepping their own envpool instance
-  with uniformly random actions, with the Sebulba actor's envpool calls and
-  layout (`groups` batches in flight, envpool's auto-reset), no policy."""
+  """(env steps/s, CPU seconds per step) of `threads` threads stepping their
+  own envpool instance with uniformly random actions, with the Sebulba
+  actor's envpool calls and layout (`groups` batches in flight, envpool's
+  auto-reset), no policy. CPU time is the process's, all threads."""
   counts, stop = [0] * threads, threading.Event()
   start_barrier = threading.Barrier(threads + 1)
   batch = envs_per_thread // groups
@@ -109,14 +110,15 @@ def envpool_alone(suite, threads, envs_per_thread, groups, seconds, seed=0):
   for worker in workers:
     worker.start()
   start_barrier.wait()
-  begin = time.perf_counter()
+  begin, begin_cpu = time.perf_counter(), time.process_time()
   time.sleep(seconds)
   total = sum(counts)
-  elapsed = time.perf_counter() - begin
+  elapsed, cpu = (time.perf_counter() - begin,
+                  time.process_time() - begin_cpu)
   stop.set()
   for worker in workers:
     worker.join()
-  return total / elapsed
+  return total / elapsed, cpu / total
 
 
 def sebulba_run(system, state, seconds, warmup):
@@ -142,21 +144,22 @@ def sebulba_run(system, state, seconds, warmup):
           state)
 
 
-def median_seconds(call, repeats):
-  """Median wall time of `call()` over `repeats` calls after one warm-up."""
+def median_seconds(call, repeats, clock=time.perf_counter):
+  """Median time of `call()` on `clock` over `repeats` calls after one
+  warm-up (`time.process_time`: CPU seconds of all the process's threads)."""
   call()
   times = []
   for _ in range(repeats):
-    begin = time.perf_counter()
+    begin = clock()
     call()
-    times.append(time.perf_counter() - begin)
+    times.append(clock() - begin)
   return float(np.median(times))
 
 
-def isolated_seconds_per_step(system, state, config, envs_per_thread):
-  """(policy, learner) seconds per env step, each timed alone: back-to-back
-  calls with nothing else running, as one actor's env group and one
-  learner update see them."""
+def isolated_cpu_seconds_per_step(system, state, config, envs_per_thread):
+  """(policy, learner) CPU seconds per env step, each run alone: back-to-back
+  calls with nothing else running, on one actor's env group and on one
+  learner update's batch. CPU seconds count every core XLA uses."""
   agent, suite = system.agent, system.suite
   group = envs_per_thread // config.sebulba.env_groups
   params = jax.device_put(jax.device_get(state.params))
@@ -178,24 +181,21 @@ def isolated_seconds_per_step(system, state, config, envs_per_thread):
   learner_step = system.info["jitted_learner_step"]
   learn_once = lambda: jax.block_until_ready(
       learner_step(state.params, state.opt_state, batch))
-  return (median_seconds(act_once, 50) / group,
-          median_seconds(learn_once, 5) / (steps * config.unroll_length))
+  cpu = time.process_time
+  return (median_seconds(act_once, 50, cpu) / group,
+          median_seconds(learn_once, 5, cpu) / (steps * config.unroll_length))
 
 
-def cpu_ceiling(config, threads, envs_per_thread, alone_sps, policy_seconds,
-                learner_seconds):
+def cpu_ceiling(alone_sps, env_seconds, policy_seconds, learner_seconds):
   """Steps/s that no schedule of this work can beat on this machine's cores.
 
-  Each env step costs the envpool workers' time (from envpool alone: its busy
-  workers over its steps/s), the policy's and the learner's (timed alone, per
-  env step). The cores do at most `cores` seconds of that per second, and
-  envpool steps no faster than alone.
+  Each env step costs CPU seconds of envpool (from envpool alone), of the
+  policy and of the learner (each run alone). The cores give at most
+  `cores` CPU seconds per second, and envpool steps no faster than alone.
   """
   cores = len(os.sched_getaffinity(0))
-  workers = min(threads * (config.sebulba.envpool_threads or envs_per_thread),
-                cores)
-  seconds_per_step = workers / alone_sps + policy_seconds + learner_seconds
-  return min(alone_sps, cores / seconds_per_step)
+  return min(alone_sps,
+             cores / (env_seconds + policy_seconds + learner_seconds))
 
 
 def throughput(config, suite, thread_counts, envs_per_thread, seconds,
@@ -209,11 +209,13 @@ def throughput(config, suite, thread_counts, envs_per_thread, seconds,
       config.sebulba.num_envs_per_thread = envs_per_thread
     system = sebulba.make_system(config, suite=suite)
     state = system.init(jax.random.PRNGKey(0))
-    alone, seb, ups, timings = [], [], [], []
+    alone, env_cpu, seb, ups, timings = [], [], [], [], []
     for round_index in range(rounds):
-      alone.append(envpool_alone(suite, threads, envs_per_thread,
-                                 config.sebulba.env_groups, seconds,
-                                 seed=round_index))
+      sps, cpu = envpool_alone(suite, threads, envs_per_thread,
+                               config.sebulba.env_groups, seconds,
+                               seed=round_index)
+      alone.append(sps)
+      env_cpu.append(cpu)
       sps, updates_per_s, round_timings, state = sebulba_run(
           system, state, seconds, warmup if round_index == 0 else 1)
       seb.append(sps)
@@ -222,10 +224,11 @@ def throughput(config, suite, thread_counts, envs_per_thread, seconds,
     timings = {k: float(np.mean([t[k] for t in timings if k in t]))
                for k in timings[-1]}
     alone_sps, sebulba_sps = float(np.mean(alone)), float(np.mean(seb))
-    policy_seconds, learner_seconds = isolated_seconds_per_step(
+    env_seconds = float(np.mean(env_cpu))
+    policy_seconds, learner_seconds = isolated_cpu_seconds_per_step(
         system, state, config, envs_per_thread)
-    ceiling = cpu_ceiling(config, threads, envs_per_thread, alone_sps,
-                          policy_seconds, learner_seconds)
+    ceiling = cpu_ceiling(alone_sps, env_seconds, policy_seconds,
+                          learner_seconds)
     ratios = [s / a for s, a in zip(seb, alone)]
     row = {"env": config.env.name, "threads": threads,
            "envs_per_thread": envs_per_thread,
@@ -236,8 +239,9 @@ def throughput(config, suite, thread_counts, envs_per_thread, seconds,
            "ratio_min": round(min(ratios), 3),
            "ratio_max": round(max(ratios), 3),
            "cpu_ceiling_ratio": round(ceiling / alone_sps, 3),
-           "policy_us_per_step": round(policy_seconds * 1e6, 2),
-           "learner_us_per_step": round(learner_seconds * 1e6, 2),
+           "envpool_cpu_us_per_step": round(env_seconds * 1e6, 2),
+           "policy_cpu_us_per_step": round(policy_seconds * 1e6, 2),
+           "learner_cpu_us_per_step": round(learner_seconds * 1e6, 2),
            "updates_per_s": round(float(np.mean(ups)), 2),
            **{k: round(v, 5) for k, v in timings.items()}}
     print(json.dumps(row), flush=True)
@@ -297,24 +301,28 @@ def learner_table(rows):
 
 
 def plot(rows, mode, title, path):
-  """Throughput: envpool alone and Sebulba steps/s per thread count (bars,
-  ratio on top); learner: updates/s vs learner devices."""
+  """Throughput: envpool alone, Sebulba and the CPU ceiling in steps/s per
+  thread count (bars, ratio on Sebulba's); learner: updates/s vs learner
+  devices."""
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
   figure, axis = plt.subplots(figsize=(6, 4))
   if mode == "throughput":
     positions = np.arange(len(rows))
-    axis.bar(positions - 0.2, [r["envpool_sps"] for r in rows], 0.4,
+    axis.bar(positions - 0.27, [r["envpool_sps"] for r in rows], 0.27,
              label="envpool alone (random actions)")
-    bars = axis.bar(positions + 0.2, [r["sebulba_sps"] for r in rows], 0.4,
+    bars = axis.bar(positions, [r["sebulba_sps"] for r in rows], 0.27,
                     label="Sebulba (acting + learning)")
+    axis.bar(positions + 0.27,
+             [r["cpu_ceiling_ratio"] * r["envpool_sps"] for r in rows], 0.27,
+             fill=False, hatch="//", label="CPU ceiling of that work")
     for bar, r in zip(bars, rows):
       axis.annotate(f"{r['ratio']:.2f}", (bar.get_x() + bar.get_width() / 2,
                                           bar.get_height()),
                     ha="center", va="bottom", fontsize=9)
     axis.set_xticks(positions, [str(r["threads"]) for r in rows])
-    axis.set(xlabel="actor threads", ylabel="agent steps / s")
+    axis.set(xlabel="actor threads", ylabel="envpool steps / s")
     axis.legend(fontsize=8)
   else:
     axis.plot([r["devices"] for r in rows], [r["updates_per_s"] for r in rows],
@@ -375,7 +383,8 @@ def main(argv):
   if _MODE.value == "throughput":
     rows = throughput(config, suite, threads, envs, seconds, warmup, rounds)
     table = throughput_table(rows)
-    name = f"sebulba_throughput_{config.env.name}_{envs}envs"
+    name = (f"sebulba_throughput_{config.env.name}_{envs}envs_"
+            f"{config.sebulba.env_groups}groups")
   else:
     rows = learner(config, suite, devices, global_envs, repeats)
     table = learner_table(rows)
