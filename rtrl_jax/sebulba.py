@@ -10,22 +10,28 @@ Data flow (Podracer's Sebulba, Hessel et al. 2021, with R2AC's recurrent
 actor as in Irie et al.'s torchbeast code):
 
 * Actor threads (`sebulba.num_actor_threads` per process), each with its own
-  envpool instance of `num_envs_per_thread` environments (batch_size ==
-  num_envs: synchronous inside a thread, asynchronous across threads), call
-  a jitted `agent.act` on their actor device. They carry per-environment core
-  state *and RTRL sensitivities* on that device; both are reset where an
-  episode starts (the `reset` input of `agent.act`).
-* envpool resets an ended environment on its *next* step. The actor performs
-  that step at once for the ended environments only (a partial `send`), so the
-  trajectory has same-step auto-reset semantics like rtrl_jax.envs: after a
-  done step the next observation is the first of the new episode, and the
-  ended episode's last observation is used only for the truncation bootstrap.
+  envpool instance of `num_envs_per_thread` environments, call a jitted
+  `agent.act` on their actor device. They carry per-environment core state
+  *and RTRL sensitivities* on that device; both are reset where an episode
+  starts (the `reset` input of `agent.act`).
+* Env groups: a thread's environments are split into `sebulba.env_groups`
+  groups of consecutive env_ids, envpool's batch_size = one group. The
+  thread sends group g's actions and runs the policy on group g+1 while
+  envpool's worker steps group g (with one worker, envpool answers sends in
+  order; `check_group` fails loudly otherwise). 1 group: synchronous.
+* envpool resets an ended environment on its *next* step and ignores that
+  step's action. The actor keeps that step in the trajectory with
+  `valid = False`: the core reads the ended episode's final observation, and
+  the step after starts the new episode (reset, zero reward input). The loss
+  gives ignored steps ρ = 0 and no entropy, which makes it equal to the loss
+  of the trajectory without them (r2ac.py; tests/r2ac_test.py).
 * Truncation is `done and info["elapsed_step"] >= max_episode_steps`
   (envpool #239: its own flags are not trusted); terminated = done and not
   truncated. A step that ends the MDP exactly at the limit counts as
   truncated. Truncated steps get the actor's V(final observation).
-* Each unroll of M steps becomes a `Trajectory` (its initial core state and
-  sensitivities, M+1 observations) that the actor thread moves onto the
+* Each unroll of M steps (of every group) becomes a `Trajectory` (its
+  initial core state and sensitivities, M+1 observations, envs in env_id
+  order) that the actor thread moves onto the
   learner devices with `jax.device_put` onto a `NamedSharding` (environment
   axis split over the "data" axis of the learner mesh) and hands to the
   learner through a bounded queue.
@@ -383,11 +389,12 @@ def make_system(config, mesh=None, suite=None, trajectory_hook=None) -> System:
   jitted_initial_state = jax.jit(agent.initial_core_state,
                                  static_argnums=1)
 
+  # act_step reuses a group's core state buffers: unrolls keep copies.
+  copy_state = jax.jit(lambda state: jax.tree.map(jnp.copy, state))
+
   @jax.jit
   def join_states(states):
-    # A copy even for one group: act_step then reuses the groups' buffers.
-    return jax.tree.map(lambda *xs: jnp.concatenate(xs, 0) if len(xs) > 1
-                        else jnp.copy(xs[0]), *states)
+    return jax.tree.map(lambda *xs: jnp.concatenate(xs, 0), *states)
 
   @jax.jit
   def join_logits(per_group):
@@ -467,43 +474,27 @@ def make_system(config, mesh=None, suite=None, trajectory_hook=None) -> System:
       env_ids, obs, *_ = recv_step(env, suite)
       check_group(env_ids, np.arange(first_env, first_env + group_size))
       groups.append(_EnvGroup(env_ids, obs, group_size))
-    for unroll in itertools.count():
+
+    def fetch(unroll):
       with _Timer(timings, "actor/params_wait"):
         min_version = start_update + unroll if seb.synchronous else 0
-        params, version = server.get(device, min_version)
-      if params is None:
-        return
-      if groups[0].core_state is None:
-        # Committed to the actor device like every later core state, so
-        # act_step and value_of compile once each.
-        for group in groups:
-          group.core_state = jax.device_put(
-              jitted_initial_state(params, group_size), device)
-        if bootstrap_truncated:
-          # Compile now, not at the first time limit mid-run.
-          jitted_value(params, groups[0].core_state, groups[0].obs,
-                       groups[0].prev_reward)
-      initial_state = join_states([group.core_state for group in groups])
-      records = [collections.defaultdict(list) for _ in groups]
-      finished = []
-      # Group g's policy runs while envpool steps the groups sent before it.
-      for t in range(unroll_length + 1):
-        for group, record in zip(groups, records):
-          if t > 0:
-            receive(env, group, record, params, finished)
-          if t < unroll_length:
-            key = act(env, group, record, params, key)
+        return server.get(device, min_version)
+
+    def begin(group, params, key):
+      """A new unroll's record for `group`, from its first step."""
+      record = collections.defaultdict(list)
+      record["initial_state"] = copy_state(group.core_state)
+      return record, act(env, group, record, params, key)
+
+    def ship(records, version, finished):
+      """Hands the unroll to the learner; False if the system stopped."""
       with _Timer(timings, "actor/transfer"):
-        def joined(name, dtype=None):
-          last = lambda group: [getattr(group, name)] if name in (
-              "obs", "prev_reward", "reset") else []
-          out = np.concatenate([np.stack(record[name] + last(group))
-                                for record, group in zip(records, groups)], 1)
-          return out if dtype is None else out.astype(dtype)
+        joined = lambda name: np.concatenate(
+            [np.stack(record[name]) for record in records], 1)
         trajectory = Trajectory(
-            initial_state=initial_state,
+            initial_state=join_states([r["initial_state"] for r in records]),
             obs=joined("obs"), prev_reward=joined("prev_reward"),
-            reset=joined("reset"), action=joined("action", np.int32),
+            reset=joined("reset"), action=joined("action").astype(np.int32),
             behaviour_logits=join_logits([r["logits"] for r in records]),
             reward=joined("reward"), terminated=joined("terminated"),
             truncated=joined("truncated"),
@@ -519,11 +510,60 @@ def make_system(config, mesh=None, suite=None, trajectory_hook=None) -> System:
         while not stop.is_set():
           try:
             out_queue.put((trajectory, version, stats), timeout=POLL_SECONDS)
-            break
+            return True
           except queue.Full:
             pass
-      if stop.is_set():
+      return False
+
+    params, version = fetch(0)
+    if params is None:
+      return
+    for group in groups:
+      # Committed to the actor device like every later core state, so
+      # act_step and value_of compile once each.
+      group.core_state = jax.device_put(
+          jitted_initial_state(params, group_size), device)
+    if bootstrap_truncated:
+      # Compile now, not at the first time limit mid-run.
+      jitted_value(params, groups[0].core_state, groups[0].obs,
+                   groups[0].prev_reward)
+    records = []
+    for group in groups:
+      record, key = begin(group, params, key)
+      records.append(record)
+    for unroll in itertools.count():
+      finished = []
+      # Group g's policy runs while envpool steps the groups sent before it.
+      for _ in range(1, unroll_length):
+        for group, record in zip(groups, records):
+          receive(env, group, record, params, finished)
+          key = act(env, group, record, params, key)
+      # The unroll's last step. Asynchronous: each group starts the next
+      # unroll as soon as it has finished this one, so envpool keeps
+      # stepping while the unroll ships. Synchronous: the next parameters
+      # exist only once the learner has this unroll.
+      next_records = []
+      for group, record in zip(groups, records):
+        receive(env, group, record, params, finished)
+        for name in ("obs", "prev_reward", "reset"):   # the bootstrap step
+          record[name].append(getattr(group, name))
+        if not seb.synchronous:
+          if not next_records:
+            next_params, next_version = fetch(unroll + 1)
+            if next_params is None:
+              return
+          next_record, key = begin(group, next_params, key)
+          next_records.append(next_record)
+      if not ship(records, version, finished):
         return
+      if seb.synchronous:
+        next_params, next_version = fetch(unroll + 1)
+        if next_params is None:
+          return
+        for group in groups:
+          next_record, key = begin(group, next_params, key)
+          next_records.append(next_record)
+      records, params, version = next_records, next_params, next_version
 
   def thread_main(thread_id, *args):
     try:

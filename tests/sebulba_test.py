@@ -54,14 +54,15 @@ class _Hook:
     self.captured.append(trajectory)
 
 
-@pytest.fixture(scope="module")
-def minigrid_run():
-  """A synchronous 1-thread MiniGrid-MemoryS7 run of 3 updates, 8 envs, M=4,
-  time limit 6: the unrolls the actor made and the parameters of each
-  version."""
+@pytest.fixture(scope="module", params=[1, 2], ids=["1group", "2groups"])
+def minigrid_run(request):
+  """A synchronous 1-thread MiniGrid-MemoryS7 run of 3 updates, 8 envs in 1
+  or 2 env groups, M=4, time limit 6: the unrolls the actor made and the
+  parameters of each version."""
   config = sebulba_configs.tiny()
   config.unroll_length = M
   config.sebulba.num_envs_per_thread = B
+  config.sebulba.env_groups = request.param
   config.sebulba.synchronous = True
   config.env.kwargs = {"max_episode_steps": LIMIT}
   hook = _Hook()
@@ -120,6 +121,40 @@ def test_state_continuity_and_zero_lag(minigrid_run):
     assert m["policy_lag_max"] == 0.0
     assert np.isfinite(m["loss/total"])
   assert not _close(params[0], params[-1])      # the learner moved
+
+
+@pytest.mark.timeout(300, method="thread")
+def test_asynchronous_unrolls_continue_each_other():
+  """Without `synchronous` each env group starts the next unroll before the
+  unroll ships, with the newest parameters. Unroll n+1 still starts exactly
+  where unroll n ended, under the version that produced its logits."""
+  config = sebulba_configs.tiny()
+  config.unroll_length = M
+  config.sebulba.num_envs_per_thread = B
+  config.env.kwargs = {"max_episode_steps": LIMIT}
+  hook = _Hook()
+  system = sebulba.make_system(config, trajectory_hook=hook)
+  state = system.init(jax.random.PRNGKey(0))
+  params = [jax.device_get(state.params)]
+  system.start(state)
+  try:
+    for _ in range(4):
+      state, _ = system.train_step(state)
+      params.append(jax.device_get(state.params))
+  finally:
+    system.stop()
+  unroll = jax.jit(system.agent.unroll)
+  trajs = hook.captured[:4]
+  for a, b in zip(trajs, trajs[1:]):
+    for name in ("obs", "prev_reward", "reset"):
+      np.testing.assert_array_equal(getattr(a, name)[M], getattr(b, name)[0])
+    outputs = [unroll(p, a.initial_state, a.obs[:M], a.prev_reward[:M],
+                      a.reset[:M]) for p in params]
+    behaviour = [out for out in outputs
+                 if np.allclose(out[0], a.behaviour_logits, rtol=1e-4,
+                                atol=1e-5)]
+    assert behaviour, "no parameter version reproduces the actor's logits"
+    assert _close(behaviour[0][2], b.initial_state, rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.timeout(300, method="thread")
@@ -259,10 +294,28 @@ def test_anakin_and_sebulba_learners_make_the_same_update():
                              rtol=1e-5)
 
 
+def test_env_groups_config_and_order_are_checked():
+  config = sebulba_configs.tiny()
+  config.sebulba.env_groups = 3
+  with pytest.raises(ValueError, match="env_groups=3 must be a positive "
+                     "divisor of sebulba.num_envs_per_thread=8"):
+    sebulba.make_system(config)
+  config.sebulba.env_groups, config.sebulba.envpool_threads = 2, 2
+  with pytest.raises(ValueError, match="env_groups=2 needs "
+                     "sebulba.envpool_threads=1"):
+    sebulba.make_system(config)
+  sebulba.check_group(np.array([4, 5, 6, 7]), np.arange(4, 8))
+  with pytest.raises(RuntimeError, match=r"env_ids \[0, 1, 2, 4\] where "
+                     r"the group \[0, 1, 2, 3\] was due"):
+    sebulba.check_group(np.array([0, 1, 2, 4]), np.arange(4))
+
+
 @pytest.mark.timeout(300, method="thread")
 def test_short_pong_run_on_one_device():
+  """One env group (synchronous envpool), the other tests use two."""
   config = sebulba_configs.tiny_atari()
   config.total_updates = 2
+  config.sebulba.env_groups = 1
   feedforward(config)     # compile time; the RTRL core is tested on MiniGrid
   hook = _Hook()
   system = sebulba.make_system(config, trajectory_hook=hook)
