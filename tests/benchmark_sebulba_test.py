@@ -33,7 +33,7 @@ def read_rows(path):
 def test_quick_throughput_writes_csv_and_plot(tmp_path):
   result = run_benchmark("--quick", "--mode=throughput", f"--out_dir={tmp_path}")
   assert result.returncode == 0, result.stderr[-3000:]
-  name = "sebulba_throughput_MiniGrid-MemoryS7-v0_4envs_2groups"
+  name = "sebulba_throughput_MiniGrid-MemoryS7-v0_4envs_1groups"
   (row,) = read_rows(tmp_path / f"{name}.csv")
   assert (row["threads"], row["envs_per_thread"]) == ("1", "4")
   envpool, sebulba = float(row["envpool_sps"]), float(row["sebulba_sps"])

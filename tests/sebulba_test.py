@@ -131,6 +131,7 @@ def test_asynchronous_unrolls_continue_each_other():
   config = sebulba_configs.tiny()
   config.unroll_length = M
   config.sebulba.num_envs_per_thread = B
+  config.sebulba.env_groups = 2
   config.env.kwargs = {"max_episode_steps": LIMIT}
   hook = _Hook()
   system = sebulba.make_system(config, trajectory_hook=hook)
@@ -312,7 +313,7 @@ def test_env_groups_config_and_order_are_checked():
 
 @pytest.mark.timeout(300, method="thread")
 def test_short_pong_run_on_one_device():
-  """One env group (synchronous envpool), the other tests use two."""
+  """One env group (synchronous envpool); tiny_atari has two (8-device test)."""
   config = sebulba_configs.tiny_atari()
   config.total_updates = 2
   config.sebulba.env_groups = 1

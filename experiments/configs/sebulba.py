@@ -21,7 +21,9 @@ Sebulba keys:
   env_groups            the thread's envs are stepped in this many groups
                         (envpool batch_size = num_envs_per_thread / env_groups):
                         envpool steps one group while the policy runs on
-                        another; > 1 needs envpool_threads=1
+                        another; > 1 needs envpool_threads=1. Pays where a
+                        group's envpool step outlasts a policy call (Atari,
+                        ViZDoom: 2), not for MiniGrid or Procgen here (1)
   actor_device_ids      local device indices the actor threads run on
   learner_device_ids    local device indices of the learner (empty: all)
   synchronous           True: unroll n uses parameter version n (zero lag)
@@ -55,7 +57,7 @@ def default():
       num_actor_threads=2,
       num_envs_per_thread=16,
       envpool_threads=1,
-      env_groups=2,
+      env_groups=1,
       actor_device_ids=(0,),
       learner_device_ids=(),
       synchronous=False,
@@ -90,6 +92,7 @@ def atari():
   config.network.hidden_size = 128
   config.network.obs_scale = 1.0
   config.sebulba.num_envs_per_thread = 16
+  config.sebulba.env_groups = 2     # emulators step slower than the policy
   return config
 
 
@@ -99,6 +102,7 @@ def tiny_atari():
   config = tiny()
   config.env.suite, config.env.name = "atari", "Pong-v5"
   config.network.obs_scale = 1.0 / 255.0
+  config.sebulba.env_groups = 2
   return config
 
 
@@ -137,6 +141,7 @@ def vizdoom():
   config.network.encoder = "impala"
   config.network.hidden_size = 128
   config.network.obs_scale = 1.0
+  config.sebulba.env_groups = 2
   return config
 
 
