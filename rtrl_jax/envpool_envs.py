@@ -105,7 +105,7 @@ INTEGER_OPTION_MINIMUM = {
 # env.kwargs (the config keys that set them instead, where there are any).
 SET_BY_THE_SYSTEM = {
     "num_envs": "sebulba.num_envs_per_thread",
-    "batch_size": "sebulba.env_groups (num_envs_per_thread / env_groups)",
+    "batch_size": "sebulba.env_groups",
     "num_threads": "sebulba.envpool_threads",
     "seed": "seed", "env_name": "env.name", "max_num_players": None,
     "thread_affinity_offset": None, "base_path": None,
