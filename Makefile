@@ -40,7 +40,7 @@ bench: $(STAMP)
 bench-anakin: $(STAMP)
 	$(PY) -m experiments.benchmark_anakin --hidden=64,256,512 --encoder_features=32,32,256
 
-# docs/SEBULBA.md's tables (about 8 minutes on 2 cores).
+# docs/SEBULBA.md's tables (about 15 minutes on 2 cores).
 SEBULBA_TIME = --seconds=6 --rounds=3
 SEBULBA_SMALL = --config.unroll_length=20 --config.network.hidden_size=64 --envs_per_thread=8
 bench-sebulba: $(STAMP)

@@ -155,8 +155,7 @@ def evaluate_envpool_policy(agent, suite, params, *, seeds, episodes_per_seed,
     try:
       env_ids = np.arange(n, dtype=np.int32)
       env.async_reset()
-      raw, _, _, _, info = env.recv()
-      obs = suite.observation(raw)[np.argsort(info["env_id"])]
+      _, obs, *_ = recv_step(env, suite)
       prev_reward, reset = np.zeros((n,), np.float32), np.ones((n,), bool)
       core_state = agent.initial_core_state(params, n)
       key = jax.random.PRNGKey(seed)

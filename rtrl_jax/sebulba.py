@@ -705,4 +705,4 @@ def example_trajectory(agent, params, suite, num_envs, unroll_length):
       action=zeros(m, b, dtype=jnp.int32), behaviour_logits=logits,
       reward=zeros(m, b), terminated=zeros(m, b, dtype=bool),
       truncated=zeros(m, b, dtype=bool), truncation_value=zeros(m, b),
-      valid=zeros(m, b, dtype=bool))
+      valid=jnp.ones((m, b), bool))

@@ -253,7 +253,7 @@ def test_pytorch_rmsprop_semantics():
 
 @pytest.mark.parametrize("gradient", ["rtrl", "tbptt"])
 @pytest.mark.parametrize("end", ["terminated", "truncated"])
-@pytest.mark.parametrize("ignored_step", [3, 0])
+@pytest.mark.parametrize("ignored_step", [3, 0, 5])
 def test_ignored_steps_leave_the_loss_of_the_trajectory_without_them(
     gradient, end, ignored_step):
   """envpool resets an ended environment on the next step and ignores that
@@ -261,8 +261,9 @@ def test_ignored_steps_leave_the_loss_of_the_trajectory_without_them(
   its gradient (float64) must equal those of the same data without that
   step, where the next episode starts right after the end, as in
   rtrl_jax.envs. The ignored step is inside the unroll (the episode ends at
-  step 2) or its first step (the episode ended in the previous unroll).
-  Without the mask they differ."""
+  step 2), its first step (the episode ended in the previous unroll) or its
+  last (the next episode starts at the bootstrap step). Without the mask
+  they differ."""
   steps = 6
   with jax.enable_x64(True):
     config = tiny_config(gradient=gradient)

@@ -22,8 +22,9 @@ Sebulba keys:
                         (envpool batch_size = num_envs_per_thread / env_groups):
                         envpool steps one group while the policy runs on
                         another; > 1 needs envpool_threads=1. Pays where a
-                        group's envpool step outlasts a policy call (Atari,
-                        ViZDoom: 2), not for MiniGrid or Procgen here (1)
+                        group's envpool step outlasts a policy call: Atari
+                        (measured: 2), not MiniGrid or Procgen (1); ViZDoom
+                        steps are as slow as Atari's (2, not measured)
   actor_device_ids      local device indices the actor threads run on
   learner_device_ids    local device indices of the learner (empty: all)
   synchronous           True: unroll n uses parameter version n (zero lag)

@@ -45,6 +45,9 @@ Episode boundaries, exactly:
   TD error, trace coefficient and advantage are 0, and the step before them
   ended an episode (discount 0): the loss and its gradient are those of the
   trajectory without the ignored steps (tests/r2ac_test.py checks this).
+  This needs what the actor guarantees: valid_t = False only right after a
+  done step (or at step 0, after one in the previous unroll), and reset at
+  t+1.
 """
 
 from typing import Any, Callable, NamedTuple, Optional
