@@ -181,6 +181,21 @@ def test_json_safe_writes_strict_json():
       "n": 3}
 
 
+def test_metrics_jsonl_is_strict_json_and_reads_back_nan(tmp_path):
+  logger = experiment.RunLogger(str(tmp_path),
+                                ml_collections.ConfigDict({"seed": 0}))
+  logger.write(1, {"loss": 0.5, "episode_return_mean": float("nan")})
+  logger.write(2, {"loss": float("inf"), "episode_return_mean": 1.0})
+  logger.close()
+  lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
+  assert [strict_json_loads(line) for line in lines] == [
+      {"step": 1, "loss": 0.5, "episode_return_mean": None},
+      {"step": 2, "loss": None, "episode_return_mean": 1.0}]
+  rows = experiment.read_jsonl(str(tmp_path / "metrics.jsonl"))
+  assert rows[0]["loss"] == 0.5 and math.isnan(rows[0]["episode_return_mean"])
+  assert math.isnan(rows[1]["loss"]) and rows[1]["step"] == 2
+
+
 # ---- checkpoints ----------------------------------------------------------
 
 def test_checkpoint_round_trip(tmp_path):

@@ -4,6 +4,7 @@ Files in the run folder:
 
   config.json         the resolved config
   metrics.jsonl       one object per `write`: {"step": s, "<name>": value, ...}
+                      (strict JSON: NaN/inf as null; `read_jsonl` gives NaN)
   metrics.csv         the same scalars in long form: step,name,value
   tensorboard/        tensorboardX event files
 
@@ -34,9 +35,12 @@ def json_safe(value):
 
 
 def read_jsonl(path):
-  """The rows of a metrics.jsonl as a list of dicts."""
+  """The rows of a metrics.jsonl as a list of dicts; a null (a non-finite
+  value, see `json_safe`) reads as NaN."""
   with open(path) as f:
-    return [json.loads(line) for line in f if line.strip()]
+    rows = [json.loads(line) for line in f if line.strip()]
+  return [{k: float("nan") if v is None else v for k, v in row.items()}
+          for row in rows]
 
 
 def _drop_rows_after(path, step, step_of):
@@ -108,7 +112,8 @@ class RunLogger:
   def write(self, step, scalars):
     """Logs {name: float} at `step` everywhere."""
     scalars = {name: float(value) for name, value in scalars.items()}
-    self._jsonl.write(json.dumps({"step": int(step), **scalars}) + "\n")
+    self._jsonl.write(json.dumps(json_safe({"step": int(step), **scalars}),
+                                 allow_nan=False) + "\n")
     self._jsonl.flush()
     for name, value in scalars.items():
       self._csv.writerow([int(step), name, repr(value)])
