@@ -101,7 +101,7 @@ def run(config, workdir, resume):
     checkpointer.close()
     print(f"{workdir}: finished before (update {resume_step} of "
           f"{config.total_updates}); nothing to resume", flush=True)
-    return done
+    return {**done, "plot": os.path.join(workdir, RETURN_PLOT)}
   state = system.init(jax.random.PRNGKey(config.seed))
   if resume_step is not None:
     state, _ = checkpointer.restore(state, resume_step)

@@ -106,6 +106,7 @@ def test_sigterm_saves_and_resume_finishes(tmp_path, environment):
       timeout=TIMEOUT)
   assert again.returncode == 0, again.stderr[-3000:]
   assert "finished before" in again.stdout
+  assert f"plot: {result['plot']}" in again.stdout    # where to look, again
   with open(os.path.join(workdir, "results.json")) as f:
     assert f.read() == saved
 
