@@ -28,7 +28,7 @@ Learner: one jitted Sebulba learner step on a fixed global batch
 devices; the median over `--repeats` timed steps after one warm-up step.
 
 Prints one JSON object per measurement and a markdown table, and writes a CSV
-and a plot into --out_dir: sebulba_throughput_<env>_<envs>envs_<groups>groups.{csv,png}
+and a plot into --out_dir: sebulba_throughput_<env>_<envs>envs_<groups>groups_<gradient>.{csv,png}
 (with the per-phase timings) or sebulba_learner_<envs>envs.{csv,png}.
 `--quick` is a smoke run (a few seconds per mode, runs/quick_benchmarks).
 """
@@ -156,13 +156,9 @@ def median_seconds(call, repeats, clock=time.perf_counter):
   return float(np.median(times))
 
 
-def isolated_cpu_seconds_per_step(system, state, config, envs_per_thread):
-  """(policy, learner) CPU seconds per env step, each run alone: back-to-back
-  calls with nothing else running, on one actor's env group and on one
-  learner update's batch. CPU seconds count every core XLA uses."""
-  agent, suite = system.agent, system.suite
-  group = envs_per_thread // config.sebulba.env_groups
-  params = jax.device_put(jax.device_get(state.params))
+def policy_cpu_seconds_per_step(agent, params, suite, group):
+  """CPU seconds per env step of `agent.act` on `group` environments, run
+  alone (back-to-back calls, core state donated as in the actor)."""
   act = jax.jit(agent.act, donate_argnums=1)
   policy = {"state": agent.initial_core_state(params, group)}
   obs = np.zeros((group, *suite.obs_shape), np.uint8)
@@ -174,6 +170,22 @@ def isolated_cpu_seconds_per_step(system, state, config, envs_per_thread):
                                key)
     np.asarray(out.action)
 
+  return median_seconds(act_once, 50, time.process_time) / group
+
+
+def isolated_cpu_seconds_per_step(system, state, config, envs_per_thread):
+  """(policy, policy without RTRL sensitivities, learner) CPU seconds per env
+  step, each run alone: back-to-back calls with nothing else running, on one
+  actor's env group and on one learner update's batch. CPU seconds count
+  every core XLA uses. The second is the same network with
+  gradient="tbptt", whose actor carries no sensitivities."""
+  agent, suite = system.agent, system.suite
+  group = envs_per_thread // config.sebulba.env_groups
+  params = jax.device_put(jax.device_get(state.params))
+  without = config.copy_and_resolve_references()
+  with without.unlocked():
+    without.gradient = "tbptt"
+  agent_without, _ = sebulba.make_agent_and_optimizer(without, suite)
   steps = system.info["num_envs_per_step"]
   example = sebulba.example_trajectory(agent, jax.device_get(state.params),
                                        suite, steps, config.unroll_length)
@@ -181,9 +193,10 @@ def isolated_cpu_seconds_per_step(system, state, config, envs_per_thread):
   learner_step = system.info["jitted_learner_step"]
   learn_once = lambda: jax.block_until_ready(
       learner_step(state.params, state.opt_state, batch))
-  cpu = time.process_time
-  return (median_seconds(act_once, 50, cpu) / group,
-          median_seconds(learn_once, 5, cpu) / (steps * config.unroll_length))
+  return (policy_cpu_seconds_per_step(agent, params, suite, group),
+          policy_cpu_seconds_per_step(agent_without, params, suite, group),
+          median_seconds(learn_once, 5, time.process_time)
+          / (steps * config.unroll_length))
 
 
 def cpu_ceiling(alone_sps, env_seconds, policy_seconds, learner_seconds):
@@ -225,8 +238,8 @@ def throughput(config, suite, thread_counts, envs_per_thread, seconds,
                for k in timings[-1]}
     alone_sps, sebulba_sps = float(np.mean(alone)), float(np.mean(seb))
     env_seconds = float(np.mean(env_cpu))
-    policy_seconds, learner_seconds = isolated_cpu_seconds_per_step(
-        system, state, config, envs_per_thread)
+    policy_seconds, policy_without_seconds, learner_seconds = (
+        isolated_cpu_seconds_per_step(system, state, config, envs_per_thread))
     ceiling = cpu_ceiling(alone_sps, env_seconds, policy_seconds,
                           learner_seconds)
     ratios = [s / a for s, a in zip(seb, alone)]
@@ -241,6 +254,8 @@ def throughput(config, suite, thread_counts, envs_per_thread, seconds,
            "cpu_ceiling_ratio": round(ceiling / alone_sps, 3),
            "envpool_cpu_us_per_step": round(env_seconds * 1e6, 2),
            "policy_cpu_us_per_step": round(policy_seconds * 1e6, 2),
+           "policy_without_sensitivities_cpu_us_per_step": round(
+               policy_without_seconds * 1e6, 2),
            "learner_cpu_us_per_step": round(learner_seconds * 1e6, 2),
            "updates_per_s": round(float(np.mean(ups)), 2),
            **{k: round(v, 5) for k, v in timings.items()}}
@@ -384,7 +399,7 @@ def main(argv):
     rows = throughput(config, suite, threads, envs, seconds, warmup, rounds)
     table = throughput_table(rows)
     name = (f"sebulba_throughput_{config.env.name}_{envs}envs_"
-            f"{config.sebulba.env_groups}groups")
+            f"{config.sebulba.env_groups}groups_{config.gradient}")
   else:
     rows = learner(config, suite, devices, global_envs, repeats)
     table = learner_table(rows)

@@ -33,7 +33,7 @@ def read_rows(path):
 def test_quick_throughput_writes_csv_and_plot(tmp_path):
   result = run_benchmark("--quick", "--mode=throughput", f"--out_dir={tmp_path}")
   assert result.returncode == 0, result.stderr[-3000:]
-  name = "sebulba_throughput_MiniGrid-MemoryS7-v0_4envs_1groups"
+  name = "sebulba_throughput_MiniGrid-MemoryS7-v0_4envs_1groups_rtrl"
   (row,) = read_rows(tmp_path / f"{name}.csv")
   assert (row["threads"], row["envs_per_thread"]) == ("1", "4")
   envpool, sebulba = float(row["envpool_sps"]), float(row["sebulba_sps"])
@@ -42,6 +42,8 @@ def test_quick_throughput_writes_csv_and_plot(tmp_path):
   assert row["rounds"] == "2"
   assert float(row["ratio_min"]) <= float(row["ratio_max"])
   assert 0 < float(row["cpu_ceiling_ratio"]) <= 1
+  for cost in ("envpool", "policy", "policy_without_sensitivities", "learner"):
+    assert float(row[f"{cost}_cpu_us_per_step"]) > 0, cost
   assert float(row["updates_per_s"]) > 0
   # Every actor and learner phase was timed.
   for phase in ("actor/inference", "actor/env_recv", "actor/transfer",
