@@ -87,18 +87,25 @@ def envpool_alone(suite, threads, envs_per_thread, groups, seconds, seed=0):
   counts, stop = [0] * threads, threading.Event()
   start_barrier = threading.Barrier(threads + 1)
   batch = envs_per_thread // groups
+  errors = []
 
   def run(i):
-    env = suite.make(envs_per_thread, seed + i, batch_size=batch)
-    rng = np.random.default_rng(i)
-    env.async_reset()
-    for _ in range(groups):        # every group's reset answered and stepped
-      step(env, rng)
-    start_barrier.wait()
-    while not stop.is_set():
-      step(env, rng)
-      counts[i] += batch
-    env.close()
+    try:
+      env = suite.make(envs_per_thread, seed + i, batch_size=batch)
+      rng = np.random.default_rng(i)
+      env.async_reset()
+      for _ in range(groups):      # every group's reset answered and stepped
+        step(env, rng)
+      start_barrier.wait()
+      while not stop.is_set():
+        step(env, rng)
+        counts[i] += batch
+      env.close()
+    except threading.BrokenBarrierError:
+      pass                         # another thread failed first
+    except BaseException as error:  # pylint: disable=broad-except
+      errors.append(error)
+      start_barrier.abort()        # the others, and the caller, stop waiting
 
   def step(env, rng):
     *_, info = env.recv()
@@ -109,15 +116,20 @@ def envpool_alone(suite, threads, envs_per_thread, groups, seconds, seed=0):
              for i in range(threads)]
   for worker in workers:
     worker.start()
-  start_barrier.wait()
-  begin, begin_cpu = time.perf_counter(), time.process_time()
-  time.sleep(seconds)
-  total = sum(counts)
-  elapsed, cpu = (time.perf_counter() - begin,
-                  time.process_time() - begin_cpu)
+  try:
+    start_barrier.wait()
+    begin, begin_cpu = time.perf_counter(), time.process_time()
+    time.sleep(seconds)
+    total = sum(counts)
+    elapsed, cpu = (time.perf_counter() - begin,
+                    time.process_time() - begin_cpu)
+  except threading.BrokenBarrierError:
+    pass
   stop.set()
   for worker in workers:
     worker.join()
+  if errors:
+    raise RuntimeError("envpool alone: a stepping thread failed") from errors[0]
   return total / elapsed, cpu / total
 
 
