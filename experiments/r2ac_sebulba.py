@@ -93,8 +93,12 @@ def run(config, workdir, resume):
     system = sebulba.make_system(config)
   except (TypeError, ValueError, ImportError) as error:
     raise experiment.ConfigError(str(error).splitlines()[0]) from error
+  # pylint: disable=g-import-not-at-top
+  from experiments.configs import sebulba as sebulba_configs
+  # pylint: enable=g-import-not-at-top
   checkpointer, resume_step = experiment.prepare_workdir(
-      workdir, config, resume, max_to_keep=config.run.max_checkpoints)
+      workdir, config, resume, max_to_keep=config.run.max_checkpoints,
+      added_keys=sebulba_configs.ADDED_KEYS)
   done = experiment.finished_results(workdir, resume_step,
                                      config.total_updates)
   if done is not None:

@@ -220,6 +220,38 @@ def test_checkpoint_round_trip(tmp_path):
   checkpointer.close()
 
 
+def test_resume_compares_configs_and_accepts_keys_added_since(tmp_path):
+  workdir = str(tmp_path)
+  checkpointer = experiment.Checkpointer(os.path.join(workdir, "checkpoints"))
+  checkpointer.save(4, {"w": jnp.zeros(2)}, {"step": 4})
+  checkpointer.close()
+  with open(os.path.join(workdir, "config.json"), "w") as f:
+    json.dump({"train": {"lr": 0.1}}, f)    # a run from before "groups"
+
+  def resume(lr=0.1, groups=1, added_keys=None):
+    config = ml_collections.ConfigDict(
+        {"train": {"lr": lr, "groups": groups}})
+    checkpointer, step = experiment.prepare_workdir(
+        workdir, config, resume=True, added_keys=added_keys)
+    checkpointer.close()
+    return step
+
+  added = {"train.groups": 1}
+  assert resume(added_keys=added) == 4
+  with pytest.raises(experiment.ConfigError) as error:
+    resume(groups=2, added_keys=added)
+  assert str(error.value) == (
+      f"config.train.groups: is 2 but the run in {workdir} was started "
+      "before this key existed, which behaves as 1; pass "
+      "--config.train.groups=1 to resume it")
+  with pytest.raises(experiment.ConfigError,
+                     match=r"^config\.train\.groups: is 1 but .* with None"):
+    resume()                                  # not declared as added
+  with pytest.raises(experiment.ConfigError,
+                     match=r"^config\.train\.lr: is 0\.2 but .* with 0\.1"):
+    resume(lr=0.2, added_keys=added)
+
+
 def test_checkpoint_keeps_zero_size_leaves(tmp_path):
   # A feed-forward core's state is a [B, 0] array, which orbax cannot write.
   state = {"hidden": jnp.zeros((4, 0)), "params": (jnp.arange(3.0),),

@@ -80,6 +80,13 @@ def test_sigterm_saves_and_resume_finishes(tmp_path, environment):
   assert refused.returncode == 1
   assert "--resume needs the same config" in refused.stderr
 
+  # A run from before sebulba.env_groups existed resumes with its value 1.
+  config_path = os.path.join(workdir, "config.json")
+  with open(config_path) as f:
+    saved = json.load(f)
+  assert saved["sebulba"].pop("env_groups") == 1
+  with open(config_path, "w") as f:
+    json.dump(saved, f)
   resumed = subprocess.run(
       command(*FLAGS, f"--workdir={workdir}", "--resume"),
       cwd=ROOT, env=environment, capture_output=True, text=True,

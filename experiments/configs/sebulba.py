@@ -39,6 +39,10 @@ import ml_collections
 
 from experiments.configs import r2ac
 
+# Keys added after Sebulba runs were made, with the value that behaves as
+# those runs did: `--resume` of such a run accepts exactly this value.
+ADDED_KEYS = {"sebulba.env_groups": 1}
+
 
 def default():
   config = r2ac.default()

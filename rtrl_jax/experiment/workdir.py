@@ -6,7 +6,9 @@
 
 A new run refuses a folder that already has checkpoints; a resumed run
 refuses a config that differs from the saved one (naming the first differing
-key), so a resume always continues the same experiment.
+key), so a resume always continues the same experiment. A key added to a
+script's config after runs were made (`added_keys`) is compared, for those
+runs, with the value that behaves as they did.
 """
 
 import json
@@ -16,11 +18,15 @@ from rtrl_jax.experiment.checkpoint import Checkpointer
 from rtrl_jax.experiment.config import ConfigError, flatten
 
 
-def prepare_workdir(workdir, config, resume, max_to_keep=2):
+def prepare_workdir(workdir, config, resume, max_to_keep=2, added_keys=None):
   """(Checkpointer, step to resume from or None) for `workdir`.
 
   With `resume` and no checkpoint yet, the run starts from scratch (so one
   command can both start and restart a preemptible job).
+
+  `added_keys` maps flat config keys ("sebulba.env_groups") that the script's
+  config gained after runs were made to the value that reproduces those runs:
+  a saved config without the key resumes when the current value is that one.
 
   Raises:
     ConfigError: a new run in a folder with checkpoints, or a resume with a
@@ -40,8 +46,16 @@ def prepare_workdir(workdir, config, resume, max_to_keep=2):
     with open(saved_path) as f:
       saved = flatten(json.load(f))
     current = flatten(json.loads(config.to_json_best_effort()))
+    added_keys = dict(added_keys or {})
     for key in sorted(set(saved) | set(current)):
-      if saved.get(key) != current.get(key):
+      if key not in saved and key in added_keys:
+        if current.get(key) != added_keys[key]:
+          raise ConfigError(
+              f"config.{key}: is {current.get(key)!r} but the run in "
+              f"{workdir} was started before this key existed, which "
+              f"behaves as {added_keys[key]!r}; pass "
+              f"--config.{key}={added_keys[key]!r} to resume it")
+      elif saved.get(key) != current.get(key):
         raise ConfigError(
             f"config.{key}: is {current.get(key)!r} but the run in {workdir} "
             f"was started with {saved.get(key)!r}; --resume needs the same "
