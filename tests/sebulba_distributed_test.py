@@ -8,10 +8,12 @@ first update equals a single-process update on both processes' unrolls.
 
 import os
 import pickle
+import signal
 import socket
 import subprocess
 import sys
 import textwrap
+import time
 
 import jax
 import numpy as np
@@ -115,3 +117,45 @@ def test_two_processes_make_identical_updates(tmp_path):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
   np.testing.assert_allclose(float(metrics["loss/total"]), saved[0]["loss1"],
                              rtol=1e-5)
+
+
+@pytest.mark.timeout(400)
+def test_sigterm_to_one_process_stops_both_at_one_checkpoint(tmp_path):
+  """SLURM signals each task on its own: the process that did not get
+  SIGTERM must stop at the same update, or the checkpoint's collective save
+  and its next learner step wait for each other forever."""
+  # pylint: disable=g-import-not-at-top
+  from run_helpers import checkpoint_steps, strict_json_loads
+  # pylint: enable=g-import-not-at-top
+  env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu")
+  env["XLA_FLAGS"] = " ".join(
+      f for f in env.get("XLA_FLAGS", "").split() if "device_count" not in f)
+  port, workdir = str(free_port()), str(tmp_path / "run")
+  flags = ["--config=experiments/configs/sebulba.py:tiny",
+           "--config.total_updates=100000", "--config.run.checkpoint_every=5",
+           "--config.run.progress=false", f"--workdir={workdir}",
+           f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2"]
+  processes = [subprocess.Popen(
+      [sys.executable, "-m", "experiments.r2ac_sebulba", *flags,
+       f"--process_id={i}"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+      stderr=subprocess.PIPE, text=True) for i in range(2)]
+  try:
+    deadline = time.time() + 240
+    while not checkpoint_steps(workdir):
+      for process in processes:
+        assert process.poll() is None, process.communicate()[1][-3000:]
+      assert time.time() < deadline, "no checkpoint in time"
+      time.sleep(0.2)
+    processes[1].send_signal(signal.SIGTERM)
+    results = []
+    for process in processes:
+      stdout, stderr = process.communicate(timeout=90)
+      assert process.returncode == 0, stderr[-3000:]
+      results.append(strict_json_loads(stdout.strip().splitlines()[-1]))
+  finally:
+    for process in processes:
+      if process.poll() is None:
+        process.kill()
+  assert [r["status"] for r in results] == ["preempted", "preempted"]
+  assert results[0]["update"] == results[1]["update"]
+  assert results[0]["update"] in checkpoint_steps(workdir)

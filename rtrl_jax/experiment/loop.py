@@ -5,7 +5,7 @@
       every log_every: log train/* and steps/s   (checks the losses first)
       every eval_every: log evaluate(state)      (may stop the run)
       every checkpoint_every: save state         (checks the losses first)
-      SIGTERM received: save state and return "preempted"
+      SIGTERM received (by any process): save state and return "preempted"
 
 Losses are fetched from the device only at log/checkpoint boundaries; the
 first non-finite one raises `NonFiniteLossError` naming its step, and the
@@ -19,6 +19,7 @@ import signal
 import time
 
 import jax
+from jax.experimental import multihost_utils
 import numpy as np
 import tqdm
 from absl import logging
@@ -57,6 +58,16 @@ def _sigterm_flag():
     yield flag
   finally:
     signal.signal(signal.SIGTERM, previous)
+
+
+def _in_any_process(flag):
+  """Whether `flag` is set in any process. Processes must stop at the same
+  step: saving a checkpoint and the next step are collectives, so a process
+  that saved while another stepped on would wait for it forever (SLURM sends
+  SIGTERM to each task separately)."""
+  if jax.process_count() == 1:
+    return flag
+  return bool(np.any(multihost_utils.process_allgather(np.int32(flag))))
 
 
 def _check_finite(pending, loss_key, checkpointer):
@@ -172,7 +183,7 @@ def train_loop(state, train_step, *, start_step, num_steps, logger,
                                    step == num_steps):
         if run_evaluation(step):
           status = "stopped"
-      if sigterm["set"]:
+      if _in_any_process(sigterm["set"]):
         status = "preempted"
       if step % checkpoint_every == 0 or status != "finished":
         save(step)
