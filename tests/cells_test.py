@@ -220,9 +220,12 @@ def test_sensitivities_contract_to_the_autodiff_vjp(name):
     for x in xs:
       sens = model.update_sensitivities(params["recurrent"], hidden, x, sens)
       hidden = model.transition(params["recurrent"], hidden, x)
-    cotangent = jax.tree.map(
-        lambda h: jax.random.normal(jax.random.PRNGKey(3), h.shape, h.dtype),
-        hidden)
+    # A different cotangent per hidden leaf, so that a contraction that mixes
+    # up leaves (LRU's re/im, the stack's h1/h2) cannot pass.
+    leaves, treedef = jax.tree.flatten(hidden)
+    cotangent = jax.tree.unflatten(treedef, [
+        jax.random.normal(jax.random.fold_in(jax.random.PRNGKey(3), i),
+                          h.shape, h.dtype) for i, h in enumerate(leaves)])
     if name == "exact_two_layer":  # y¹ is never read by the transition.
       cotangent["y1"] = jnp.zeros_like(cotangent["y1"])
     truth = jax.vjp(unroll, params["recurrent"])[1](cotangent)[0]
