@@ -403,8 +403,11 @@ def make_system(config, mesh=None, suite=None, trajectory_hook=None) -> System:
   runtime = {}
 
   def actor(thread_id, device, server, out_queue, start_update):
+    # A resumed run (start_update > 0) gets new episodes, not a replay of
+    # the first session's levels and noops.
     env = suite.make(num_envs, config.seed + 10007 * jax.process_index()
-                     + 1009 * thread_id, batch_size=group_size)
+                     + 1009 * thread_id + 100003 * start_update,
+                     batch_size=group_size)
     try:
       run_actor(thread_id, env, device, server, out_queue, start_update)
     finally:
@@ -465,9 +468,9 @@ def make_system(config, mesh=None, suite=None, trajectory_hook=None) -> System:
 
   def run_actor(thread_id, env, device, server, out_queue, start_update):
     stop = runtime["stop"]
-    key = jax.device_put(jax.random.fold_in(
+    key = jax.device_put(jax.random.fold_in(jax.random.fold_in(
         jax.random.PRNGKey(config.seed),
-        1 + 1000 * jax.process_index() + thread_id), device)
+        1 + 1000 * jax.process_index() + thread_id), start_update), device)
     env.async_reset()
     groups = []
     for first_env in range(0, num_envs, group_size):
@@ -587,7 +590,9 @@ def make_system(config, mesh=None, suite=None, trajectory_hook=None) -> System:
                        ("episodes", "episode_return_sum",
                         "episode_length_sum"), 0.0),
                    start_update=int(state.update),
-                   env_steps=0)
+                   # Counted from the run's start, across resumes.
+                   env_steps=int(state.update) * num_envs * num_threads
+                   * unroll_length)
     threads = [threading.Thread(
         target=thread_main, name=f"sebulba-actor-{i}", daemon=True,
         args=(i, devices[i % len(devices)], server, queues[i],

@@ -101,9 +101,16 @@ def test_sigterm_saves_and_resume_finishes(tmp_path, environment):
   assert os.path.getsize(result["plot"]) > 0
   assert lines[-1] == (
       f"evaluate: python -m experiments.evaluate_r2ac --workdir={workdir}")
-  steps = [r["step"] for r in experiment.read_jsonl(
+  logged = [r for r in experiment.read_jsonl(
       os.path.join(workdir, "metrics.jsonl")) if "train/sps" in r]
+  steps = [r["step"] for r in logged]
   assert steps == sorted(set(steps)) and steps[-1] == UPDATES
+  # Environment steps count from the run's start, across the resume.
+  seb = saved["sebulba"]
+  per_update = (seb["num_actor_threads"] * seb["num_envs_per_thread"]
+                * saved["unroll_length"])
+  assert [r["train/env_steps"] for r in logged] == [
+      s * per_update for s in steps]
 
   with open(os.path.join(workdir, "results.json")) as f:
     saved = f.read()
