@@ -67,8 +67,13 @@ def test_full_episode_bptt_unrolls_are_whole_fresh_episodes():
 
 
 def test_full_episode_bptt_gradient_equals_rtrl_over_the_episode():
-  """From a fresh episode and over all of it, RTRL (an independent code path)
-  and backprop give the same gradient for every parameter."""
+  """From a fresh episode and over all of it, the RTRL learner and backprop
+  give the same gradient for every parameter: with zero shipped
+  sensitivities RTRL has no past gradient to inject, and inside an unroll
+  both differentiate the same forward pass. So `bptt` differs from `rtrl`
+  only across unroll boundaries, which this layout never crosses. (The RTRL
+  past-gradient path itself is checked against BPTT in r2ac_test.py's
+  test_rtrl_over_two_unrolls_equals_bptt_over_their_concatenation.)"""
   config = bptt_config()
   train = anakin.make_train(config)
   runner = train.init(jax.random.PRNGKey(1))
