@@ -19,12 +19,13 @@ cd "$(dirname "$0")/.."
 DRY_RUN=0; PROCESSES=1; FAKE_DEVICES=""; PORT=12355
 source launch/flags.sh
 value() { need_value local.sh "$@"; }
+count() { need_positive_int local.sh "$@"; }
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --dry-run) DRY_RUN=1; shift ;;
-    --processes) value "$@"; PROCESSES="$2"; shift 2 ;;
-    --fake-devices) value "$@"; FAKE_DEVICES="$2"; shift 2 ;;
-    --port) value "$@"; PORT="$2"; shift 2 ;;
+    --processes) value "$@"; count "$1" "$2"; PROCESSES="$2"; shift 2 ;;
+    --fake-devices) value "$@"; count "$1" "$2"; FAKE_DEVICES="$2"; shift 2 ;;
+    --port) value "$@"; count "$1" "$2" 65535; PORT="$2"; shift 2 ;;
     --) shift; break ;;
     *) break ;;
   esac
@@ -39,8 +40,9 @@ if [[ -n "$FAKE_DEVICES" ]]; then
 fi
 
 # The flags go on exactly as given: each is shell-quoted into the command
-# line (spaces, quotes, braces and parentheses survive `bash -c`).
-FORWARDED=$(printf ' %q' "$@")
+# line (spaces, quotes, braces and parentheses survive `bash -c`); no flags
+# add nothing, not an empty argument.
+FORWARDED=$(shell_words "$@")
 commands=()
 if [[ "$PROCESSES" -eq 1 ]]; then
   commands+=("${ENV_PREFIX}$PYTHON -m experiments.r2ac_sebulba${FORWARDED}")

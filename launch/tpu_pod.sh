@@ -35,10 +35,10 @@ if [[ -z "$TPU" || -z "$ZONE" ]]; then
 fi
 ssh=(gcloud compute tpus tpu-vm ssh "$TPU" "--zone=$ZONE" ${PROJECT:+"--project=$PROJECT"} --worker=all)
 # What each worker's shell runs; the forwarded flags are shell-quoted so they
-# reach r2ac_sebulba exactly as given.
+# reach r2ac_sebulba exactly as given (none: nothing, not an empty argument).
 dir=$(printf '%q' "$DIR")
 setup="git clone $(printf '%q' "$REPO") $dir || (cd $dir && git pull); cd $dir && python3 -m venv .venv && .venv/bin/pip install -q -e '.[envs]' 'jax[tpu]'"
-train="cd $dir && .venv/bin/python -m experiments.r2ac_sebulba --distributed$(printf ' %q' "$@")"
+train="cd $dir && .venv/bin/python -m experiments.r2ac_sebulba --distributed$(shell_words "$@")"
 
 remote=()
 if [[ "$SETUP" -eq 1 ]]; then

@@ -19,6 +19,11 @@ def dry_run(script, *args, env=None):
   return result.stdout.strip().splitlines()
 
 
+def slurm_srun(lines):
+  (srun,) = [line for line in lines if line.startswith("srun ")]
+  return srun
+
+
 @pytest.mark.timeout(60)
 def test_local_one_process():
   lines = dry_run("local.sh", "--dry-run", "--",
@@ -42,18 +47,75 @@ def test_local_processes_and_fake_devices():
 
 
 @pytest.mark.timeout(60)
+def test_local_without_forwarded_flags_adds_no_empty_argument():
+  (local,) = dry_run("local.sh", "--dry-run", env={"PYTHON": "py"})
+  assert local == "py -m experiments.r2ac_sebulba"
+  (train,) = dry_run("tpu_pod.sh", "--dry-run", "--tpu", "pod", "--zone", "z")
+  remote = shlex.split(train)[-1][len("--command="):]
+  assert remote.endswith("-m experiments.r2ac_sebulba --distributed")
+  assert shlex.split(remote)[-1] == "--distributed"
+  srun = slurm_srun(dry_run("slurm.sbatch", env={"DRY_RUN": "1"}))
+  assert shlex.split(srun)[-1] == "--distributed"
+
+
+@pytest.mark.timeout(60)
 def test_slurm():
   lines = dry_run("slurm.sbatch", "--config=c.py:atari", "--resume",
-                  env={"DRY_RUN": "1", "DETERMINISTIC": "1"})
+                  env={"DRY_RUN": "1", "DETERMINISTIC": "1",
+                       "SLURM_JOB_ID": "123"})
   assert "--xla_gpu_deterministic_ops=true" in lines[0]
-  assert lines[-1].startswith("srun ")
-  assert ("-m experiments.r2ac_sebulba --distributed --config=c.py:atari "
-          "--resume") in lines[-1]
+  assert slurm_srun(lines).endswith(
+      "-m experiments.r2ac_sebulba --distributed --config=c.py:atari "
+      "--resume")
+  # A preempted run (SIGTERM before the time limit) requeues the job.
+  assert lines[-1].startswith("# then, if it printed \"status\": "
+                              "\"preempted\": ")
+  assert lines[-1].endswith(": scontrol requeue 123")
   with open(os.path.join(LAUNCH, "slurm.sbatch")) as f:
     header = f.read()
   for directive in ("--ntasks-per-node=1", "--gpus-per-node", "--signal=TERM",
-                    "--requeue"):
+                    "--requeue", "--output=slurm-%j.out"):
     assert f"#SBATCH {directive}" in header
+
+
+@pytest.mark.timeout(60)
+def test_slurm_requeued_job_resumes():
+  env = {"DRY_RUN": "1", "SLURM_RESTART_COUNT": "1", "PYTHON": "py"}
+  srun = slurm_srun(dry_run("slurm.sbatch", "--workdir=w", env=env))
+  assert shlex.split(srun)[-3:] == ["--distributed", "--workdir=w", "--resume"]
+  srun = slurm_srun(dry_run("slurm.sbatch", "--resume", "--workdir=w",
+                            env=env))
+  assert shlex.split(srun)[-3:] == ["--distributed", "--resume", "--workdir=w"]
+  env["SLURM_RESTART_COUNT"] = "0"
+  srun = slurm_srun(dry_run("slurm.sbatch", "--workdir=w", env=env))
+  assert "--resume" not in shlex.split(srun)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("run_status, exit_status, requeued", [
+    ("preempted", 0, True), ("finished", 0, False), ("preempted", 1, False)])
+def test_slurm_requeues_a_preempted_run(tmp_path, run_status, exit_status,
+                                        requeued):
+  """The script itself, with stand-ins for srun and scontrol on PATH."""
+  calls = tmp_path / "calls"
+  for name, body in (
+      ("srun", f"echo \"srun $*\" >> {calls}\n"
+               f"echo '{{\"status\": \"{run_status}\", \"update\": 7}}'\n"
+               f"exit {exit_status}"),
+      ("scontrol", f"echo \"scontrol $*\" >> {calls}")):
+    (tmp_path / name).write_text(f"#!/bin/sh\n{body}\n")
+    (tmp_path / name).chmod(0o755)
+  result = subprocess.run(
+      ["bash", os.path.join(LAUNCH, "slurm.sbatch"), "--workdir=w"],
+      cwd=ROOT, capture_output=True, text=True, timeout=30,
+      env=dict(os.environ, PATH=f"{tmp_path}:{os.environ['PATH']}",
+               SLURM_JOB_ID="123", SLURM_SUBMIT_DIR=ROOT, PYTHON="py"))
+  assert result.returncode == exit_status, result.stderr
+  assert f'"status": "{run_status}"' in result.stdout   # still in the log
+  lines = calls.read_text().splitlines()
+  assert lines[0].endswith("-m experiments.r2ac_sebulba --distributed "
+                           "--workdir=w")
+  assert lines[1:] == (["scontrol requeue 123"] if requeued else [])
 
 
 @pytest.mark.timeout(60)
@@ -85,8 +147,8 @@ def test_launch_scripts_forward_flags_exactly():
                      env={"PYTHON": "py"})
   assert shlex.split(local) == ["py", "-m", "experiments.r2ac_sebulba",
                                 *TRICKY]
-  srun = dry_run("slurm.sbatch", *TRICKY, env={"DRY_RUN": "1",
-                                                "PYTHON": "py"})[-1]
+  srun = slurm_srun(dry_run("slurm.sbatch", *TRICKY,
+                            env={"DRY_RUN": "1", "PYTHON": "py"}))
   assert shlex.split(srun)[-len(TRICKY) - 1:] == ["--distributed", *TRICKY]
   (train,) = dry_run("tpu_pod.sh", "--dry-run", "--tpu", "pod", "--zone", "z",
                      "--", *TRICKY)
@@ -104,6 +166,22 @@ def test_launch_flags_without_a_value_are_one_line_errors(script, args):
                           cwd=ROOT, capture_output=True, text=True, timeout=30)
   assert result.returncode == 2
   assert result.stderr.strip() == f"{script}: {args[-1] or args[-2]} needs a value"
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("flag, value", [
+    ("--processes", "0"), ("--processes", "-1"), ("--processes", "two"),
+    ("--fake-devices", "0"), ("--fake-devices", "1.5"), ("--port", "x"),
+    ("--port", "65536")])
+def test_local_counts_must_be_positive_integers(flag, value):
+  result = subprocess.run(
+      ["bash", os.path.join(LAUNCH, "local.sh"), "--dry-run", flag, value],
+      cwd=ROOT, capture_output=True, text=True, timeout=30)
+  assert result.returncode == 2
+  limit = " up to 65535" if flag == "--port" else ""
+  assert result.stderr.strip() == (
+      f"local.sh: {flag} needs a positive integer{limit}, got '{value}'")
+  assert not result.stdout
 
 
 @pytest.mark.timeout(60)
