@@ -166,10 +166,16 @@ def make_agent(config, obs_shape, num_actions) -> Agent:
 
   def core_inputs(params, obs, prev_reward):
     """[..., B, obs] → [..., B, features + 1]."""
-    lead = obs.shape[:-len(obs_shape)]
-    flat = obs.reshape((-1,) + tuple(obs_shape))
-    features = encoder.apply(params["encoder"], flat)
+    # The encoder sees one flat batch, flattened B-major: with B sharded over
+    # devices ([T, B] in a learner) each device's examples stay contiguous,
+    # so each device encodes only its own (T-major flattening makes XLA
+    # gather every observation onto every device first).
+    batch_major = jnp.moveaxis(obs, -len(obs_shape) - 1, 0)
+    lead = batch_major.shape[:-len(obs_shape)]
+    features = encoder.apply(params["encoder"],
+                             batch_major.reshape((-1,) + tuple(obs_shape)))
     features = features.reshape(lead + features.shape[-1:])
+    features = jnp.moveaxis(features, 0, -2)
     return jnp.concatenate([features, prev_reward[..., None]], -1)
 
   def heads(params, hidden):
