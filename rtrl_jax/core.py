@@ -45,7 +45,7 @@ def rtrl(cell, params, state, inputs, resets, advance_sensitivities=True):
     cell: a cell from `rtrl_jax.CELLS` (static, hashable).
     params: {"recurrent": ..., "readout": ...} from `cell.init`.
     state: `RecurrentState` with sensitivities (`cell.initial_state`).
-    inputs: [T, B, D] floating, same dtype as params.
+    inputs: [T, B, D] floating, the dtype of every leaf of params and state.
     resets: [T, B] bool.
     advance_sensitivities: False skips the forward sensitivity recursion
       (O(T·B·|θ_r|) work) when only the gradient is wanted, e.g. a learner
@@ -172,7 +172,13 @@ def _check_arguments(name, cell, params, state, inputs, resets):
     raise ValueError(
         f"{name}: `state` must be a RecurrentState (cell.initial_state), got "
         f"{type(state).__name__}")
-  input_size = cell.input_size(params)
+  try:
+    input_size = cell.input_size(params)
+  except (KeyError, IndexError, TypeError, AttributeError) as error:
+    raise ValueError(
+        f"{name}: `params` do not fit {_cell_name(cell)}: its input_size("
+        f"params) fails ({type(error).__name__}: {error}); were they made by "
+        f"another cell?") from error
   inputs_shape = getattr(inputs, "shape", None)
   if inputs_shape is None or len(inputs_shape) != 3:
     raise ValueError(
@@ -183,14 +189,12 @@ def _check_arguments(name, cell, params, state, inputs, resets):
     raise ValueError(
         f"{name}: `inputs` must have shape [T, B, D={input_size}], got "
         f"{tuple(inputs_shape)} (D={d} does not match the cell's input size)")
-  param_dtype = jax.tree.leaves(params)[0].dtype
   if not jnp.issubdtype(inputs.dtype, jnp.floating):
-    raise ValueError(
-        f"{name}: `inputs` must be floating ({param_dtype}), got {inputs.dtype}")
-  if inputs.dtype != param_dtype:
-    raise ValueError(
-        f"{name}: `inputs` dtype {inputs.dtype} differs from the params dtype "
-        f"{param_dtype}; cast one of them")
+    raise ValueError(f"{name}: `inputs` must be floating, got {inputs.dtype}")
+  _check_dtype(name, "params", params, inputs.dtype)
+  _check_dtype(name, "state.hidden", state.hidden, inputs.dtype)
+  _check_dtype(name, "state.sensitivities", state.sensitivities, inputs.dtype)
+  _check_params_fit_cell(name, cell, params, input_size, inputs.dtype)
   resets_shape = getattr(resets, "shape", None)
   if resets_shape is None or tuple(resets_shape) != (t, b):
     raise ValueError(
@@ -213,3 +217,52 @@ def _check_batched(name, argument, single_example, batched, batch_size):
   if expected != got:
     raise ValueError(
         f"{name}: `{argument}` must have shape {expected}, got {got}")
+
+
+def _check_dtype(name, argument, tree, dtype):
+  """Every leaf of `tree` must have `dtype` (the dtype of `inputs`)."""
+  for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+    leaf_dtype = getattr(leaf, "dtype", type(leaf).__name__)
+    if leaf_dtype != dtype:
+      raise ValueError(
+          f"{name}: `{argument}{jax.tree_util.keystr(path)}` has dtype "
+          f"{leaf_dtype}, expected {dtype} (the dtype of `inputs`); cast one "
+          f"of them")
+
+
+def _check_params_fit_cell(name, cell, params, input_size, dtype):
+  """`params` must have the leaves and shapes that `cell.init` makes."""
+  try:
+    expected = _init_shapes(cell, input_size, jnp.dtype(dtype))
+  except TypeError:  # An unhashable cell: no cache.
+    expected = _init_shapes.__wrapped__(cell, input_size, jnp.dtype(dtype))
+  got = _leaf_shapes(params)
+  if got == expected:
+    return
+  owner = _cell_name(cell)
+  if list(got) != list(expected):
+    raise ValueError(
+        f"{name}: `params` has leaves {list(got)}, but {owner}.init makes "
+        f"{list(expected)}; were they made by another cell?")
+  path = next(p for p in got if got[p] != expected[p])
+  raise ValueError(
+      f"{name}: `params{path}` has shape {got[path]}, but {owner}.init on "
+      f"inputs of size {input_size} makes {expected[path]}; were the params "
+      f"made by another cell (e.g. another hidden_size)?")
+
+
+def _cell_name(cell):
+  return f"{type(cell).__name__}(hidden_size={getattr(cell, 'hidden_size', None)})"
+
+
+def _leaf_shapes(tree):
+  return {jax.tree_util.keystr(path): tuple(leaf.shape)
+          for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
+@functools.lru_cache(maxsize=256)
+def _init_shapes(cell, input_size, dtype):
+  """{leaf path: shape} of cell.init(key, input_size, dtype), traced only."""
+  key = jax.ShapeDtypeStruct((2,), jnp.uint32)
+  return _leaf_shapes(jax.eval_shape(
+      lambda k: cell.init(k, input_size, dtype), key))

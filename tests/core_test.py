@@ -338,6 +338,62 @@ class TestBadInput:
     with pytest.raises(ValueError, match=r"`inputs` must be floating"):
       self.call(inputs=jnp.ones((3, BATCH, INPUT_SIZE), jnp.int32))
 
+  @pytest.mark.parametrize("fn", [rtrl_jax.rtrl, rtrl_jax.bptt])
+  def test_params_dtype(self, fn):
+    with jax.enable_x64(True):
+      inputs = self.inputs.astype(jnp.float64)
+      # float32 params, float64 inputs: the first leaf (read-out) is named.
+      with pytest.raises(ValueError, match=(
+          r"^[a-z]+: `params\['readout'\]\['O'\]` has dtype float32, "
+          r"expected float64 \(the dtype of `inputs`\)")):
+        self.call(fn, inputs=inputs)
+      # A recurrent leaf alone in another dtype is caught too.
+      params = jax.tree.map(lambda a: a.astype(jnp.float64), self.params)
+      params["recurrent"]["Z"] = self.params["recurrent"]["Z"]
+      with pytest.raises(ValueError, match=(
+          r"`params\['recurrent'\]\['Z'\]` has dtype float32, expected "
+          r"float64")):
+        self.call(fn, params=params, inputs=inputs,
+                  state=self.cell.initial_state(params, BATCH))
+
+  @pytest.mark.parametrize("argument", ["hidden", "sensitivities"])
+  def test_state_dtype(self, argument):
+    with jax.enable_x64(True):
+      to64 = lambda tree: jax.tree.map(lambda a: a.astype(jnp.float64), tree)
+      state = self.state._replace(
+          **{argument: to64(getattr(self.state, argument))})
+      with pytest.raises(ValueError) as error:
+        self.call(state=state)
+    message = str(error.value)
+    assert "\n" not in message
+    assert message.startswith(f"rtrl: `state.{argument}")
+    assert "has dtype float64, expected float32" in message
+
+  def test_params_of_another_hidden_size(self):
+    cell = rtrl_jax.ELSTM(HIDDEN + 2)  # params, state: ELSTM(HIDDEN).
+    for state in (self.state, cell.initial_state(self.params, BATCH)):
+      with pytest.raises(ValueError) as error:
+        rtrl_jax.rtrl(cell, self.params, state, self.inputs, self.resets)
+      message = str(error.value)
+      assert "\n" not in message
+      assert "`params['readout']['O']` has shape (5, 4)" in message
+      assert "ELSTM(hidden_size=7).init on inputs of size 4 makes (7, 4)" in (
+          message)
+
+  def test_params_of_another_cell(self):
+    with pytest.raises(ValueError, match=(
+        r"`params` do not fit IndRNN\(hidden_size=5\): its input_size\(params\) "
+        r"fails \(KeyError: 'W'\)")):
+      rtrl_jax.bptt(rtrl_jax.CELLS["indrnn"](HIDDEN), self.params, self.state,
+                    self.inputs, self.resets)
+    # Same input_size, another parameter tree.
+    params = dict(self.params, recurrent=dict(self.params["recurrent"]))
+    del params["recurrent"]["w_z"]
+    with pytest.raises(ValueError, match=(
+        r"`params` has leaves .*, but ELSTM\(hidden_size=5\).init makes")):
+      self.call(rtrl_jax.bptt, params=params,
+                state=self.cell.initial_state(params, BATCH))
+
   def test_resets_shape(self):
     with pytest.raises(ValueError, match=r"`resets` must have shape \[T, B\]=\[3, 3\]"):
       self.call(resets=jnp.zeros((3,), bool))
