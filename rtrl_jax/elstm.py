@@ -33,11 +33,13 @@ and Limits of Real-Time Recurrent Learning", ICLR 2024, Sec. 3.1.
 """
 
 import dataclasses
+import math
 
 import jax
 import jax.numpy as jnp
 
 from rtrl_jax.cell import ElementwiseCell
+from rtrl_jax.checks import check_number_in, check_positive_int
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,12 +57,16 @@ class ELSTM(ElementwiseCell):
   init_scale: float = 0.1
   forget_bias: float = 0.0
 
+  def __post_init__(self):
+    super().__post_init__()
+    check_number_in("ELSTM", "init_scale", self.init_scale, 0, math.inf,
+                    high_open=True)
+    check_number_in("ELSTM", "forget_bias", self.forget_bias, -math.inf,
+                    math.inf, high_open=True)
+
   def init(self, key, input_size, dtype=jnp.float32):
     """Parameters for inputs of size D = `input_size`."""
-    if (not isinstance(input_size, int) or isinstance(input_size, bool)
-        or input_size <= 0):
-      raise ValueError(
-          f"ELSTM.init: input_size must be a positive int, got {input_size!r}")
+    check_positive_int("ELSTM.init", "input_size", input_size)
     n, d = self.hidden_size, input_size
     keys = jax.random.split(key, 9)
     normal = lambda k, shape: self.init_scale * jax.random.normal(k, shape, dtype)

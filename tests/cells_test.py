@@ -282,6 +282,11 @@ def test_rtrl_and_bptt_forward_agree_under_jit_vmap_and_dtype(name):
 
 
 BAD_HYPERPARAMETERS = [
+    (rtrl_jax.ELSTM, dict(hidden_size=3, init_scale=-1.0), "-1.0"),
+    (rtrl_jax.ELSTM, dict(hidden_size=3, init_scale=0.0), "0.0"),
+    (rtrl_jax.ELSTM, dict(hidden_size=3, forget_bias=float("nan")), "nan"),
+    (rtrl_jax.ELSTM, dict(hidden_size=3, forget_bias="1"), "'1'"),
+    (rtrl_jax.ELSTM, dict(hidden_size=2.5), "2.5"),
     (IndRNN, dict(hidden_size=3, activation="sigmoid"), "'sigmoid'"),
     (IndRNN, dict(hidden_size=3, u_init_max=1.5), "1.5"),
     (IndRNN, dict(hidden_size=3, u_init_max=0.0), "0.0"),
