@@ -4,7 +4,9 @@ For each model (every entry of `rtrl_jax.CELLS`, plus `ExactTwoLayer`), in
 float64: a sequence of 48 steps with per-step losses, random resets and one
 reset exactly on a segment boundary for every segment length, is cut into
 segments of length 1, 2, 3, 5, 8 and 16 (≥ 3 segments each, state carried;
-1, 5 and 16 for the exact stack, the slowest to compile).
+1, 5 and 16 for the exact stack, the slowest to compile, and for `VARIANTS`,
+cells with non-default options: IndRNN and LinearTransformer with ReLU, a
+QRNN of window 1).
 RTRL's gradient of each segment's loss must equal the true one (BPTT through
 the whole sequence) for every parameter leaf to 1e-8 relative error; TBPTT
 must not (negative control). All gradients of one model are one compiled
@@ -46,19 +48,32 @@ CELL_KWARGS = {
 }
 
 
+# Non-default cell options, through the oracle too (fewer segment lengths).
+VARIANTS = {
+    "indrnn_relu": ("indrnn", dict(activation="relu")),
+    "qrnn_window_1": ("qrnn", dict(window=1, forget_bias=2.0)),
+    "linear_transformer_relu": ("linear_transformer",
+                                dict(feature_map="relu", key_size=None)),
+}
+
+
 def make_model(name):
   if name == "exact_two_layer":
     layer = lambda: rtrl_jax.ELSTM(3, forget_bias=2.0, init_scale=0.5)
     return ExactTwoLayer(lower=layer(), upper=layer())
+  name, kwargs = VARIANTS.get(name, (name, CELL_KWARGS.get(name, {})))
   hidden = 2 if name == "linear_transformer" else 3
-  return rtrl_jax.CELLS[name](hidden, **CELL_KWARGS.get(name, {}))
+  return rtrl_jax.CELLS[name](hidden, **kwargs)
 
 
 MODEL_NAMES = list(rtrl_jax.CELLS) + ["exact_two_layer"]
+ORACLE_NAMES = MODEL_NAMES + list(VARIANTS)
 
 
 def segment_lengths(name):
-  return STACK_SEGMENT_LENGTHS if name == "exact_two_layer" else SEGMENT_LENGTHS
+  if name == "exact_two_layer" or name in VARIANTS:
+    return STACK_SEGMENT_LENGTHS
+  return SEGMENT_LENGTHS
 
 
 def per_step_loss(outputs, targets):
@@ -142,7 +157,7 @@ def leaf_errors(estimates, truths):
   return errors
 
 
-@pytest.mark.parametrize("name", MODEL_NAMES)
+@pytest.mark.parametrize("name", ORACLE_NAMES)
 def test_bptt_oracle(name):
   """RTRL equals BPTT for every leaf, segment and segment length; TBPTT not.
 
@@ -202,7 +217,7 @@ def test_oracle_catches_sensitivities_without_the_forget_decay():
   assert max(err for _, _, err in leaf_errors(estimates, truths)) > 1e-3
 
 
-@pytest.mark.parametrize("name", MODEL_NAMES)
+@pytest.mark.parametrize("name", ORACLE_NAMES)
 def test_sensitivities_contract_to_the_autodiff_vjp(name):
   """After a few steps, (dL/dh)ᵀ S equals the VJP of h(t) w.r.t. θ_r."""
   model = make_model(name)
