@@ -8,8 +8,9 @@
 
 Each seed runs `episodes` environments in parallel (`vmap`), each from its
 own reset until its first episode ends (terminated or truncated), with the
-agent's `act` carrying the core state (and, for RTRL agents, the
-sensitivities) step by step, as the actor does in training. Greedy takes the
+agent's `act` carrying the core state step by step, as the actor does in
+training (without RTRL sensitivities: only gradients need them, and they
+leave the policy unchanged). Greedy takes the
 argmax of the policy logits; sampled draws from them.
 
 `evaluate_envpool_policy` does the same for envpool environments (Sebulba
@@ -75,7 +76,8 @@ def make_episode_returns(agent, env, episodes, greedy, reward_clip):
     carry = dict(
         env_state=env_state, obs=obs, prev_reward=zeros,
         reset=jnp.ones((episodes,), bool),
-        core_state=agent.initial_core_state(params, episodes),
+        core_state=agent.initial_core_state(params, episodes,
+                                            sensitivities=False),
         returns=zeros, lengths=jnp.zeros((episodes,), jnp.int32),
         running=jnp.ones((episodes,), bool), key=key, t=jnp.zeros((), jnp.int32))
 
@@ -157,7 +159,7 @@ def evaluate_envpool_policy(agent, suite, params, *, seeds, episodes_per_seed,
       env.async_reset()
       _, obs, *_ = recv_step(env, suite)
       prev_reward, reset = np.zeros((n,), np.float32), np.ones((n,), bool)
-      core_state = agent.initial_core_state(params, n)
+      core_state = agent.initial_core_state(params, n, sensitivities=False)
       key = jax.random.PRNGKey(seed)
       episode_return, length = np.zeros((n,)), np.zeros((n,), np.int64)
       running = np.ones((n,), bool)

@@ -75,8 +75,8 @@ class ScriptedAgent:
   """Greedy action 3 on a reset step, 1 when the previous reward input equals
   the clip (rewards here are >= 1), else 0; sampled action 2."""
 
-  def initial_core_state(self, params, num_envs):
-    del params
+  def initial_core_state(self, params, num_envs, sensitivities=True):
+    del params, sensitivities
     return jnp.zeros((num_envs,))
 
   def act(self, params, core_state, obs, prev_reward, reset, key):

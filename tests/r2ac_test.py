@@ -223,6 +223,26 @@ def test_every_core_runs_from_the_default_config(core):
   assert out.logits.shape == (2, 2) and np.all(np.isfinite(out.logits))
 
 
+def test_acting_without_sensitivities_is_the_same_policy():
+  """Evaluation acts from initial_core_state(..., sensitivities=False)."""
+  agent = r2ac.make_agent(tiny_config(), (3,), 2)
+  params = agent.init(jax.random.PRNGKey(0))
+  with_sens = agent.initial_core_state(params, 2)
+  without = agent.initial_core_state(params, 2, sensitivities=False)
+  assert jax.tree.leaves(with_sens.sensitivities)
+  assert without.sensitivities is None
+  act = jax.jit(agent.act)
+  for t, key in enumerate(jax.random.split(jax.random.PRNGKey(1), 4)):
+    obs = jax.random.normal(key, (2, 3))
+    reset = jnp.array([t == 0, t in (0, 2)])
+    inputs = (obs, jnp.full((2,), 0.5), reset, key)
+    with_sens, out = act(params, with_sens, *inputs)
+    without, out_without = act(params, without, *inputs)
+    np.testing.assert_array_equal(out.logits, out_without.logits)
+    np.testing.assert_array_equal(with_sens.hidden, without.hidden)
+  assert without.sensitivities is None
+
+
 def test_core_kwargs_that_do_not_fit_the_core_are_one_line_errors():
   config = tiny_config()
   config.network.core_kwargs.elstm.window = 3      # a QRNN argument

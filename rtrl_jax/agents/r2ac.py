@@ -160,9 +160,12 @@ def make_agent(config, obs_shape, num_actions) -> Agent:
             "policy": head(k_pi, num_actions, 0.01),
             "value": head(k_v, 1, 1.0)}
 
-  def initial_core_state(params, batch_size):
+  def initial_core_state(params, batch_size, sensitivities=True):
+    """sensitivities=False: a state for acting only (evaluation), without
+    the RTRL sensitivities that only gradients need."""
     return core.initial_state(params["core"], batch_size,
-                              sensitivities=track_sensitivities)
+                              sensitivities=track_sensitivities
+                              and sensitivities)
 
   def core_inputs(params, obs, prev_reward):
     """[..., B, obs] → [..., B, features + 1]."""
@@ -208,9 +211,11 @@ def make_agent(config, obs_shape, num_actions) -> Agent:
     return logits, values, state
 
   def act(params, state, obs, prev_reward, reset, key):
-    """One actor step for B environments: (new state, ActorOutput)."""
+    """One actor step for B environments: (new state, ActorOutput). A state
+    without sensitivities steps the same forward pass without them."""
+    method = gradient if state.sensitivities is not None else "bptt"
     logits, values, state = unroll(params, state, obs[None], prev_reward[None],
-                                   reset[None])
+                                   reset[None], method=method)
     logits, value = logits[0], values[0]
     action = jax.random.categorical(key, logits).astype(jnp.int32)
     return state, ActorOutput(action, logits, value)
