@@ -47,8 +47,8 @@ def test_time_limit_is_truncation_with_final_observation():
 def test_xminigrid_memory_time_limit_and_auto_reset():
   env = make_env("xminigrid:MiniGrid-MemoryS8", max_steps=4)
   assert env.num_actions == 6 and env.max_episode_steps == 4
-  # Action 0 only turns: the agent never reaches either goal in 4 steps.
-  _, outs = run_episode_steps(env, 8, action=0)
+  # Action 1 only turns (0 moves forward): the agent never reaches a goal.
+  _, outs = run_episode_steps(env, 8, action=1)
   np.testing.assert_array_equal(np.asarray(outs.truncated),
                                 [False, False, False, True] * 2)
   assert not bool(outs.terminated.any())

@@ -271,6 +271,24 @@ def test_pytorch_rmsprop_semantics():
   np.testing.assert_allclose(updates["w"], expected, rtol=1e-6)
 
 
+def test_learning_rate_decays_linearly_to_zero_over_the_run():
+  """Update k of K uses lr·(1 - k/K): the last one lr/K, none after."""
+  config = tiny_config()
+  total = 4
+  optimizer = r2ac.make_optimizer(config, total)
+  params = {"w": jnp.array([1.0, -2.0])}
+  grads = {"w": jnp.array([0.3, -0.1])}
+  state, nu = optimizer.init(params), jnp.zeros(2)
+  update = jax.jit(optimizer.update)
+  for k in range(total + 1):
+    updates, state = update(grads, state, params)
+    nu = 0.99 * nu + 0.01 * grads["w"] ** 2
+    lr = config.optimizer.learning_rate * max(0.0, 1 - k / total)
+    np.testing.assert_allclose(
+        updates["w"], -lr * grads["w"] / (jnp.sqrt(nu) + 0.01), rtol=1e-5,
+        atol=1e-12, err_msg=f"update {k}")
+
+
 @pytest.mark.parametrize("gradient", ["rtrl", "tbptt"])
 @pytest.mark.parametrize("end", ["terminated", "truncated"])
 @pytest.mark.parametrize("ignored_step", [3, 0, 5])
