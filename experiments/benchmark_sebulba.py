@@ -223,16 +223,24 @@ def cpu_ceiling(alone_sps, env_seconds, policy_seconds, learner_seconds):
              cores / (env_seconds + policy_seconds + learner_seconds))
 
 
+def make_system(config, suite, threads, envs_per_thread, devices=None):
+  """The Sebulba system measured (`config` is set to its sizes); `devices`:
+  a learner mesh of the first that many devices. ValueError: a bad size."""
+  with config.unlocked():
+    config.sebulba.num_actor_threads = threads
+    config.sebulba.num_envs_per_thread = envs_per_thread
+  mesh = (None if devices is None else
+          jax.sharding.Mesh(np.array(jax.devices()[:devices]), ("data",)))
+  return sebulba.make_system(config, mesh=mesh, suite=suite)
+
+
 def throughput(config, suite, thread_counts, envs_per_thread, seconds,
                warmup, rounds):
   """One row per actor-thread count: `rounds` times envpool alone then
   Sebulba, each for `seconds` (interleaved, so drift hits both alike)."""
   rows = []
   for threads in thread_counts:
-    with config.unlocked():
-      config.sebulba.num_actor_threads = threads
-      config.sebulba.num_envs_per_thread = envs_per_thread
-    system = sebulba.make_system(config, suite=suite)
+    system = make_system(config, suite, threads, envs_per_thread)
     state = system.init(jax.random.PRNGKey(0))
     alone, env_cpu, seb, ups, timings = [], [], [], [], []
     for round_index in range(rounds):
@@ -295,11 +303,7 @@ def learner(config, suite, device_counts, global_envs, repeats):
   """Updates/s of the Sebulba learner step vs number of learner devices."""
   rows = []
   for count in device_counts:
-    mesh = jax.sharding.Mesh(np.array(jax.devices()[:count]), ("data",))
-    with config.unlocked():
-      config.sebulba.num_actor_threads = 1
-      config.sebulba.num_envs_per_thread = global_envs
-    system = sebulba.make_system(config, mesh=mesh, suite=suite)
+    system = make_system(config, suite, 1, global_envs, count)
     state = system.init(jax.random.PRNGKey(0))
     example = sebulba.example_trajectory(
         system.agent, jax.device_get(state.params), suite, global_envs,
@@ -396,6 +400,13 @@ def main(argv):
     suite = envpool_envs.make_suite(config.env.suite, config.env.name,
                                     dict(config.env.kwargs),
                                     num_threads=config.sebulba.envpool_threads)
+    # Every system measured builds (the sizes fit) before any measurement.
+    if _MODE.value == "throughput":
+      for count in threads:
+        make_system(config, suite, count, envs)
+    else:
+      for count in devices:
+        make_system(config, suite, 1, global_envs, count)
     out_dir = timing.output_dir(_OUT_DIR, _QUICK.value)
     os.makedirs(out_dir, exist_ok=True)      # fail now, not after the run
     if not os.access(out_dir, os.W_OK):

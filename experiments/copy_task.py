@@ -126,8 +126,8 @@ def run(config, workdir, resume):
 def main(argv):
   experiment.cli.start_main(argv, quiet_logging=False)
   config = _CONFIG.value
-  workdir = _WORKDIR.value or os.path.join(
-      "runs", f"copy_task_{config.train.mode}_{time.strftime('%Y%m%d_%H%M%S')}")
+  workdir = experiment.cli.run_workdir(
+      _WORKDIR.value, f"copy_task_{config.train.mode}", _RESUME.value)
   try:
     results = run(config, workdir, _RESUME.value)
   except (experiment.ConfigError, experiment.NonFiniteLossError) as error:

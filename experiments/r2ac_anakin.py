@@ -19,9 +19,7 @@ SIGTERM saves a checkpoint and exits 0. Exit status 1: a bad config or flag
 """
 
 import json
-import os
 import sys
-import time
 
 from absl import app, flags
 
@@ -42,8 +40,8 @@ _RESUME = flags.DEFINE_bool(
 def main(argv):
   experiment.cli.start_main(argv)
   config = _CONFIG.value
-  workdir = _WORKDIR.value or os.path.join(
-      "runs", f"r2ac_{config.gradient}_{time.strftime('%Y%m%d_%H%M%S')}")
+  workdir = experiment.cli.run_workdir(
+      _WORKDIR.value, f"r2ac_{config.gradient}", _RESUME.value)
   try:
     results = run(config, workdir, _RESUME.value)
   except (experiment.ConfigError, experiment.NonFiniteLossError) as error:

@@ -181,11 +181,23 @@ def main(argv):
   # pylint: enable=g-import-not-at-top
   experiment.cli.start_main(argv)
   if _DISTRIBUTED.value or _COORDINATOR.value:
-    sebulba.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value,
-                                   _PROCESS_ID.value)
+    try:
+      sebulba.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value,
+                                     _PROCESS_ID.value)
+    except (ValueError, RuntimeError) as error:
+      sys.exit(f"error: jax.distributed.initialize: "
+               f"{str(error).strip().splitlines()[0]}")
+  elif _NUM_PROCESSES.value is not None or _PROCESS_ID.value is not None:
+    sys.exit("error: --num_processes and --process_id need "
+             "--coordinator_address (or --distributed); without it this "
+             "would run as one process")
   config = _CONFIG.value
-  workdir = _WORKDIR.value or os.path.join(
-      "runs", f"sebulba_{config.env.name}_{time.strftime('%Y%m%d_%H%M%S')}")
+  # pylint: disable=g-import-not-at-top
+  import jax
+  # pylint: enable=g-import-not-at-top
+  workdir = experiment.cli.run_workdir(
+      _WORKDIR.value, f"sebulba_{config.env.name}", _RESUME.value,
+      jax.process_count())
   try:
     results = run(config, workdir, _RESUME.value)
   except (experiment.ConfigError, experiment.NonFiniteLossError,

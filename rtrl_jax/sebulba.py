@@ -162,19 +162,33 @@ def initialize_distributed(coordinator_address=None, num_processes=None,
                              process_id=process_id)
 
 
+def _check_device_ids(name, device_ids, count):
+  """Raises a one-line ValueError unless `device_ids` are distinct indices
+  of `count` local devices."""
+  ok = all(isinstance(i, int) and not isinstance(i, bool) and 0 <= i < count
+           for i in device_ids) and len(set(device_ids)) == len(device_ids)
+  if not ok:
+    raise ValueError(
+        f"sebulba.{name}={tuple(device_ids)!r}: must be distinct local device "
+        f"indices, and this process has {count} device(s) (0..{count - 1})")
+
+
 def learner_devices(device_ids=()):
   """The learner devices of every process: local indices `device_ids` (all if
   empty) of each process's devices, process by process."""
   devices = []
   for process in range(jax.process_count()):
     local = [d for d in jax.devices() if d.process_index == process]
+    _check_device_ids("learner_device_ids", device_ids, len(local))
     devices += [local[i] for i in device_ids] if device_ids else local
   return devices
 
 
 def actor_devices(device_ids=(0,)):
   local = jax.local_devices()
-  return [local[i] for i in (device_ids or (0,))]
+  device_ids = device_ids or (0,)
+  _check_device_ids("actor_device_ids", device_ids, len(local))
+  return [local[i] for i in device_ids]
 
 
 def trajectory_shardings(mesh, example):
@@ -335,6 +349,9 @@ def make_system(config, mesh=None, suite=None, trajectory_hook=None) -> System:
                       ("data",))
   local_mesh_devices = [d for d in mesh.devices.flat
                         if d.process_index == jax.process_index()]
+  if not local_mesh_devices:
+    raise ValueError(f"the learner mesh has no device of process "
+                     f"{jax.process_index()}; every process needs one")
   local_mesh = Mesh(np.array(local_mesh_devices), ("data",))
   num_envs, unroll_length = seb.num_envs_per_thread, config.unroll_length
   num_threads = seb.num_actor_threads

@@ -220,6 +220,18 @@ def test_checkpoint_round_trip(tmp_path):
   checkpointer.close()
 
 
+def test_run_workdir_defaults_only_for_a_new_single_process_run():
+  assert experiment.cli.run_workdir("given", "x", resume=True) == "given"
+  default = experiment.cli.run_workdir(None, "copy", resume=False)
+  assert os.path.dirname(default) == "runs"
+  assert os.path.basename(default).startswith("copy_")
+  with pytest.raises(SystemExit, match=r"^error: --resume needs --workdir"):
+    experiment.cli.run_workdir(None, "copy", resume=True)
+  with pytest.raises(SystemExit,
+                     match=r"^error: 2 processes need --workdir: one folder"):
+    experiment.cli.run_workdir(None, "copy", resume=False, num_processes=2)
+
+
 def test_resume_compares_configs_and_accepts_keys_added_since(tmp_path):
   workdir = str(tmp_path)
   checkpointer = experiment.Checkpointer(os.path.join(workdir, "checkpoints"))

@@ -164,6 +164,31 @@ def test_bad_config_is_one_line(environment, tmp_path):
   assert not workdir.exists()
 
 
+@pytest.mark.timeout(200)
+@pytest.mark.parametrize("flags,message", [
+    (["--config.sebulba.learner_device_ids=(3,)", "--workdir={run}"],
+     "error: sebulba.learner_device_ids=(3,): must be distinct local device "
+     "indices, and this process has 1 device(s) (0..0)"),
+    (["--num_processes=2", "--process_id=0", "--workdir={run}"],
+     "error: --num_processes and --process_id need --coordinator_address "
+     "(or --distributed); without it this would run as one process"),
+    (["--resume"],
+     "error: --resume needs --workdir: the folder of the run to continue"),
+    (["--workdir={file}"], "error: --workdir: {file} is a file, not a folder"),
+])
+def test_bad_devices_processes_and_workdirs_are_one_line(
+    environment, tmp_path, flags, message):
+  paths = {"run": tmp_path / "run", "file": tmp_path / "file"}
+  paths["file"].write_text("")
+  result = subprocess.run(
+      command("--config=experiments/configs/sebulba.py:tiny",
+              *[f.format(**paths) for f in flags]),
+      cwd=ROOT, env=environment, capture_output=True, text=True, timeout=100)
+  assert result.returncode == 1
+  assert result.stderr.strip().splitlines() == [message.format(**paths)]
+  assert not paths["run"].exists()
+
+
 def test_every_named_config_passes_the_checks():
   # pylint: disable=g-import-not-at-top
   from experiments.configs import sebulba as configs

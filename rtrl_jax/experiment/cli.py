@@ -12,8 +12,10 @@ overrides to the flag's default file while the flag is defined (at import,
 before `parse_flags` runs), and that error is one line too.
 """
 
+import os
 import re
 import sys
+import time
 
 from absl import flags
 from absl import logging
@@ -82,3 +84,19 @@ def start_main(argv, quiet_logging=True):
     sys.exit(f"error: unexpected arguments {argv[1:]}")
   if quiet_logging and not flags.FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)
+
+
+def run_workdir(given, name, resume, num_processes=1):
+  """The run folder: --workdir, or runs/<name>_<date>_<time> for a new
+  single-process run. Exits with a one-line error where no default can be
+  right: --resume (the run to continue has a name) and several processes
+  (each would pick its own time)."""
+  if given:
+    return given
+  if resume:
+    sys.exit("error: --resume needs --workdir: the folder of the run to "
+             "continue")
+  if num_processes > 1:
+    sys.exit(f"error: {num_processes} processes need --workdir: one folder "
+             "they all share")
+  return os.path.join("runs", f"{name}_{time.strftime('%Y%m%d_%H%M%S')}")

@@ -32,6 +32,15 @@ def prepare_workdir(workdir, config, resume, max_to_keep=2, added_keys=None):
     ConfigError: a new run in a folder with checkpoints, or a resume with a
       config that differs from `<workdir>/config.json`.
   """
+  if os.path.exists(workdir) and not os.path.isdir(workdir):
+    raise ConfigError(f"--workdir: {workdir} is a file, not a folder")
+  try:
+    os.makedirs(workdir, exist_ok=True)
+    if not os.access(workdir, os.W_OK):
+      raise PermissionError(f"{workdir} is not writable")
+  except OSError as error:
+    raise ConfigError(f"--workdir: cannot use {workdir}: "
+                      f"{error.strerror or error}") from error
   checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"),
                               max_to_keep=max_to_keep)
   latest = checkpointer.latest_step()
