@@ -12,16 +12,19 @@ partial (through the read-out only) and S(t) = dh(t)/dθ_r, RTRL's gradient is
 
 Unrolling S inside the segment t = 1..T, starting from the carried S(0):
 
-    Σ_t e(t)ᵀ S(t) = λ(0)ᵀ S(0) + Σ_τ λ(τ)ᵀ I(τ),   λ(τ) = e(τ) + J(τ+1)ᵀ λ(τ+1)
+    Σ_t e(t)ᵀ S(t) = λ(0)ᵀ S(0) + Σ_{τ=1..T} λ(τ)ᵀ I(τ),
+    λ(T) = e(T),   λ(τ) = e(τ) + J(τ+1)ᵀ λ(τ+1) (1 ≤ τ < T),   λ(0) = J(1)ᵀ λ(1)
 
-The second sum is ordinary back-propagation within the segment; the first is
-the whole past, carried forward by the sensitivities. So `rtrl` runs plain
-autodiff through the segment and injects λ(0)ᵀ S(0) into θ_r's gradient at
-the segment's initial state (where λ(0) is the cotangent autodiff delivers
-there; a reset inside the segment cuts it to zero, as it should). The result
-equals RTRL's Σ e(t)ᵀ S(t) exactly, costs O(B·|θ_r| + T·B·N) memory (no
-per-step sensitivities are stored), and the within-segment part runs as
-matrix products. Meanwhile the forward pass advances S with the cell's closed-
+(no e(0): h(0)'s own loss belonged to the previous segment). A reset before
+step τ makes J(τ) = 0: h(τ-1) is replaced by its initial value and S(τ-1) by
+zero, so S(τ) = I(τ), taken at the initial value. The second sum is ordinary
+back-propagation within the segment; the first is the whole past, carried
+forward by the sensitivities. So `rtrl` runs plain autodiff through the
+segment and injects λ(0)ᵀ S(0) into θ_r's gradient at the segment's initial
+state (λ(0) is the cotangent autodiff delivers there, zero past a reset).
+The result equals RTRL's Σ e(t)ᵀ S(t) exactly, costs O(B·|θ_r| + T·B·N)
+memory (no per-step sensitivities are stored), and the within-segment part
+runs as matrix products. Meanwhile the forward pass advances S with the cell's closed-
 form recursion, outside autodiff, so the next segment can carry on. Nothing
 else crosses segments: the gradient with respect to `state` is zero.
 

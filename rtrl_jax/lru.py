@@ -34,8 +34,8 @@ contraction with g = dL/dc (g_re, g_im) is, per unit,
     dL/dB_re = g_re S_B^re + g_im S_B^im      dL/dB_im = -g_re S_B^im + g_im S_B^re
     dL/dν    = g_re S_ν^re + g_im S_ν^im      (same for θ)
 
-Cost per example and step: space and time O(N·D) (2·N·D + 4·N numbers: the
-size of θ_r, not twice it, thanks to S_{B_im} = i·S_B).
+Cost per example and step: space and time O(N·D) (2·N·D + 4·N numbers, about
+|θ_r| = 2·N·D + 2·N rather than twice it, thanks to S_{B_im} = i·S_B).
 
 Limits: |λ| = r < 1 always, so the state and the sensitivities stay bounded
 for bounded inputs; as r → 1 (ν → -∞) the sensitivities S_ν, S_θ grow like

@@ -26,8 +26,9 @@ layer 2's input). The gradient contraction with g¹ = dL/dh¹, g² = dL/dh² is
     dL/dθ²_r = g² ⊙ S²².
 
 Cost per example and step: S²¹ holds N₂·(|θ¹_r| + |θ¹_o|) numbers; for two
-eLSTM layers of width N on inputs of size D that is N·(3ND + N² + 4N) =
-O(N²·D + N³) space, against O(N·D) for one layer. Time per step is the same
+eLSTM layers of width N on inputs of size D that is N·(3ND + N² + 5N)
+(|θ¹_r| = 2ND + 4N, |θ¹_o| = ND + N² + N) = O(N²·D + N³) space, against
+O(N·D) for one layer. Time per step is the same
 order: the S²¹ update is element-wise over S²¹, and A(t), ∂h²/∂θ¹_o come from
 one reverse-mode Jacobian (N₂ vector-Jacobian products, each O(N·D + N²)).
 Usable at small N only.
