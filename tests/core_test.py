@@ -79,6 +79,62 @@ def test_rtrl_gradient_equals_bptt_for_every_leaf(segment_length):
           f"segment {k}, leaf {jax.tree_util.keystr(path)}: rel. error {err}")
 
 
+@pytest.mark.parametrize("chunks", [3, 1])
+def test_chunked_past_gradient_equals_bptt(monkeypatch, chunks):
+  """The batch cut into chunks (as on several devices) gives the same RTRL."""
+  monkeypatch.setattr(rtrl_jax.core, "_batch_chunks", lambda batch: chunks)
+  with jax.enable_x64(True):
+    errors = oracle_errors(3)
+  assert max(max(jax.tree.leaves(per_leaf)) for per_leaf in errors) <= 1e-8
+
+
+SHARDED_SCRIPT = """
+import jax, jax.numpy as jnp, numpy as np, rtrl_jax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+assert jax.device_count() == 2
+mesh = Mesh(jax.devices(), ("data",))
+cell = rtrl_jax.ELSTM(16)
+params = cell.init(jax.random.PRNGKey(0), 33)
+state = cell.initial_state(params, 8)
+state = state._replace(sensitivities=jax.tree.map(
+    lambda s: jax.random.normal(jax.random.PRNGKey(1), s.shape),
+    state.sensitivities))
+inputs = jax.random.normal(jax.random.PRNGKey(2), (3, 8, 33))
+resets = jnp.zeros((3, 8), bool)
+loss = lambda p, s, x, r: jnp.sum(rtrl_jax.rtrl(cell, p, s, x, r)[0] ** 2)
+grad = jax.jit(jax.grad(loss))
+batch = lambda axis: NamedSharding(mesh, P(*[None] * axis, "data"))
+sharded = (jax.device_put(params, NamedSharding(mesh, P())),
+           jax.device_put(state, jax.tree.map(lambda _: batch(0), state)),
+           jax.device_put(inputs, batch(1)), jax.device_put(resets, batch(1)))
+hlo = grad.lower(*sharded).compile().as_text()
+print("ALL_GATHERS", hlo.count("all-gather("), "ALL_REDUCES",
+      hlo.count("all-reduce("))
+expected = grad(params, state, inputs, resets)
+got = grad(*sharded)
+print("WORST", max(float(np.max(np.abs(a - b)) / np.max(np.abs(b)))
+                   for a, b in zip(jax.tree.leaves(got),
+                                   jax.tree.leaves(expected))))
+"""
+
+
+def test_sharded_batch_keeps_sensitivities_sharded():
+  """Batch split over 2 devices: no all-gather of S in the backward pass."""
+  import os, subprocess, sys
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=root,
+             XLA_FLAGS=os.environ.get("XLA_FLAGS", "")
+             + " --xla_force_host_platform_device_count=2")
+  result = subprocess.run([sys.executable, "-c", SHARDED_SCRIPT], env=env,
+                          capture_output=True, text=True, timeout=300)
+  assert result.returncode == 0, result.stderr[-3000:]
+  counts = result.stdout.split("ALL_GATHERS")[1].split()
+  assert counts[0] == "0", result.stdout
+  assert int(counts[2]) > 0, result.stdout  # The partial sums are reduced.
+  worst = float(result.stdout.split("WORST")[1].split()[0])
+  assert worst < 1e-5, result.stdout
+
+
 @pytest.mark.parametrize("segment_length", [1, 8, 64])
 def test_negative_control_tbptt_differs_from_bptt(segment_length):
   """TBPTT drops the past: its recurrent gradients must be visibly wrong."""
