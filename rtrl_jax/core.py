@@ -180,7 +180,9 @@ def _sum_over_batch(contract, hidden_cotangent, sensitivities):
 
 
 def _batch_chunks(batch_size):
-  """C for `_sum_over_batch`: a multiple of any device mesh axis B is split on."""
+  """C for `_sum_over_batch`. B sharded over a mesh axis whose size divides
+  the device count (any axis of a mesh of all devices): C is a multiple of
+  that size, so chunks never straddle devices."""
   return math.gcd(batch_size, jax.device_count())
 
 
