@@ -22,7 +22,10 @@ states, observations, core states and sensitivities) is sharded over the
 devices of a 1-D `jax.sharding.Mesh` ("data"); parameters and optimizer state
 are replicated. The loss is a sum over the global batch, so XLA inserts the
 cross-device reduction of the gradient and the result is the same update as
-on one device (up to the order of float additions).
+on one device (up to the order of float additions). That reduction is all
+that moves between devices: each device encodes its own observations and
+contracts its own sensitivities (tests/anakin_test.py checks the compiled
+update has no all-gather).
 """
 
 from typing import Any, Callable, NamedTuple
@@ -97,7 +100,7 @@ def make_train(config, mesh=None) -> Train:
   def start_episodes(runner, key):
     """`runner` with every environment and core state at a fresh episode."""
     env_state, obs = jax.vmap(env.reset)(jax.random.split(key, num_envs))
-    zeros = jnp.zeros((num_envs,))
+    zeros = jnp.zeros((num_envs,), jnp.float32)   # as the env's rewards
     return runner._replace(
         env_state=env_state, obs=obs, prev_reward=zeros,
         reset=jnp.ones((num_envs,), bool),

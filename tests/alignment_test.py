@@ -41,20 +41,13 @@ def run_probe(config, num_unrolls=4, seed=0, float64=False):
 
 
 def float64_train(train):
-  """`train` with float64 parameters (so float64 network and core state).
-
-  The runner's reward fields stay float32 like the environment's rewards
-  (anakin's zeros follow the default dtype, float64 under x64).
-  """
+  """`train` with float64 parameters (so float64 network and core state)."""
   init = train.init
 
   def init64(key):
     runner = init(key)
-    f32 = lambda x: x.astype(jnp.float32)
     return runner._replace(
-        params=jax.tree.map(lambda x: x.astype(jnp.float64), runner.params),
-        prev_reward=f32(runner.prev_reward),
-        episode_return=f32(runner.episode_return))
+        params=jax.tree.map(lambda x: x.astype(jnp.float64), runner.params))
 
   return train._replace(init=init64)
 

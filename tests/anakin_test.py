@@ -108,6 +108,7 @@ def test_more_devices_than_there_are_is_an_error():
 
 
 DEVICE_SCRIPT = textwrap.dedent("""
+    import re
     import jax, numpy as np
     from experiments.configs import r2ac
     from rtrl_jax import anakin
@@ -122,6 +123,11 @@ DEVICE_SCRIPT = textwrap.dedent("""
         runner, _ = train.update(runner)
       assert len(runner.obs.sharding.device_set) == devices
       params[devices] = jax.device_get(runner.params)
+    # Data parallelism moves only the gradient sum between devices: no
+    # device gathers another's observations or sensitivities.
+    hlo = jax.jit(train.update).lower(runner).compile().as_text()
+    print("GATHERS", len(re.findall(r" all-(?:gather|to-all)[a-z-]*\\(", hlo)),
+          "REDUCES", len(re.findall(r" all-reduce[a-z-]*\\(", hlo)))
     flat = [jax.tree.leaves(params[d]) for d in (1, 8)]
     worst = max(float(np.max(np.abs(a - b)) / (np.max(np.abs(a)) + 1e-12))
                 for a, b in zip(*flat))
@@ -143,6 +149,9 @@ def test_one_and_eight_devices_give_the_same_parameters():
   _, worst, _, moved = line.split()
   assert float(moved) > 1e-4          # training really changed the params
   assert float(worst) < 1e-4, line    # and 8 devices agree with 1
+  line = [l for l in result.stdout.splitlines() if l.startswith("GATHERS")][-1]
+  _, gathers, _, reduces = line.split()
+  assert int(gathers) == 0 and int(reduces) > 0, line
 
 
 def test_num_envs_must_divide_over_devices():
