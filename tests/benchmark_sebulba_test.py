@@ -9,8 +9,8 @@ import csv
 import math
 import subprocess
 import sys
+import textwrap
 
-import numpy as np
 import pytest
 
 from run_helpers import ROOT, script_environment
@@ -88,50 +88,57 @@ def test_bad_flags_are_one_line_errors(tmp_path):
   assert not list(tmp_path.iterdir())
 
 
-class _FakeEnv:
-  """Answers every send at once with the sent group's env_ids."""
 
-  def __init__(self, num_envs, batch_size):
-    self.num_envs, self.batch_size, self.pending = num_envs, batch_size, []
+# In its own process: the script's absl flags must not meet another
+# script's in this test process.
+ENVPOOL_ALONE_WITH_A_BROKEN_THREAD = textwrap.dedent("""
+    import sys
+    import numpy as np
+    from experiments import benchmark_sebulba
 
-  def async_reset(self):
-    self.pending = [np.arange(start, start + self.batch_size)
-                    for start in range(0, self.num_envs, self.batch_size)]
+    class FakeEnv:
+      # Answers every send at once with the sent group's env_ids.
+      def __init__(self, num_envs, batch_size):
+        self.num_envs, self.batch_size, self.pending = num_envs, batch_size, []
+      def async_reset(self):
+        self.pending = [np.arange(start, start + self.batch_size)
+                        for start in range(0, self.num_envs, self.batch_size)]
+      def recv(self):
+        env_ids = self.pending.pop(0)
+        zeros = np.zeros(len(env_ids), np.float32)
+        return zeros, zeros, zeros.astype(bool), {"env_id": env_ids}
+      def send(self, action, env_ids):
+        self.pending.append(np.asarray(env_ids))
+      def close(self):
+        pass
 
-  def recv(self):
-    env_ids = self.pending.pop(0)
-    zeros = np.zeros(len(env_ids), np.float32)
-    return zeros, zeros, zeros.astype(bool), {"env_id": env_ids}
+    class Suite:
+      # The second thread's envpool fails to start.
+      num_actions = 3
+      def make(self, num_envs, seed, batch_size=None):
+        if seed == 1:
+          raise OSError("no envpool for seed 1")
+        return FakeEnv(num_envs, batch_size or num_envs)
 
-  def send(self, action, env_ids):
-    self.pending.append(np.asarray(env_ids))
-
-  def close(self):
-    pass
-
-
-class _SuiteWithABrokenThread:
-  """The second thread's envpool fails to start."""
-  num_actions = 3
-
-  def make(self, num_envs, seed, batch_size=None):
-    if seed == 1:
-      raise OSError("no envpool for seed 1")
-    return _FakeEnv(num_envs, batch_size or num_envs)
+    threads = int(sys.argv[1])
+    try:
+      sps, cpu = benchmark_sebulba.envpool_alone(
+          Suite(), threads, envs_per_thread=4, groups=2, seconds=0.2)
+      print("MEASURED", sps > 0 and cpu > 0)
+    except RuntimeError as error:
+      print("RAISED", error, "|", error.__cause__)
+""")
 
 
-@pytest.mark.timeout(60)
-@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("threads,expected", [
+    (1, "MEASURED True"),   # control: the fake suite itself works
+    (2, "RAISED envpool alone: a stepping thread failed | no envpool for "
+        "seed 1")])
 def test_envpool_alone_raises_a_stepping_threads_error_instead_of_hanging(
-    threads):
-  from experiments import benchmark_sebulba  # pylint: disable=import-outside-toplevel
-  suite = _SuiteWithABrokenThread()
-  if threads == 1:   # control: the fake suite itself works
-    sps, cpu_per_step = benchmark_sebulba.envpool_alone(
-        suite, threads, envs_per_thread=4, groups=2, seconds=0.2)
-    assert sps > 0 and cpu_per_step > 0
-    return
-  with pytest.raises(RuntimeError, match="stepping thread failed") as error:
-    benchmark_sebulba.envpool_alone(suite, threads, envs_per_thread=4,
-                                    groups=2, seconds=0.2)
-  assert "no envpool for seed 1" in str(error.value.__cause__)
+    threads, expected):
+  result = subprocess.run(
+      [sys.executable, "-c", ENVPOOL_ALONE_WITH_A_BROKEN_THREAD, str(threads)],
+      cwd=ROOT, env=script_environment(), capture_output=True, text=True,
+      timeout=120)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert result.stdout.strip().splitlines()[-1] == expected
