@@ -28,7 +28,11 @@ actor as in Irie et al.'s torchbeast code):
 * Truncation is `done and info["elapsed_step"] >= max_episode_steps`
   (envpool #239: its own flags are not trusted); terminated = done and not
   truncated. A step that ends the MDP exactly at the limit counts as
-  truncated. Truncated steps get the actor's V(final observation).
+  truncated. A truncated step bootstraps from V(final observation), which
+  the learner computes anyway at the ignored step after it
+  (`truncation_value=None` in the Trajectory): the actor runs no extra
+  value pass, and the bootstrap uses the learner's parameters like every
+  other V-trace target.
 * Each unroll of M steps (of every group) becomes a `Trajectory` (its
   initial core state and sensitivities, M+1 observations, envs in env_id
   order) that the actor thread moves onto the
@@ -210,7 +214,8 @@ def _concatenate(pieces):
   """Trajectories on one device joined along the environment axis (0 for
   the initial state, 1 for the time-major fields), in one call: op-by-op
   concatenation of each leaf cost ~0.3 ms a leaf on a 2-core CPU."""
-  joined = {field: jnp.concatenate([getattr(p, field) for p in pieces], 1)
+  joined = {field: jax.tree.map(lambda *xs: jnp.concatenate(xs, 1),
+                               *[getattr(p, field) for p in pieces])
             for field in Trajectory._fields if field != "initial_state"}
   initial = jax.tree.map(lambda *xs: jnp.concatenate(xs, 0),
                          *[p.initial_state for p in pieces])
@@ -247,8 +252,9 @@ def combine(trajectories, shardings, num_processes=1):
   initial = jax.tree.map(lambda s, *xs: assemble(s, 0, *xs),
                          shardings.initial_state,
                          *[j.initial_state for j in joined])
-  rest = {field: assemble(getattr(shardings, field), 1,
-                          *[getattr(j, field) for j in joined])
+  rest = {field: jax.tree.map(lambda s, *xs: assemble(s, 1, *xs),
+                              getattr(shardings, field),
+                              *[getattr(j, field) for j in joined])
           for field in Trajectory._fields if field != "initial_state"}
   return Trajectory(initial_state=initial, **rest)
 
@@ -372,7 +378,6 @@ def make_system(config, mesh=None, suite=None, trajectory_hook=None) -> System:
         f"number of local learner devices ({len(local_mesh_devices)})")
   devices = actor_devices(tuple(seb.actor_device_ids))
   clip = config.loss.reward_clip
-  bootstrap_truncated = config.loss.bootstrap_truncated
   timings = Timings()
   replicated = NamedSharding(mesh, P())
 
@@ -402,7 +407,6 @@ def make_system(config, mesh=None, suite=None, trajectory_hook=None) -> System:
   # old ones: fresh output buffers every step cost more than the step itself
   # (0.6 vs 2.0 ms for 128 MiniGrid envs, eLSTM-64, on the 2-core CPU).
   jitted_act = jax.jit(act_step, donate_argnums=1)
-  jitted_value = jax.jit(agent.value_of)
   jitted_initial_state = jax.jit(agent.initial_core_state,
                                  static_argnums=1)
 
@@ -430,7 +434,7 @@ def make_system(config, mesh=None, suite=None, trajectory_hook=None) -> System:
     finally:
       env.close()
 
-  def receive(env, group, record, params, finished):
+  def receive(env, group, record, finished):
     """The result of `group`'s last step: recorded, and the group advanced
     to the inputs of its next step."""
     with _Timer(timings, "actor/env_recv"):
@@ -441,15 +445,6 @@ def make_system(config, mesh=None, suite=None, trajectory_hook=None) -> System:
         truncated & acted)
     reward = np.where(acted, reward, 0.0).astype(np.float32)
     reward_in = np.clip(reward, -clip, clip)
-    truncation_value = np.zeros(reward.shape, np.float32)
-    if bootstrap_truncated and truncated.any():
-      with _Timer(timings, "actor/truncation_value"):
-        # obs is the cut episode's final observation; the core state is
-        # still that episode's.
-        values = np.asarray(jitted_value(params, group.core_state, obs,
-                                         reward_in))
-        truncation_value = np.where(truncated, values, 0.0).astype(
-            np.float32)
     group.episode_return += reward
     group.episode_length += acted
     if done.any():
@@ -457,12 +452,13 @@ def make_system(config, mesh=None, suite=None, trajectory_hook=None) -> System:
                    group.episode_length[done].sum()]
       group.episode_return[done], group.episode_length[done] = 0.0, 0
     for name, value in (("reward", reward), ("terminated", terminated),
-                        ("truncated", truncated),
-                        ("truncation_value", truncation_value)):
+                        ("truncated", truncated)):
       record[name].append(value)
     # After an end, the next step's action is ignored (envpool resets then)
-    # and the core reads the final observation; the step after starts the
-    # new episode with a reset core and a zero reward input.
+    # and the core reads the final observation: the learner's value there is
+    # a truncated step's bootstrap (Trajectory.truncation_value=None). The
+    # step after starts the new episode with a reset core and a zero reward
+    # input.
     group.obs = obs
     group.prev_reward = np.where(acted, reward_in, 0.0).astype(np.float32)
     group.reset = ~acted
@@ -517,8 +513,7 @@ def make_system(config, mesh=None, suite=None, trajectory_hook=None) -> System:
             reset=joined("reset"), action=joined("action").astype(np.int32),
             behaviour_logits=join_logits([r["logits"] for r in records]),
             reward=joined("reward"), terminated=joined("terminated"),
-            truncated=joined("truncated"),
-            truncation_value=joined("truncation_value"),
+            truncated=joined("truncated"), truncation_value=None,
             valid=joined("valid"))
         if trajectory_hook is not None:
           trajectory_hook(thread_id, jax.device_get(trajectory))
@@ -540,13 +535,9 @@ def make_system(config, mesh=None, suite=None, trajectory_hook=None) -> System:
       return
     for group in groups:
       # Committed to the actor device like every later core state, so
-      # act_step and value_of compile once each.
+      # act_step compiles once.
       group.core_state = jax.device_put(
           jitted_initial_state(params, group_size), device)
-    if bootstrap_truncated:
-      # Compile now, not at the first time limit mid-run.
-      jitted_value(params, groups[0].core_state, groups[0].obs,
-                   groups[0].prev_reward)
     records = []
     for group in groups:
       record, key = begin(group, params, key)
@@ -556,7 +547,7 @@ def make_system(config, mesh=None, suite=None, trajectory_hook=None) -> System:
       # Group g's policy runs while envpool steps the groups sent before it.
       for _ in range(1, unroll_length):
         for group, record in zip(groups, records):
-          receive(env, group, record, params, finished)
+          receive(env, group, record, finished)
           key = act(env, group, record, params, key)
       # The unroll's last step. Asynchronous: each group starts the next
       # unroll as soon as it has finished this one, so envpool keeps
@@ -564,7 +555,7 @@ def make_system(config, mesh=None, suite=None, trajectory_hook=None) -> System:
       # exist only once the learner has this unroll.
       next_records = []
       for group, record in zip(groups, records):
-        receive(env, group, record, params, finished)
+        receive(env, group, record, finished)
         for name in ("obs", "prev_reward", "reset"):   # the bootstrap step
           record[name].append(getattr(group, name))
         if not seb.synchronous:
@@ -726,5 +717,5 @@ def example_trajectory(agent, params, suite, num_envs, unroll_length):
       prev_reward=zeros(m + 1, b), reset=zeros(m + 1, b, dtype=bool),
       action=zeros(m, b, dtype=jnp.int32), behaviour_logits=logits,
       reward=zeros(m, b), terminated=zeros(m, b, dtype=bool),
-      truncated=zeros(m, b, dtype=bool), truncation_value=zeros(m, b),
+      truncated=zeros(m, b, dtype=bool), truncation_value=None,
       valid=jnp.ones((m, b), bool))

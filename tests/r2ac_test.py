@@ -290,7 +290,8 @@ def test_learning_rate_decays_linearly_to_zero_over_the_run():
 
 
 @pytest.mark.parametrize("gradient", ["rtrl", "tbptt"])
-@pytest.mark.parametrize("end", ["terminated", "truncated"])
+@pytest.mark.parametrize("end", ["terminated", "truncated",
+                                 "truncated_learner_bootstrap"])
 @pytest.mark.parametrize("ignored_step", [3, 0, 5])
 def test_ignored_steps_leave_the_loss_of_the_trajectory_without_them(
     gradient, end, ignored_step):
@@ -301,7 +302,10 @@ def test_ignored_steps_leave_the_loss_of_the_trajectory_without_them(
   rtrl_jax.envs. The ignored step is inside the unroll (the episode ends at
   step 2), its first step (the episode ended in the previous unroll) or its
   last (the next episode starts at the bootstrap step). Without the mask
-  they differ."""
+  they differ. truncated_learner_bootstrap: Sebulba's truncation_value=None,
+  where a truncated step bootstraps from the learner's V at the ignored step
+  (its final observation); the trajectory without the step gets that value
+  as an explicit truncation value (Anakin's rule)."""
   steps = 6
   with jax.enable_x64(True):
     config = tiny_config(gradient=gradient)
@@ -329,12 +333,20 @@ def test_ignored_steps_leave_the_loss_of_the_trajectory_without_them(
                                            jnp.float64),
         reward=jax.random.normal(keys[5], (steps, 1), jnp.float64),
         terminated=ended if end == "terminated" else jnp.zeros_like(ended),
-        truncated=ended if end == "truncated" else jnp.zeros_like(ended),
-        truncation_value=jnp.where(ended, 0.7, 0.0) if end == "truncated"
-        else jnp.zeros((steps, 1), jnp.float64),
+        truncated=jnp.zeros_like(ended) if end == "terminated" else ended,
+        truncation_value={
+            "terminated": jnp.zeros((steps, 1), jnp.float64),
+            "truncated": jnp.where(ended, 0.7, 0.0),
+            "truncated_learner_bootstrap": None}[end],
         valid=jnp.ones((steps, 1), bool).at[ignored_step].set(False))
+    reference = masked
+    if masked.truncation_value is None:
+      _, values, _ = agent.unroll(params, initial_state, obs, prev_reward,
+                                  reset)
+      reference = masked._replace(
+          truncation_value=jnp.where(ended, values[1:], 0.0))
     keep = np.array([t for t in range(steps + 1) if t != ignored_step])
-    compact = jax.tree.map(lambda x: x[keep[keep < steps]], masked._replace(
+    compact = jax.tree.map(lambda x: x[keep[keep < steps]], reference._replace(
         initial_state=None, obs=None, prev_reward=None, reset=None,
         valid=None))._replace(
             initial_state=initial_state, obs=obs[keep],
@@ -348,5 +360,13 @@ def test_ignored_steps_leave_the_loss_of_the_trajectory_without_them(
     np.testing.assert_allclose(loss_masked, loss_compact, rtol=1e-12)
     for a, b in zip(jax.tree.leaves(grad_masked), jax.tree.leaves(grad_compact)):
       np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-14)
-    unmasked, _ = value_and_grad(params, masked._replace(valid=None))
+    unmasked, _ = value_and_grad(params, reference._replace(valid=None))
     assert abs(float(unmasked) - float(loss_compact)) > 1e-3
+
+
+def test_learner_bootstrap_needs_the_valid_mask():
+  agent = r2ac.make_agent(tiny_config(), (3,), 2)
+  params = agent.init(jax.random.PRNGKey(0))
+  first, _, _ = fabricated_unrolls(agent, params, 4, 2, jax.random.PRNGKey(3))
+  with pytest.raises(ValueError, match=r"truncation_value=None needs `valid`"):
+    agent.loss(params, first._replace(truncation_value=None))

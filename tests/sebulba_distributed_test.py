@@ -106,7 +106,8 @@ def test_two_processes_make_identical_updates(tmp_path):
   unrolls = [s["unroll0"] for s in saved]
   batch = jax.tree.map(lambda *xs: np.concatenate(xs, axis=0),
                        *[u.initial_state for u in unrolls])
-  rest = [np.concatenate([getattr(u, f) for u in unrolls], axis=1)
+  rest = [jax.tree.map(lambda *xs: np.concatenate(xs, axis=1),
+                       *[getattr(u, f) for u in unrolls])
           for f in unrolls[0]._fields[1:]]
   batch = type(unrolls[0])(batch, *rest)
   state = system.init(jax.random.PRNGKey(0))

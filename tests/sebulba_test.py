@@ -87,9 +87,9 @@ def test_trajectory_shapes_and_dtypes(minigrid_run):
   assert traj.obs.shape == (M + 1, B, 7, 7, 3) and traj.obs.dtype == np.uint8
   for name in ("prev_reward", "reset"):
     assert getattr(traj, name).shape == (M + 1, B)
-  for name in ("action", "reward", "terminated", "truncated",
-               "truncation_value"):
+  for name in ("action", "reward", "terminated", "truncated", "valid"):
     assert getattr(traj, name).shape == (M, B), name
+  assert traj.truncation_value is None    # the learner's V bootstraps
   assert traj.behaviour_logits.shape == (M, B, 7)
   assert traj.initial_state.sensitivities is not None   # RTRL ships Z
   for leaf in jax.tree.leaves(traj.initial_state):
@@ -161,16 +161,17 @@ def test_asynchronous_unrolls_continue_each_other():
 @pytest.mark.timeout(300, method="thread")
 def test_truncation_from_elapsed_step(minigrid_run):
   """Time limit 6: an episode is cut (truncated, not terminated) exactly at
-  its 6th agent step and bootstraps from the actor's V(final obs). envpool
-  resets on the next step and ignores its action: that step is not valid,
-  its core reads the final observation (no reset, the clipped reward), and
-  the step after starts the new episode (reset, zero reward input). The
-  learner's value at the ignored step is the actor's truncation value."""
+  its 6th agent step. envpool resets on the next step and ignores its
+  action: that step is not valid, its core reads the final observation (no
+  reset, the clipped reward), and the step after starts the new episode
+  (reset, zero reward input). So the learner's value at the ignored step is
+  V(final obs), and the loss equals the one with that value given as an
+  explicit truncation bootstrap (Anakin's rule)."""
   trajs, params = minigrid_run["trajectories"], minigrid_run["params"]
   agent = minigrid_run["system"].agent
   cat = lambda name: np.concatenate([getattr(t, name) for t in trajs])
   terminated, truncated = cat("terminated"), cat("truncated")
-  value, valid, reward = cat("truncation_value"), cat("valid"), cat("reward")
+  valid, reward = cat("valid"), cat("reward")
   reset = np.concatenate([t.reset[:M] for t in trajs] + [trajs[-1].reset[M:]])
   prev_reward = np.concatenate([t.prev_reward[:M] for t in trajs]
                                + [trajs[-1].prev_reward[M:]])
@@ -188,17 +189,21 @@ def test_truncation_from_elapsed_step(minigrid_run):
     assert (prev_reward[t + 1][~valid[t]] == 0).all()
     np.testing.assert_array_equal(prev_reward[t + 1][done],
                                   np.clip(reward[t][done], -1, 1))
-  assert (value[truncated] != 0).all() and (value[~truncated] == 0).all()
   checked = 0
   for n, traj in enumerate(trajs):
-    _, values, _ = jax.jit(agent.unroll)(params[n], traj.initial_state,
-                                         traj.obs, traj.prev_reward,
-                                         traj.reset)
-    for t, env in zip(*np.nonzero(traj.truncated)):
-      np.testing.assert_allclose(values[t + 1, env],
-                                 traj.truncation_value[t, env], rtol=1e-4,
-                                 atol=1e-5)
+    logits, values, _ = jax.jit(agent.unroll)(params[n], traj.initial_state,
+                                              traj.obs, traj.prev_reward,
+                                              traj.reset)
+    explicit = traj._replace(truncation_value=np.where(
+        traj.truncated, values[1:], 0.0).astype(np.float32))
+    loss = lambda t: float(agent.loss_from_outputs(logits, values, t)[0])
+    np.testing.assert_allclose(loss(traj), loss(explicit), rtol=1e-5)
+    if traj.truncated.any():
       checked += 1
+      # Not vacuous: another bootstrap value changes the loss.
+      wrong = explicit._replace(truncation_value=explicit.truncation_value
+                                + traj.truncated)
+      assert abs(loss(wrong) - loss(explicit)) > 1e-3
   assert checked
 
 
@@ -242,7 +247,8 @@ def _split(trajectory, parts):
   return [Trajectory(
       jax.tree.map(lambda x: x[i * size:(i + 1) * size],
                    trajectory.initial_state),
-      *[getattr(trajectory, f)[:, i * size:(i + 1) * size]
+      *[jax.tree.map(lambda x: x[:, i * size:(i + 1) * size],
+                     getattr(trajectory, f))
         for f in Trajectory._fields[1:]]) for i in range(parts)]
 
 
@@ -271,8 +277,12 @@ def same_update(num_envs=8, threads=2, mesh=None):
   system = sebulba.make_system(s_config, mesh=mesh, suite=suite)
   info = system.info
   # Sebulba actors ship `valid`; Anakin's environments never ignore an
-  # action (None). All valid must be the same update.
-  shipped = trajectory._replace(valid=np.ones(trajectory.reward.shape, bool))
+  # action (None). All valid must be the same update. Sebulba ships no
+  # truncation values (its learner bootstraps a truncated step from the
+  # ignored step after it); MemoryChain never truncates, so none is lost.
+  assert not np.asarray(trajectory.truncated).any()
+  shipped = trajectory._replace(valid=np.ones(trajectory.reward.shape, bool),
+                                truncation_value=None)
   pieces = [jax.device_put(jax.device_get(t), info["local_shardings"])
             for t in _split(shipped, threads)]
   batch = sebulba.combine(pieces, info["global_shardings"])

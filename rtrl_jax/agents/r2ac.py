@@ -86,7 +86,10 @@ class Trajectory(NamedTuple):
   reward: jax.Array              # [M, B] raw environment reward
   terminated: jax.Array          # [M, B]
   truncated: jax.Array           # [M, B]
-  truncation_value: jax.Array    # [M, B] actor's V(final_obs) where truncated
+  # [M, B] actor's V(final_obs) where truncated. None: the step after a
+  # truncated one holds the episode's final observation (envpool's ignored
+  # step, valid=False), and the learner bootstraps from its own value there.
+  truncation_value: Optional[jax.Array]
   # [M, B] False where the environment ignored the action (envpool's
   # next-step auto-reset: the step after an episode's end only resets).
   # None: every step is an agent step (rtrl_jax.envs resets in the same step).
@@ -234,11 +237,22 @@ def make_agent(config, obs_shape, num_actions) -> Agent:
     chex.assert_rank([traj.action, traj.reward, traj.prev_reward], [2, 2, 2])
     chex.assert_equal_shape_prefix([traj.obs, traj.prev_reward, traj.reset], 2)
     logits = logits[:-1]                         # step M only bootstraps
-    done = jnp.logical_or(traj.terminated, traj.truncated)
-    discount = loss_cfg.discount * (1.0 - done.astype(jnp.float32))
     reward = jnp.clip(traj.reward, -reward_clip, reward_clip)
-    reward = reward + loss_cfg.discount * jnp.where(
-        traj.truncated, traj.truncation_value, 0.0)
+    if traj.truncation_value is None and loss_cfg.bootstrap_truncated:
+      if traj.valid is None:
+        raise ValueError("Trajectory.truncation_value=None needs `valid`: the "
+                         "step after a truncated one must be the ignored step "
+                         "that holds the episode's final observation")
+      # A time limit does not end the MDP: the truncated step continues to
+      # the final observation at t+1 (discount γ, V-trace's own next value,
+      # computed by the learner); ρ = 0 at that ignored step stops the trace.
+      done = traj.terminated
+    else:
+      done = jnp.logical_or(traj.terminated, traj.truncated)
+      if traj.truncation_value is not None:
+        reward = reward + loss_cfg.discount * jnp.where(
+            traj.truncated, traj.truncation_value, 0.0)
+    discount = loss_cfg.discount * (1.0 - done.astype(reward.dtype))
     log_pi = jax.nn.log_softmax(logits)
     log_mu = jax.nn.log_softmax(traj.behaviour_logits)
     take = lambda lp: jnp.take_along_axis(lp, traj.action[..., None], -1)[..., 0]
@@ -247,8 +261,10 @@ def make_agent(config, obs_shape, num_actions) -> Agent:
     if traj.valid is not None:
       # ρ = 0 on an ignored step: its TD error, trace coefficient and
       # policy-gradient advantage vanish, so v^s = V there and nothing flows
-      # through it. The step before it ended an episode (discount 0), so no
-      # other step's target reads it; only the entropy needs masking.
+      # through it. The step before it ended an episode: terminated
+      # (discount 0: nothing reads this step) or truncated (its target reads
+      # V here, the final observation's value, and only that). Only the
+      # entropy needs masking.
       rho = jnp.where(traj.valid, rho, 0.0)
       entropy_terms = jnp.where(traj.valid, entropy_terms, 0.0)
     out = vtrace(values[:-1], jax.lax.stop_gradient(values[1:]), reward,
