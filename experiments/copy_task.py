@@ -78,6 +78,13 @@ def run(config, workdir, resume):
                           config_rules())
   checkpointer, resume_step = experiment.prepare_workdir(
       workdir, config, resume, max_to_keep=config.run.max_checkpoints)
+  done = experiment.finished_results(workdir, resume_step,
+                                     config.train.num_steps)
+  if done is not None:
+    checkpointer.close()
+    print(f"{workdir}: ended before ({done['status']} at step "
+          f"{done['step']}); nothing to resume", flush=True)
+    return done
   state = copy_task.init_train_state(config)
   if resume_step is not None:
     state, _ = checkpointer.restore(state, resume_step)

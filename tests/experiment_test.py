@@ -319,6 +319,26 @@ def test_sigkill_then_resume_gives_the_same_parameters(uninterrupted,
   assert logged == sorted(set(logged)) == list(range(10, 301, 10))
 
 
+def test_resume_of_an_ended_run_changes_nothing(uninterrupted, tmp_path):
+  paths = [os.path.join(uninterrupted, name)
+           for name in ("results.json", "metrics.jsonl")]
+  before = [open(path).read() for path in paths]
+  again = run_script(*RUN_FLAGS, "--resume", workdir=uninterrupted)
+  assert again.returncode == 0, again.stderr[-3000:]
+  assert (f"{uninterrupted}: ended before (finished at step 300); nothing to "
+          "resume") in again.stdout
+  assert [open(path).read() for path in paths] == before
+  # A run that stopped early (e.g. at its target accuracy) has ended too.
+  workdir = str(tmp_path)
+  with open(os.path.join(workdir, "results.json"), "w") as f:
+    json.dump({"status": "stopped", "step": 40}, f)
+  assert experiment.finished_results(workdir, 40, 300)["step"] == 40
+  with open(os.path.join(workdir, "results.json"), "w") as f:
+    json.dump({"status": "preempted", "step": 40}, f)
+  assert experiment.finished_results(workdir, 40, 300) is None
+  assert experiment.finished_results(workdir, None, 300) is None
+
+
 def test_sigterm_saves_and_exits_zero(tmp_path):
   workdir = str(tmp_path / "preempted")
   returncode, stderr = start_and_signal(workdir, signal.SIGTERM)

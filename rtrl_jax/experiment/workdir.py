@@ -73,11 +73,16 @@ def prepare_workdir(workdir, config, resume, max_to_keep=2, added_keys=None):
 
 
 def finished_results(workdir, resume_step, num_steps):
-  """The saved results.json of a run that already did all `num_steps`, else
-  None. A `--resume` of a finished run returns them instead of starting a
-  session with nothing to do and overwriting them."""
+  """The saved results.json of a run that already ended, else None: it did
+  all `num_steps`, or it stopped early (its results say "stopped", e.g. at a
+  target accuracy, and its last checkpoint is that step). A `--resume` of
+  such a run returns them instead of training on past its end or starting a
+  session with nothing to do, and overwriting them."""
   path = os.path.join(workdir, "results.json")
-  if resume_step != num_steps or not os.path.exists(path):
+  if resume_step is None or not os.path.exists(path):
     return None
   with open(path) as f:
-    return json.load(f)
+    saved = json.load(f)
+  if resume_step == num_steps or saved.get("status") == "stopped":
+    return saved
+  return None
