@@ -20,6 +20,7 @@ and commit), summary.csv and the plots.
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -127,15 +128,19 @@ def final_evaluation(directory, episodes, seed):
   return result
 
 
-def _finished(directory):
-  """results.json of a run that finished training (killed before its final
-  evaluation), else None."""
-  path = os.path.join(directory, "results.json")
-  if not os.path.exists(path):
-    return None
-  with open(path) as f:
-    results = json.load(f)
-  return results if results.get("status") == "finished" else None
+def record_divergence(directory, error):
+  """A diverged run's final_eval.json: NaN returns, so the report counts the
+  seed as missing, and the study moves on instead of stopping (a rerun would
+  diverge again from the same checkpoint and batches)."""
+  nan = float("nan")
+  result = {"status": "diverged", "error": str(error), "call": None,
+            "update": None}
+  for actions in ("greedy", "sampled"):
+    result.update({f"{actions}_mean": nan, f"{actions}_returns": [],
+                   f"{actions}_mean_length": nan})
+  os.makedirs(directory, exist_ok=True)
+  with open(os.path.join(directory, FINAL_EVAL), "w") as f:
+    json.dump(result, f)
 
 
 def run_grid(study, workdir, runs, label=""):
@@ -148,8 +153,15 @@ def run_grid(study, workdir, runs, label=""):
       continue
     config = study_configs.run_config(study, task, system, seed)
     run_started = time.time()
-    results = r2ac_training.run(config, directory, resume=True,
-                              make_extra_evaluation=make_probe(study, task))
+    try:
+      results = r2ac_training.run(config, directory, resume=True,
+                                  make_extra_evaluation=make_probe(study,
+                                                                   task))
+    except experiment.NonFiniteLossError as error:
+      record_divergence(directory, error)
+      print(f"{label}[{index}/{len(runs)}] {name}: diverged ({error}); "
+            "counted as missing in the report", flush=True)
+      continue
     if results["status"] == "preempted":
       sys.exit(f"{label}preempted in {name}; rerun the same command to "
                f"continue")
@@ -161,6 +173,14 @@ def run_grid(study, workdir, runs, label=""):
           f"episodes, {results['frames']:.0f} frames, "
           f"{time.time() - run_started:.0f} s (total {elapsed / 60:.1f} min)",
           flush=True)
+
+
+def parse_shard(value):
+  """(k, n) of --shard=k/n, 0 <= k < n; ValueError naming the flag."""
+  match = re.fullmatch(r"(\d+)/(\d+)", value)
+  if not match or not int(match[1]) < int(match[2]):
+    raise ValueError(f"--shard: must be k/n with 0 <= k < n, got {value!r}")
+  return int(match[1]), int(match[2])
 
 
 def run_workers(workers, argv):
@@ -191,7 +211,7 @@ def main(argv):
     runs = grid(study, _ONLY.value)
     if not _REPORT_ONLY.value:
       if _SHARD.value:
-        shard, count = map(int, _SHARD.value.split("/"))
+        shard, count = parse_shard(_SHARD.value)
         run_grid(study, workdir, runs[shard::count], label=f"worker {shard}: ")
         return
       if _WORKERS.value > 1:

@@ -2,10 +2,12 @@
 
 import csv
 import json
+import math
 import os
 import shutil
 import subprocess
 import sys
+import textwrap
 
 import pytest
 from run_helpers import script_environment
@@ -130,9 +132,58 @@ def test_report_counts_only_seeds_with_a_finite_value(quick_study, environment,
     (["--workers=0"], "error: --workers: must be >= 1, got 0"),
     (["--config=experiments/configs/study.py"],
      "error: --quick: give either --quick or --config, not both"),
+    (["--shard=1"], "error: --shard: must be k/n with 0 <= k < n, got '1'"),
+    (["--shard=2/2"], "error: --shard: must be k/n with 0 <= k < n, got '2/2'"),
 ])
 def test_bad_flags_are_one_line_errors(args, message, environment, tmp_path):
   result = study("--quick", f"--workdir={tmp_path}", *args, env=environment)
   assert result.returncode == 1
   assert result.stderr.strip().splitlines()[-1].startswith(message)
   assert not (tmp_path / "runs").exists()
+
+
+# In its own process: the study script's absl flags must not meet another
+# script's in this test process.
+DIVERGING_STUDY = textwrap.dedent("""
+    import json, os, sys
+    from experiments import study
+    from experiments.configs import study as study_configs
+    from rtrl_jax import experiment
+    calls = []
+    def run(config, directory, resume, make_extra_evaluation):
+      calls.append(directory)
+      os.makedirs(directory, exist_ok=True)
+      if len(calls) == 1:
+        raise experiment.NonFiniteLossError("non-finite loss (nan) at step 3")
+      return {"status": "finished", "frames": 10.0}
+    def final_evaluation(directory, episodes, seed):
+      with open(directory + "/final_eval.json", "w") as f:
+        json.dump({"greedy_mean": 1.0}, f)
+      return {"greedy_mean": 1.0}
+    study.r2ac_training.run = run
+    study.final_evaluation = final_evaluation
+    config = study_configs.quick()
+    runs = study.grid(config, [])[:2]
+    for _ in range(2):      # the second time, both are done before
+      study.run_grid(config, sys.argv[1], runs)
+    with open(calls[0] + "/final_eval.json") as f:
+      print("FINAL", json.dumps(json.load(f)))
+    print("CALLS", len(calls))
+""")
+
+
+def test_a_diverged_run_is_recorded_and_the_study_goes_on(environment,
+                                                          tmp_path):
+  result = subprocess.run(
+      [sys.executable, "-c", DIVERGING_STUDY, str(tmp_path)], cwd=ROOT,
+      env=environment, capture_output=True, text=True, timeout=120)
+  assert result.returncode == 0, result.stderr[-3000:]
+  lines = result.stdout.splitlines()
+  assert "diverged (non-finite loss (nan) at step 3); counted as missing" in (
+      lines[0])
+  final = json.loads(next(l for l in lines if l.startswith("FINAL"))[6:])
+  assert final["status"] == "diverged" and math.isnan(final["greedy_mean"])
+  assert final["greedy_returns"] == []
+  # The second run trained; on the second pass neither ran again.
+  assert lines[-1] == "CALLS 2"
+  assert sum("done before" in line for line in lines) == 2
