@@ -27,11 +27,14 @@ import tqdm
 import rtrl_jax
 from rtrl_jax import experiment
 
-_STEPS = flags.DEFINE_integer("steps", 3000, "Parameter updates per method.")
-_EPISODE = flags.DEFINE_integer("episode", 8, "Steps from the cue to the query.")
-_SEGMENT = flags.DEFINE_integer("segment", 2, "Steps per update (1 = fully online).")
-_HIDDEN = flags.DEFINE_integer("hidden", 32, "eLSTM hidden size.")
-_BATCH = flags.DEFINE_integer("batch", 32, "Parallel streams.")
+_STEPS = flags.DEFINE_integer("steps", 3000, "Parameter updates per method.",
+                              lower_bound=1)
+_EPISODE = flags.DEFINE_integer("episode", 8, "Steps from the cue to the query.",
+                                lower_bound=1)
+_SEGMENT = flags.DEFINE_integer("segment", 2, "Steps per update (1 = fully online).",
+                                lower_bound=1)
+_HIDDEN = flags.DEFINE_integer("hidden", 32, "eLSTM hidden size.", lower_bound=1)
+_BATCH = flags.DEFINE_integer("batch", 32, "Parallel streams.", lower_bound=1)
 _LR = flags.DEFINE_float("learning_rate", 1e-2, "Adam learning rate.")
 _SEED = flags.DEFINE_integer("seed", 0, "Random seed.")
 

@@ -60,7 +60,19 @@ def parse_args():
   parser.add_argument("--repeats", type=int, default=20)
   parser.add_argument("--seed", type=int, default=0)
   parser.add_argument("--out", default="docs/MULTILAYER.md")
-  return parser.parse_args()
+  args = parser.parse_args()
+  sizes = {name: getattr(args, name.replace("-", "_")) for name in (
+      "depths", "segment-lengths", "window", "hidden", "input-size", "batch",
+      "delay", "cost-widths", "cost-depths", "cost-segment", "cost-batch",
+      "repeats")}
+  for name, value in sizes.items():
+    if min(value if isinstance(value, list) else [value]) < 1:
+      parser.error(f"--{name}: must be >= 1, got {value}")
+  uneven = [m for m in args.segment_lengths if args.window % m]
+  if uneven:
+    parser.error(f"--segment-lengths: {uneven} do not divide --window="
+                 f"{args.window} (the window is cut into whole segments)")
+  return args
 
 
 def make_layer(hidden):

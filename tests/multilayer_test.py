@@ -4,11 +4,14 @@ approximation (`stacked_rtrl`) against the BPTT oracle, in float64.
 The exact stack's own BPTT-oracle test is in cells_test.py (it is a cell)."""
 
 import functools
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from run_helpers import ROOT, script_environment
 
 import rtrl_jax
 from rtrl_jax import oracle
@@ -138,3 +141,18 @@ def test_layer_stack_rejects_bad_arguments():
   stack = LayerStack((layer(),))
   with pytest.raises(ValueError, match="'tbptt'"):
     stack("tbptt", None, None, None, None)
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--window", "10", "--segment-lengths", "3"],
+     "error: --segment-lengths: [3] do not divide --window=10 (the window is "
+     "cut into whole segments)"),
+    (["--delay", "0"], "error: --delay: must be >= 1, got 0"),
+])
+def test_report_script_bad_arguments_are_one_line_errors(args, message):
+  result = subprocess.run(
+      [sys.executable, "-m", "experiments.multilayer_report", *args],
+      cwd=ROOT, env=script_environment(), capture_output=True, text=True,
+      timeout=120)
+  assert result.returncode == 2
+  assert result.stderr.strip().splitlines()[-1].endswith(message)
