@@ -197,13 +197,31 @@ def _segment_loss(cell, method, params, state, segment, normalizer):
   else:
     outputs, new_state = bptt(cell, params["cell"],
                               jax.lax.stop_gradient(state), inputs, resets)
+  cross_entropy, right_or_free, right = _copy_scores(params, outputs, targets,
+                                                    mask)
+  loss = jnp.sum(cross_entropy) / normalizer
+  return loss, (new_state, right_or_free, jnp.sum(right))
+
+
+def _copy_scores(params, outputs, targets, mask):
+  """Per position [T, B]: the cross-entropy of the head's prediction (0 off
+  the copy positions), "right or not a copy position", and "a copy position
+  predicted right"."""
   logits = outputs @ params["head"]["w"] + params["head"]["b"]
   labels = jnp.where(mask, targets, 0)
   cross_entropy = optax.softmax_cross_entropy_with_integer_labels(logits,
                                                                   labels)
-  loss = jnp.sum(jnp.where(mask, cross_entropy, 0.0)) / normalizer
   right = jnp.argmax(logits, axis=-1) == labels
-  return loss, (new_state, right | ~mask, jnp.sum(right & mask))
+  return jnp.where(mask, cross_entropy, 0.0), right | ~mask, right & mask
+
+
+def _forward(cell, params, inputs, mask):
+  """The cell's outputs over whole sequences from a fresh state."""
+  state = cell.initial_state(params["cell"], inputs.shape[1],
+                             sensitivities=False)
+  outputs, _ = bptt(cell, params["cell"], state, inputs,
+                    jnp.zeros(mask.shape, jnp.bool_))
+  return outputs
 
 
 def _segments(batch, length):
@@ -316,17 +334,10 @@ def make_evaluate(config):
   chunk = config.data.eval_batch_size
 
   def evaluate_chunk(params, inputs, targets, mask):
-    state = cell.initial_state(params["cell"], inputs.shape[1],
-                               sensitivities=False)
-    outputs, _ = bptt(cell, params["cell"], state, inputs,
-                      jnp.zeros(mask.shape, jnp.bool_))
-    logits = outputs @ params["head"]["w"] + params["head"]["b"]
-    labels = jnp.where(mask, targets, 0)
-    cross_entropy = optax.softmax_cross_entropy_with_integer_labels(logits,
-                                                                    labels)
-    right = jnp.argmax(logits, axis=-1) == labels
-    return (jnp.sum(jnp.where(mask, cross_entropy, 0.0)),
-            jnp.sum(jnp.all(right | ~mask, axis=0)), jnp.sum(right & mask))
+    cross_entropy, right_or_free, right = _copy_scores(
+        params, _forward(cell, params, inputs, mask), targets, mask)
+    return (jnp.sum(cross_entropy), jnp.sum(jnp.all(right_or_free, axis=0)),
+            jnp.sum(right))
 
   def evaluate(params, batch):
     size = batch.mask.shape[1]
@@ -341,3 +352,16 @@ def make_evaluate(config):
             "accuracy": sequences_right / size,
             "token_accuracy": tokens_right / num_tokens}
   return evaluate
+
+
+def make_sequences_right(config):
+  """(params, batch) → [B] bool: every copy position of the sequence is
+  predicted right (what make_evaluate's accuracy averages)."""
+  cell = make_cell(config.model)
+
+  def sequences_right(params, batch):
+    _, right_or_free, _ = _copy_scores(
+        params, _forward(cell, params, batch.inputs, batch.mask),
+        batch.targets, batch.mask)
+    return jnp.all(right_or_free, axis=0)
+  return sequences_right

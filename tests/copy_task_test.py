@@ -160,3 +160,9 @@ def test_evaluate_counts_only_copy_positions():
   ones = (targets[mask] == 1).mean()
   np.testing.assert_allclose(metrics["accuracy"], all_ones, rtol=1e-6)
   np.testing.assert_allclose(metrics["token_accuracy"], ones, rtol=1e-6)
+  # Logits (0, 1) everywhere: cross-entropy log(1 + e^-1) for a 1 and
+  # log(1 + e) for a 0, averaged over the copy positions only (the training
+  # loss shares this masked cross-entropy).
+  per_label = {0: np.log1p(np.e), 1: np.log1p(np.exp(-1.0))}
+  expected = np.mean([per_label[int(t)] for t in targets[mask]])
+  np.testing.assert_allclose(metrics["loss"], expected, rtol=1e-5)

@@ -339,6 +339,40 @@ def test_resume_of_an_ended_run_changes_nothing(uninterrupted, tmp_path):
   assert experiment.finished_results(workdir, None, 300) is None
 
 
+def test_accuracy_by_length_of_a_finished_run(uninterrupted, tmp_path):
+  """copy_task_by_length's per-sequence scores average to make_evaluate's
+  test accuracy; its script prints one row per run; a folder that is no
+  run is a one-line error."""
+  config = ml_collections.ConfigDict(
+      json.load(open(os.path.join(uninterrupted, "config.json"))))
+  state, _ = final_params(uninterrupted)
+  _, test = copy_task.evaluation_sets(config.data.seed, config.data.valid_size,
+                                      config.data.test_size,
+                                      config.data.max_length)
+  right = jax.jit(copy_task.make_sequences_right(config))(state.params, test)
+  accuracy = jax.jit(copy_task.make_evaluate(config))(state.params,
+                                                       test)["accuracy"]
+  assert right.shape == (config.data.test_size,)
+  np.testing.assert_allclose(float(np.mean(right)), float(accuracy),
+                             rtol=1e-6)
+  by_length = subprocess.run(
+      [sys.executable, "-m", "experiments.copy_task_by_length",
+       f"--runs={uninterrupted}"], cwd=ROOT, env=environment(),
+      capture_output=True, text=True, timeout=TIMEOUT)
+  assert by_length.returncode == 0, by_length.stderr[-3000:]
+  header, _, row = by_length.stdout.strip().splitlines()[-3:]
+  assert header.startswith("| run | L=1 |")
+  assert len(row.split("|")) == len(header.split("|"))
+  bad = subprocess.run(
+      [sys.executable, "-m", "experiments.copy_task_by_length",
+       f"--runs={tmp_path}"], cwd=ROOT, env=environment(),
+      capture_output=True, text=True, timeout=TIMEOUT)
+  assert bad.returncode == 1
+  assert bad.stderr.strip().splitlines() == [
+      f"error: --runs: {str(tmp_path)!r} has no config.json or checkpoints "
+      "(not a copy-task run folder)"]
+
+
 def test_sigterm_saves_and_exits_zero(tmp_path):
   workdir = str(tmp_path / "preempted")
   returncode, stderr = start_and_signal(workdir, signal.SIGTERM)
