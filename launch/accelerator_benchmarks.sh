@@ -3,15 +3,18 @@
 # that has JAX (with CUDA) and Python 3.12 but no network.
 #
 #   launch/accelerator_benchmarks.sh fetch [--dry-run]
-#       here, with network to PyPI: downloads into .whl/ the Python 3.12
-#       wheels of the pure-Python packages rtrl_jax needs that such a machine
-#       lacks (~9 MB; .whl/ is git-ignored, carry it to the machine)
+#       here, with network to PyPI: downloads into a fresh .whl/ the Python
+#       3.12 wheels of the pure-Python packages rtrl_jax needs that such a
+#       machine lacks (~9 MB; .whl/ is git-ignored, carry it to the machine;
+#       emptied first, so a changed pin leaves no second version behind)
 #   launch/accelerator_benchmarks.sh run [--dry-run] [--quick] [--out DIR]
 #       there: installs .whl/ into /tmp/site (no network, no deps), prints
 #       the devices, and runs experiments/benchmark_anakin.py at the sizes
 #       of docs/ANAKIN.md with B = 64 (as on CPU) and B = 1024, writing
 #       DIR/b64/benchmark_anakin.csv and DIR/b1024/benchmark_anakin.csv
-#       (DIR: $OUT if set, else runs/accelerator_benchmarks)
+#       (DIR: $OUT if set, else runs/accelerator_benchmarks); everything it
+#       prints (the devices, JAX's version, the tables) also goes to
+#       DIR/log.txt, so a run cut short still brings back what it measured
 #
 #   --dry-run   print the commands, run nothing
 #   --quick     run: the benchmark's seconds-long --quick sizes (a rehearsal
@@ -55,6 +58,7 @@ case "$MODE" in
     if [[ -z "${PYTHON:-}" ]]; then
       if [[ -x .venv/bin/python ]]; then PYTHON=.venv/bin/python; else PYTHON=python3; fi
     fi
+    commands+=("rm -rf .whl")
     commands+=("$PYTHON -m pip download --quiet --no-deps --only-binary=:all: --python-version 3.12 --implementation cp $PLATFORMS -d .whl ${WHEELS[*]}")
     ;;
   run)
@@ -80,7 +84,12 @@ if [[ "$MODE" == run && ! -d .whl ]]; then
   echo "accelerator_benchmarks.sh: no .whl/ here; run 'launch/accelerator_benchmarks.sh fetch' where PyPI is reachable and carry .whl" >&2
   exit 2
 fi
+log=/dev/null
+if [[ "$MODE" == run ]]; then
+  mkdir -p "$OUT_DIR"
+  log="$OUT_DIR/log.txt"
+fi
 for command in "${commands[@]}"; do
-  echo "+ $command"
-  bash -c "$command"
+  echo "+ $command" | tee -a "$log"
+  bash -c "$command" 2>&1 | tee -a "$log"
 done

@@ -195,8 +195,9 @@ def test_tpu_pod_needs_a_name_and_zone():
 
 @pytest.mark.timeout(60)
 def test_accelerator_benchmarks_fetch_pins_python312_wheels():
-  (line,) = dry_run("accelerator_benchmarks.sh", "fetch", "--dry-run",
-                    env={"PYTHON": "py"})
+  clear, line = dry_run("accelerator_benchmarks.sh", "fetch", "--dry-run",
+                        env={"PYTHON": "py"})
+  assert clear == "rm -rf .whl"      # no stale second version of a package
   assert line.startswith("py -m pip download ")
   assert "--python-version 3.12" in line and "-d .whl" in line
   for pin in ("ml-collections==1.1.0", "rlax==0.1.9", "gymnax==1.0.1",
@@ -206,7 +207,7 @@ def test_accelerator_benchmarks_fetch_pins_python312_wheels():
 
 @pytest.mark.timeout(60)
 def test_accelerator_benchmarks_fetch_pins_agree_with_setup_py():
-  (line,) = dry_run("accelerator_benchmarks.sh", "fetch", "--dry-run")
+  _, line = dry_run("accelerator_benchmarks.sh", "fetch", "--dry-run")
   fetched = dict(pin.split("==") for pin in line.split() if "==" in pin)
   with open(os.path.join(ROOT, "setup.py")) as f:
     pinned = dict(re.findall(r'"([\w.-]+)==([^"]+)"', f.read()))
@@ -244,3 +245,30 @@ def test_accelerator_benchmarks_rejects_bad_arguments():
         cwd=ROOT, capture_output=True, text=True, timeout=30)
     assert result.returncode == 2
     assert args[-1] in result.stderr
+
+
+@pytest.mark.timeout(120)
+def test_accelerator_benchmarks_run_keeps_a_log_in_the_out_dir(tmp_path):
+  """A rehearsal with a fake python: every command's output lands in
+  OUT/log.txt as it comes."""
+  wheels = os.path.join(ROOT, ".whl")     # git-ignored; `run` needs it
+  made = not os.path.isdir(wheels)
+  if made:
+    os.mkdir(wheels)
+  fake = tmp_path / "python"
+  fake.write_text("#!/usr/bin/env bash\necho \"fake python $*\"\n")
+  fake.chmod(0o755)
+  out = tmp_path / "out"
+  try:
+    result = subprocess.run(
+        ["bash", os.path.join(LAUNCH, "accelerator_benchmarks.sh"), "run",
+         "--quick", "--out", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=60,
+        env=dict(os.environ, PYTHON=str(fake)))
+  finally:
+    if made:
+      os.rmdir(wheels)
+  assert result.returncode == 0, result.stderr
+  log = (out / "log.txt").read_text()
+  assert log.count("+ ") == 4            # install, nvidia-smi, devices, run
+  assert "fake python -m experiments.benchmark_anakin --quick" in log
