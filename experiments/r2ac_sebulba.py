@@ -29,6 +29,7 @@ import time
 
 from absl import app, flags
 
+from experiments.configs import sebulba as sebulba_configs
 from experiments.r2ac_training import RETURN_PLOT
 from experiments.r2ac_training import plot_return_vs_frames
 from experiments.r2ac_training import where_to_look
@@ -56,9 +57,6 @@ _PROCESS_ID = flags.DEFINE_integer("process_id", None,
 
 def check_config(config):
   """Raises ConfigError for a bad config (one line naming the key)."""
-  # pylint: disable=g-import-not-at-top
-  from experiments.configs import sebulba as sebulba_configs
-  # pylint: enable=g-import-not-at-top
   sebulba_configs.check(config)
 
 
@@ -93,9 +91,6 @@ def run(config, workdir, resume):
     system = sebulba.make_system(config)
   except (TypeError, ValueError, ImportError) as error:
     raise experiment.ConfigError(str(error).splitlines()[0]) from error
-  # pylint: disable=g-import-not-at-top
-  from experiments.configs import sebulba as sebulba_configs
-  # pylint: enable=g-import-not-at-top
   checkpointer, resume_step = experiment.prepare_workdir(
       workdir, config, resume, max_to_keep=config.run.max_checkpoints,
       added_keys=sebulba_configs.ADDED_KEYS)
