@@ -22,6 +22,10 @@ count envpool steps (envpool's reset step after an episode end included; not
 frames). `cpu_ceiling_ratio` bounds what any schedule of this work could
 reach on this machine's cores (`cpu_ceiling`, from envpool alone and the
 policy and learner steps each run alone, in CPU seconds).
+`serial_ceiling_ratio` bounds one env group per thread, where envpool and
+the policy take turns on the same environments (`serial_ceiling`, from
+envpool alone and the policy call's wall time alone); with more groups they
+overlap and it is 1.
 
 Learner: one jitted Sebulba learner step on a fixed global batch
 (`--learner_envs` environments × unroll_length), sharded over the first D
@@ -168,9 +172,10 @@ def median_seconds(call, repeats, clock=time.perf_counter):
   return float(np.median(times))
 
 
-def policy_cpu_seconds_per_step(agent, params, suite, group):
-  """CPU seconds per env step of `agent.act` on `group` environments, run
-  alone (back-to-back calls, core state donated as in the actor)."""
+def policy_seconds(agent, params, suite, group):
+  """(CPU seconds per env step, wall seconds per call) of `agent.act` on
+  `group` environments, run alone (back-to-back calls, core state donated as
+  in the actor)."""
   act = jax.jit(agent.act, donate_argnums=1)
   policy = {"state": agent.initial_core_state(params, group)}
   obs = np.zeros((group, *suite.obs_shape), np.uint8)
@@ -182,15 +187,17 @@ def policy_cpu_seconds_per_step(agent, params, suite, group):
                                key)
     np.asarray(out.action)
 
-  return median_seconds(act_once, 50, time.process_time) / group
+  return (median_seconds(act_once, 50, time.process_time) / group,
+          median_seconds(act_once, 50))
 
 
-def isolated_cpu_seconds_per_step(system, state, config, envs_per_thread):
+def isolated_costs(system, state, config, envs_per_thread):
   """(policy, policy without RTRL sensitivities, learner) CPU seconds per env
-  step, each run alone: back-to-back calls with nothing else running, on one
-  actor's env group and on one learner update's batch. CPU seconds count
-  every core XLA uses. The second is the same network with
-  gradient="tbptt", whose actor carries no sensitivities."""
+  step and the policy's wall seconds per call, each run alone: back-to-back
+  calls with nothing else running, on one actor's env group and on one
+  learner update's batch. CPU seconds count every core XLA uses. The second
+  is the same network with gradient="tbptt", whose actor carries no
+  sensitivities."""
   agent, suite = system.agent, system.suite
   group = envs_per_thread // config.sebulba.env_groups
   params = jax.device_put(jax.device_get(state.params))
@@ -205,13 +212,14 @@ def isolated_cpu_seconds_per_step(system, state, config, envs_per_thread):
   learner_step = system.info["jitted_learner_step"]
   learn_once = lambda: jax.block_until_ready(
       learner_step(state.params, state.opt_state, batch))
-  return (policy_cpu_seconds_per_step(agent, params, suite, group),
-          policy_cpu_seconds_per_step(agent_without, params, suite, group),
+  policy_cpu, policy_call = policy_seconds(agent, params, suite, group)
+  policy_without_cpu, _ = policy_seconds(agent_without, params, suite, group)
+  return (policy_cpu, policy_without_cpu,
           median_seconds(learn_once, 5, time.process_time)
-          / (steps * config.unroll_length))
+          / (steps * config.unroll_length), policy_call)
 
 
-def cpu_ceiling(alone_sps, env_seconds, policy_seconds, learner_seconds):
+def cpu_ceiling(alone_sps, env_cpu, policy_cpu, learner_cpu):
   """Steps/s that no schedule of this work can beat on this machine's cores.
 
   Each env step costs CPU seconds of envpool (from envpool alone), of the
@@ -220,7 +228,24 @@ def cpu_ceiling(alone_sps, env_seconds, policy_seconds, learner_seconds):
   """
   cores = len(os.sched_getaffinity(0))
   return min(alone_sps,
-             cores / (env_seconds + policy_seconds + learner_seconds))
+             cores / (env_cpu + policy_cpu + learner_cpu))
+
+
+def serial_ceiling(alone_sps, threads, envs_per_thread, groups,
+                   policy_call_seconds):
+  """Steps/s that no schedule can beat with one env group per thread.
+
+  With one group a thread's envpool steps all its environments, then the
+  policy acts on all of them: neither can start before the other ends, so a
+  thread's cycle is at least envpool's cycle alone, t_env = threads ×
+  envs_per_thread / alone_sps, plus one policy call alone, t_policy:
+  steps/s ≤ alone_sps · t_env / (t_env + t_policy). With more groups envpool
+  steps one while the policy acts on another: no such bound (alone_sps).
+  """
+  if groups > 1:
+    return alone_sps
+  env_cycle = threads * envs_per_thread / alone_sps
+  return alone_sps * env_cycle / (env_cycle + policy_call_seconds)
 
 
 def make_system(config, suite, threads, envs_per_thread, devices=None):
@@ -258,10 +283,12 @@ def throughput(config, suite, thread_counts, envs_per_thread, seconds,
                for k in timings[-1]}
     alone_sps, sebulba_sps = float(np.mean(alone)), float(np.mean(seb))
     env_seconds = float(np.mean(env_cpu))
-    policy_seconds, policy_without_seconds, learner_seconds = (
-        isolated_cpu_seconds_per_step(system, state, config, envs_per_thread))
-    ceiling = cpu_ceiling(alone_sps, env_seconds, policy_seconds,
-                          learner_seconds)
+    (policy_cpu, policy_without_cpu, learner_cpu,
+     policy_call) = isolated_costs(system, state, config,
+                                                  envs_per_thread)
+    ceiling = cpu_ceiling(alone_sps, env_seconds, policy_cpu, learner_cpu)
+    serial = serial_ceiling(alone_sps, threads, envs_per_thread,
+                            config.sebulba.env_groups, policy_call)
     ratios = [s / a for s, a in zip(seb, alone)]
     row = {"env": config.env.name, "threads": threads,
            "envs_per_thread": envs_per_thread,
@@ -272,11 +299,13 @@ def throughput(config, suite, thread_counts, envs_per_thread, seconds,
            "ratio_min": round(min(ratios), 3),
            "ratio_max": round(max(ratios), 3),
            "cpu_ceiling_ratio": round(ceiling / alone_sps, 3),
+           "serial_ceiling_ratio": round(serial / alone_sps, 3),
            "envpool_cpu_us_per_step": round(env_seconds * 1e6, 2),
-           "policy_cpu_us_per_step": round(policy_seconds * 1e6, 2),
+           "policy_cpu_us_per_step": round(policy_cpu * 1e6, 2),
            "policy_without_sensitivities_cpu_us_per_step": round(
-               policy_without_seconds * 1e6, 2),
-           "learner_cpu_us_per_step": round(learner_seconds * 1e6, 2),
+               policy_without_cpu * 1e6, 2),
+           "learner_cpu_us_per_step": round(learner_cpu * 1e6, 2),
+           "policy_call_ms": round(policy_call * 1e3, 3),
            "updates_per_s": round(float(np.mean(ups)), 2),
            **{k: round(v, 5) for k, v in timings.items()}}
     print(json.dumps(row), flush=True)
@@ -287,14 +316,15 @@ def throughput(config, suite, thread_counts, envs_per_thread, seconds,
 def throughput_table(rows):
   lines = ["| env | actor threads | envs/thread | env groups | "
            "envpool alone (steps/s) | Sebulba (steps/s) | ratio "
-           "(rounds: min–max) | CPU ceiling | learner updates/s |",
+           "(rounds: min–max) | ceiling: CPU, serial | learner updates/s |",
            "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
   for r in rows:
     lines.append(f"| {r['env']} | {r['threads']} | {r['envs_per_thread']} | "
                  f"{r['env_groups']} | "
                  f"{r['envpool_sps']:.0f} | {r['sebulba_sps']:.0f} | "
                  f"{r['ratio']:.2f} ({r['ratio_min']:.2f}–"
-                 f"{r['ratio_max']:.2f}) | {r['cpu_ceiling_ratio']:.2f} | "
+                 f"{r['ratio_max']:.2f}) | {r['cpu_ceiling_ratio']:.2f}, "
+                 f"{r['serial_ceiling_ratio']:.2f} | "
                  f"{r['updates_per_s']:.1f} |")
   return "\n".join(lines)
 
@@ -332,7 +362,7 @@ def learner_table(rows):
 
 
 def plot(rows, mode, title, path):
-  """Throughput: envpool alone, Sebulba and the CPU ceiling in steps/s per
+  """Throughput: envpool alone, Sebulba and the lower ceiling in steps/s per
   thread count (bars, ratio on Sebulba's); learner: updates/s vs learner
   devices."""
   import matplotlib  # pylint: disable=g-import-not-at-top
@@ -346,8 +376,9 @@ def plot(rows, mode, title, path):
     bars = axis.bar(positions, [r["sebulba_sps"] for r in rows], 0.27,
                     label="Sebulba (acting + learning)")
     axis.bar(positions + 0.27,
-             [r["cpu_ceiling_ratio"] * r["envpool_sps"] for r in rows], 0.27,
-             fill=False, hatch="//", label="CPU ceiling of that work")
+             [min(r["cpu_ceiling_ratio"], r["serial_ceiling_ratio"])
+              * r["envpool_sps"] for r in rows], 0.27,
+             fill=False, hatch="//", label="ceiling of that work (CPU, serial)")
     for bar, r in zip(bars, rows):
       axis.annotate(f"{r['ratio']:.2f}", (bar.get_x() + bar.get_width() / 2,
                                           bar.get_height()),

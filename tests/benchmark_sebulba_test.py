@@ -45,6 +45,12 @@ def test_quick_throughput_writes_csv_and_plot(tmp_path):
   assert row["rounds"] == "2"
   assert float(row["ratio_min"]) <= float(row["ratio_max"])
   assert 0 < float(row["cpu_ceiling_ratio"]) <= 1
+  # One env group: envpool's cycle alone and one policy call alone, in turn.
+  env_cycle = 4 / envpool
+  policy_call = float(row["policy_call_ms"]) / 1e3
+  assert policy_call > 0
+  assert math.isclose(float(row["serial_ceiling_ratio"]),
+                      env_cycle / (env_cycle + policy_call), abs_tol=2e-3)
   for cost in ("envpool", "policy", "policy_without_sensitivities", "learner"):
     assert float(row[f"{cost}_cpu_us_per_step"]) > 0, cost
   assert float(row["updates_per_s"]) > 0
@@ -142,3 +148,22 @@ def test_envpool_alone_raises_a_stepping_threads_error_instead_of_hanging(
       timeout=120)
   assert result.returncode == 0, result.stderr[-3000:]
   assert result.stdout.strip().splitlines()[-1] == expected
+
+
+def test_serial_ceiling_adds_one_policy_call_to_envpools_cycle():
+  # 8 envs at 1000 steps/s alone: an 8 ms cycle per thread, so an 8 ms
+  # policy call halves it, for 1 thread or 2 (each its own cycle). With 2
+  # env groups envpool and the policy overlap: no bound below envpool alone.
+  code = textwrap.dedent("""
+      from experiments.benchmark_sebulba import serial_ceiling
+      print(serial_ceiling(1000.0, 1, 8, 1, 0.008),
+            serial_ceiling(2000.0, 2, 8, 1, 0.008),
+            serial_ceiling(1000.0, 1, 8, 1, 0.024),
+            serial_ceiling(1000.0, 1, 8, 2, 0.008))
+  """)
+  result = subprocess.run([sys.executable, "-c", code], cwd=ROOT,
+                          env=script_environment(), capture_output=True,
+                          text=True, timeout=120)
+  assert result.returncode == 0, result.stderr[-3000:]
+  values = [float(v) for v in result.stdout.split()]
+  assert values == pytest.approx([500.0, 1000.0, 250.0, 1000.0])
