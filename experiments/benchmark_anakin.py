@@ -103,8 +103,12 @@ def time_calls(train, runner, repeats):
 
 
 def run(sizes, num_envs, unroll_length, updates_per_call, memory_length,
-        repeats, trace_dir=None):
-  """Rows of the table for `sizes`, a list of (N, encoder features)."""
+        repeats, trace_dir=None, on_size=None):
+  """Rows of the table for `sizes`, a list of (N, encoder features).
+
+  `on_size(rows)`, if given, gets the rows so far after each size (main
+  writes the CSV then, so a run cut off part-way keeps its finished sizes).
+  """
   rows = []
   steps_per_call = updates_per_call * num_envs * unroll_length
   for hidden, features in sizes:
@@ -149,6 +153,8 @@ def run(sizes, num_envs, unroll_length, updates_per_call, memory_length,
           f"at {fraction:.1%} of its sensitivity-bandwidth roofline (the work RTRL "
           f"adds at {rtrl_part:.0%}; ceiling with the TBPTT loop's other work "
           f"{ceiling:.0%})", flush=True)
+    if on_size is not None:
+      on_size(rows)
   return rows
 
 
@@ -201,12 +207,12 @@ def main(argv):
       sys.exit(f"error: {error}")
     num_envs, updates, repeats = _NUM_ENVS.value, _UPDATES.value, _REPEATS.value
   print(f"devices: {jax.devices()}", flush=True)
+  out_dir = timing.output_dir(_OUT_DIR, _QUICK.value)
+  write = lambda rows: timing.write_csv(rows, out_dir, "benchmark_anakin.csv")
   rows = run(sizes, num_envs, _UNROLL.value, updates, _MEMORY.value, repeats,
-             _TRACE_DIR.value)
+             _TRACE_DIR.value, on_size=write)
   print(format_table(rows))
-  path = timing.write_csv(rows, timing.output_dir(_OUT_DIR, _QUICK.value),
-                          "benchmark_anakin.csv")
-  print(f"wrote {path}")
+  print(f"wrote {write(rows)}")
 
 
 if __name__ == "__main__":
