@@ -428,6 +428,11 @@ def main(argv):
           f"--devices: {too_many} above the {jax.device_count()} devices here "
           "(fake CPU devices: XLA_FLAGS=--xla_force_host_platform_device_count"
           "=8)")
+    uneven = [count for count in devices if global_envs % count]
+    if _MODE.value == "learner" and uneven:
+      raise ValueError(
+          f"--learner_envs={global_envs} must be a multiple of each --devices "
+          f"count; not of {uneven}")
     suite = envpool_envs.make_suite(config.env.suite, config.env.name,
                                     dict(config.env.kwargs),
                                     num_threads=config.sebulba.envpool_threads)

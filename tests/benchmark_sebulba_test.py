@@ -78,6 +78,9 @@ def test_bad_flags_are_one_line_errors(tmp_path):
       (["--threads=1,x"], "error: --threads: 'x' is not a positive int"),
       (["--mode=learner", "--devices=1,4"],
        "error: --devices: [4] above the 2 devices here"),
+      (["--mode=learner", "--devices=1,2", "--learner_envs=3"],
+       "error: --learner_envs=3 must be a multiple of each --devices count; "
+       "not of [2]"),
       (["--config.unroll_length=0"], "error: config.unroll_length: "),
       (["--threads="], "error: --threads: give at least one value"),
       (["--quick", "--threads=2"],
