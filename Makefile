@@ -48,7 +48,7 @@ bench-sebulba: $(STAMP)
 	for groups in 1 2; do $(PY) -m experiments.benchmark_sebulba --config=experiments/configs/sebulba.py --config.sebulba.env_groups=$$groups --threads=1,2 --envs_per_thread=32 $(SEBULBA_TIME) || exit 1; done
 	for groups in 1 2; do $(PY) -m experiments.benchmark_sebulba --config=experiments/configs/sebulba.py --config.sebulba.env_groups=$$groups --threads=1 --envs_per_thread=128 $(SEBULBA_TIME) || exit 1; done
 	$(PY) -m experiments.benchmark_sebulba --config=experiments/configs/sebulba.py --config.gradient=tbptt --config.sebulba.env_groups=1 --threads=1 --envs_per_thread=128 $(SEBULBA_TIME)
-	$(PY) -m experiments.benchmark_sebulba --config=experiments/configs/sebulba.py --config.network.hidden_size=32 --config.network.encoder_sizes='(32,)' --config.sebulba.env_groups=1 --threads=1 --envs_per_thread=512 $(SEBULBA_TIME)
+	for envs in 512 1024; do $(PY) -m experiments.benchmark_sebulba --config=experiments/configs/sebulba.py --config.network.hidden_size=32 --config.network.encoder_sizes='(32,)' --config.sebulba.env_groups=1 --threads=1 --envs_per_thread=$$envs $(SEBULBA_TIME) || exit 1; done
 	for groups in 2 1; do $(PY) -m experiments.benchmark_sebulba --config=experiments/configs/sebulba.py:tiny_procgen $(SEBULBA_SMALL) --config.sebulba.env_groups=$$groups --threads=1,2 $(SEBULBA_TIME) || exit 1; done
 	XLA_FLAGS=--xla_force_host_platform_device_count=8 JAX_PLATFORMS=cpu $(PY) -m experiments.benchmark_sebulba --mode=learner --config=experiments/configs/sebulba.py --devices=1,2,4,8 --learner_envs=64
 
