@@ -7,8 +7,8 @@ r"""Sebulba throughput against envpool alone, and learner scaling over devices.
       --envs_per_thread=8 --seconds=20
 
   # learner updates/s vs number of learner devices (fake CPU devices)
-  XLA_FLAGS=--xla_force_host_platform_device_count=8 python -m \
-      experiments.benchmark_sebulba --mode=learner --devices=1,2,4,8
+  XLA_FLAGS=--xla_force_host_platform_device_count=8 JAX_PLATFORMS=cpu \
+      python -m experiments.benchmark_sebulba --mode=learner --devices=1,2,4,8
 
 Throughput: for each thread count T, first T Python threads each step their
 own envpool instance (num_envs = envs_per_thread, batch_size = num_envs /

@@ -1,7 +1,7 @@
 r"""R2AC with the Sebulba system: envpool actor threads, a sharded learner.
 
   python -m experiments.r2ac_sebulba \
-      --config=experiments/configs/sebulba.py[:tiny|atari|procgen|vizdoom] \
+      --config=experiments/configs/sebulba.py[:name] \
       --workdir=runs/sebulba_minigrid [--resume]
 
 Multi-host (one process per host; see launch/):
@@ -38,7 +38,7 @@ from rtrl_jax import experiment
 _CONFIG = experiment.cli.define_config_flag(
     "experiments/configs/sebulba.py",
     "A config file, optionally with ':name' (default, tiny, atari, "
-    "tiny_atari, procgen, procgen_memory, vizdoom).",
+    "tiny_atari, procgen, tiny_procgen, procgen_memory, vizdoom).",
     accept_new_keys=True)
 _WORKDIR = flags.DEFINE_string(
     "workdir", None, "Run folder (default runs/sebulba_<env>_<time>).")
@@ -166,7 +166,7 @@ def run(config, workdir, resume):
         workdir, results["plot"], describe(config),
         frames_key="train/env_steps",
         return_key="train/window/episode_return_mean",
-        frames_label="environment steps (agent steps)")
+        frames_label="envpool steps (agent steps + reset steps)")
   return results
 
 

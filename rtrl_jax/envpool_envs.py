@@ -147,7 +147,8 @@ def make_suite(suite, name, kwargs=None, num_threads=0) -> Suite:
     suite: "minigrid" | "atari" | "procgen" | "vizdoom".
     name: the envpool id, e.g. "MiniGrid-MemoryS7-v0", "Pong-v5".
     kwargs: envpool options overriding the suite defaults.
-    num_threads: envpool worker threads per instance (0: one per env).
+    num_threads: envpool worker threads per instance (0: envpool's default,
+      min(batch size, CPU cores)).
 
   Raises:
     ValueError: unknown suite or envpool id, an id of another suite, or a

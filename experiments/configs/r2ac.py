@@ -16,8 +16,9 @@ MemoryChain(10)'s 11-step episodes:
 `--config.gradient=bptt --config.unroll_length=11
 --config.env.kwargs.max_steps_in_episode=11` (`env.kwargs` takes any
 field of the environment's EnvParams, also ones this file does not list).
-Paper values (paper-notes §4.4) are the loss/optimizer
-defaults below; only sizes are scaled down for a 2-core CPU.
+The loss and optimizer defaults below are the paper's values (paper-notes
+§4.4: the paper and IDSIA/rtrl-elstm); only sizes are scaled down for a
+2-core CPU.
 """
 
 import dataclasses

@@ -3,7 +3,9 @@
   --config=experiments/configs/sebulba.py              MiniGrid-MemoryS7, RTRL eLSTM
   --config=experiments/configs/sebulba.py:tiny         seconds; tests and CI
   --config=experiments/configs/sebulba.py:atari        Pong, IMPALA encoder
+  --config=experiments/configs/sebulba.py:tiny_atari   Pong, MLP encoder; CPU
   --config=experiments/configs/sebulba.py:procgen      ChaserHard, 500 levels
+  --config=experiments/configs/sebulba.py:tiny_procgen ChaserHard, MLP; CPU
   --config=experiments/configs/sebulba.py:procgen_memory  MazeMemory
   --config=experiments/configs/sebulba.py:vizdoom      MyWayHome
 
@@ -17,7 +19,8 @@ they mean in experiments/configs/r2ac.py; sizes are scaled for a 2-core CPU.
 Sebulba keys:
   num_actor_threads     actor threads per process (each its own envpool)
   num_envs_per_thread   envpool num_envs of each thread
-  envpool_threads       envpool worker threads per instance (0: one per env)
+  envpool_threads       envpool worker threads per instance (0: envpool's
+                        default, min(batch size, CPU cores))
   env_groups            the thread's envs are stepped in this many groups
                         (envpool batch_size = num_envs_per_thread / env_groups):
                         envpool steps one group while the policy runs on
