@@ -54,6 +54,107 @@ def test_vtrace_matches_numpy_reference(lambda_, clip_rho):
                                atol=1e-5)
 
 
+def test_loss_from_outputs_matches_a_numpy_impala_loss():
+  """Pins the loss composition (float64): every reported term and the
+  gradient of the total w.r.t. logits and values equal an independent NumPy
+  IMPALA loss, for hand-chosen outputs of a 3-step unroll with a terminated
+  step, a truncated one, off-policy ratios on both sides of the clips and
+  rewards beyond the reward clip. Non-default coefficients, so one dropped,
+  applied twice or swapped with another changes the result.
+
+  The NumPy gradient is analytic: v^s, ρ and A^pg are constants (stop-gradient)
+  and the bootstrap step M gets none, so
+    ∂L/∂V_t = -c_V (v^s_t - V_t),
+    ∂L/∂z_t = -A^pg_t (onehot(a_t) - π_t) + c_H π_t (log π_t - Σ_a π log π).
+  """
+  coefficients = dict(discount=0.9, baseline_cost=0.3, entropy_cost=0.05,
+                      reward_clip=1.5, clip_rho=1.4, clip_pg_rho=1.2,
+                      lambda_=0.95)
+  config = tiny_config()
+  for key, value in coefficients.items():
+    assert key in config.loss, key             # the key the agent reads
+    assert config.loss[key] != value, key      # a non-default value
+    config.loss[key] = value
+  c = config.loss
+  # logits [M+1, B, A] and values [M+1, B]; step M only bootstraps.
+  logits = np.array([[[0.3, -0.4], [1.1, 0.2]],
+                     [[-0.7, 0.5], [0.0, 0.9]],
+                     [[0.8, 0.1], [-1.2, 0.4]],
+                     [[2.0, -2.0], [0.5, -0.5]]])
+  values = np.array([[0.2, 0.7], [-0.5, 0.1], [0.9, -0.3], [1.3, 0.6]])
+  behaviour_logits = np.array([[[1.0, -0.2], [0.4, 0.6]],
+                               [[0.2, 0.3], [0.9, -0.3]],
+                               [[0.5, 0.5], [0.3, -0.6]]])
+  action = np.array([[0, 1], [1, 0], [0, 1]])
+  reward = np.array([[0.5, -2.7], [3.0, 0.4], [-0.2, 1.5]])
+  # Example 0 terminates at t=1; example 1 is truncated at t=0 (V(final) 0.8).
+  terminated = np.array([[False, False], [True, False], [False, False]])
+  truncated = np.array([[False, True], [False, False], [False, False]])
+  truncation_value = np.where(truncated, 0.8, 0.0)
+  steps, batch = action.shape
+  reset = np.zeros((steps + 1, batch), bool)
+  reset[0] = True
+  reset[1:] |= terminated | truncated
+
+  # NumPy reference, from the IMPALA formulas.
+  log_pi = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+  log_mu = behaviour_logits - np.log(
+      np.exp(behaviour_logits).sum(-1, keepdims=True))
+  pi = np.exp(log_pi[:-1])
+  take = lambda lp: np.take_along_axis(lp, action[..., None], -1)[..., 0]
+  log_pi_a = take(log_pi[:-1])
+  rho = np.exp(log_pi_a - take(log_mu))
+  # The data exercise every clip: ρ < 1, clip_pg_rho < ρ < clip_rho, ρ above
+  # both; rewards beyond the reward clip.
+  assert (rho < 1).any() and (rho > c.clip_rho).any()
+  assert ((rho > c.clip_pg_rho) & (rho < c.clip_rho)).any()
+  assert (np.abs(reward) > c.reward_clip).any()
+  done = terminated | truncated
+  step_reward = (np.clip(reward, -c.reward_clip, c.reward_clip)
+                 + c.discount * truncated * truncation_value)
+  discounts = c.discount * (1.0 - done)
+  errors, advantages = np.zeros((steps, batch)), np.zeros((steps, batch))
+  for b in range(batch):
+    errors[:, b], advantages[:, b] = numpy_vtrace(
+        values[:-1, b], values[-1, b], step_reward[:, b], discounts[:, b],
+        rho[:, b], c.lambda_, c.clip_rho, c.clip_pg_rho)
+  neg_entropy = (pi * log_pi[:-1]).sum(-1)                  # Σ_a π log π
+  expected = {"loss/policy": -np.sum(log_pi_a * advantages),
+              "loss/baseline": 0.5 * np.sum(errors ** 2),
+              "loss/entropy": np.sum(neg_entropy)}
+  expected["loss/total"] = (expected["loss/policy"]
+                            + c.baseline_cost * expected["loss/baseline"]
+                            + c.entropy_cost * expected["loss/entropy"])
+  grad_values = np.zeros_like(values)
+  grad_values[:-1] = -c.baseline_cost * errors
+  grad_logits = np.zeros_like(logits)
+  onehot = np.eye(logits.shape[-1])[action]
+  grad_logits[:-1] = (-advantages[..., None] * (onehot - pi)
+                      + c.entropy_cost * pi * (log_pi[:-1]
+                                               - neg_entropy[..., None]))
+
+  with jax.enable_x64(True):
+    agent = r2ac.make_agent(config, (3,), 2)
+    trajectory = r2ac.Trajectory(
+        initial_state=None, obs=jnp.zeros((steps + 1, batch, 3)),
+        prev_reward=jnp.zeros((steps + 1, batch)), reset=jnp.asarray(reset),
+        action=jnp.asarray(action, jnp.int32),
+        behaviour_logits=jnp.asarray(behaviour_logits),
+        reward=jnp.asarray(reward), terminated=jnp.asarray(terminated),
+        truncated=jnp.asarray(truncated),
+        truncation_value=jnp.asarray(truncation_value))
+    (total, metrics), (got_logits, got_values) = jax.value_and_grad(
+        lambda z, v: agent.loss_from_outputs(z, v, trajectory), argnums=(0, 1),
+        has_aux=True)(jnp.asarray(logits), jnp.asarray(values))
+  assert total.dtype == jnp.float64
+  assert set(metrics) == set(expected)
+  np.testing.assert_allclose(total, expected["loss/total"], rtol=1e-10)
+  for key, value in expected.items():
+    np.testing.assert_allclose(metrics[key], value, rtol=1e-10, err_msg=key)
+  np.testing.assert_allclose(got_values, grad_values, rtol=1e-10, atol=1e-14)
+  np.testing.assert_allclose(got_logits, grad_logits, rtol=1e-10, atol=1e-14)
+
+
 def tiny_config(**changes):
   config = r2ac_configs.tiny()
   for key, value in changes.items():
@@ -63,22 +164,31 @@ def tiny_config(**changes):
 
 def test_learner_recomputes_the_actors_states():
   """torchbeast's core-state test: unroll k's recomputed final state equals
-  the state the actor shipped with unroll k+1 (c and sensitivities)."""
-  train = anakin.make_train(tiny_config())
+  the state the actor shipped with unroll k+1 (c and sensitivities), with
+  episodes starting inside the recomputed unrolls."""
+  # memory_length=3: 4-step episodes. Unroll length 6 puts episode starts at
+  # step 4 of the first unroll and step 2 of the second: strictly inside the
+  # M steps the learner recomputes (with length 4 they would fall only on
+  # step 0 and the bootstrap step M, which the recomputation never reads).
+  train = anakin.make_train(tiny_config(unroll_length=6))
   runner = train.init(jax.random.PRNGKey(0))
   rollout = jax.jit(train.rollout)
-  runner, first, _ = rollout(runner)
-  runner, second, _ = rollout(runner)
-  assert bool(first.reset[0].all())             # episodes start at step 0
-  _, _, recomputed = jax.jit(train.agent.unroll)(
-      runner.params, first.initial_state, first.obs[:-1],
-      first.prev_reward[:-1], first.reset[:-1])
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5,
-                                                       atol=1e-6),
-               recomputed, second.initial_state)
-  # Boundaries really occur in these unrolls (memory_length=3: 4-step
-  # episodes): the test covers resets, not just a continuous stream.
-  assert bool(jnp.concatenate([first.reset[1:], second.reset[1:]]).any())
+  unrolls = []
+  for _ in range(3):
+    runner, unroll, _ = rollout(runner)
+    unrolls.append(unroll)
+  assert bool(unrolls[0].reset[0].all())        # episodes start at step 0
+  recompute = jax.jit(train.agent.unroll)
+  for k, (unroll, shipped) in enumerate(zip(unrolls[:-1], unrolls[1:])):
+    steps = unroll.action.shape[0]
+    # Every environment starts an episode at one of steps 1..M-1.
+    assert bool(unroll.reset[1:steps].any(0).all()), k
+    _, _, recomputed = recompute(
+        runner.params, unroll.initial_state, unroll.obs[:-1],
+        unroll.prev_reward[:-1], unroll.reset[:-1])
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(
+        a, b, rtol=1e-5, atol=1e-6, err_msg=f"unroll {k}"),
+                 recomputed, shipped.initial_state)
 
 
 def fabricated_unrolls(agent, params, steps, batch, key):
