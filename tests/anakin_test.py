@@ -115,6 +115,10 @@ DEVICE_SCRIPT = textwrap.dedent("""
     assert jax.device_count() == 8, jax.devices()
     config = r2ac.tiny()
     config.updates_per_call = 5
+    # 5-step episodes across 4-step unrolls: most unrolls start mid-episode,
+    # so the shipped sensitivities' gradient (summed over each device's own
+    # examples) enters the update.
+    config.env.kwargs.memory_length = 4
     params = {}
     for devices in (1, 8):
       train = anakin.make_train(config, mesh=anakin.make_mesh(devices))

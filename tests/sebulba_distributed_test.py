@@ -3,7 +3,9 @@
 `jax.distributed.initialize` joins them; the learner mesh spans both
 processes; each runs its own MiniGrid actor thread. The test checks that the
 parameters stay bit-identical across the processes for 3 updates and that the
-first update equals a single-process update on both processes' unrolls.
+second update equals a single-process update on both processes' second
+unrolls (which start mid-episode: their shipped states and sensitivities
+enter the loss and the RTRL gradient).
 """
 
 import os
@@ -42,7 +44,7 @@ WORKER = textwrap.dedent("""
     state = system.init(jax.random.PRNGKey(0))
     local = lambda tree: jax.tree.map(
         lambda x: np.asarray(x.addressable_data(0)), tree)
-    saved = {"params0": local(state.params)}
+    saved = {}
     system.start(state)
     try:
       for update in range(3):
@@ -52,10 +54,13 @@ WORKER = textwrap.dedent("""
         print("UPDATE", update, digest.hexdigest(), flush=True)
         if update == 0:
           saved["params1"] = local(state.params)
-          saved["loss1"] = float(metrics["loss/total"])
+          saved["opt1"] = local(state.opt_state)
+        if update == 1:
+          saved["params2"] = local(state.params)
+          saved["loss2"] = float(metrics["loss/total"])
     finally:
       system.stop()
-    saved["unroll0"] = unrolls[0]
+    saved["unroll1"] = unrolls[1]
     with open(f"{out}/process{process_id}.pkl", "wb") as f:
       pickle.dump(saved, f)
     jax.distributed.shutdown()
@@ -91,7 +96,7 @@ def test_two_processes_make_identical_updates(tmp_path):
         process.kill()
   assert len(outputs[0]) == 3 and outputs[0] == outputs[1], outputs
 
-  # The first update equals one on a single device over both unrolls.
+  # The second update equals one on a single device over both unrolls.
   # pylint: disable=g-import-not-at-top
   from experiments.configs import sebulba as configs
   from rtrl_jax import sebulba
@@ -103,20 +108,20 @@ def test_two_processes_make_identical_updates(tmp_path):
   config = configs.tiny()
   config.sebulba.num_envs_per_thread = 8
   system = sebulba.make_system(config)
-  unrolls = [s["unroll0"] for s in saved]
+  unrolls = [s["unroll1"] for s in saved]
+  assert not any(u.reset[0].all() for u in unrolls)   # mid-episode starts
   batch = jax.tree.map(lambda *xs: np.concatenate(xs, axis=0),
                        *[u.initial_state for u in unrolls])
   rest = [jax.tree.map(lambda *xs: np.concatenate(xs, axis=1),
                        *[getattr(u, f) for u in unrolls])
           for f in unrolls[0]._fields[1:]]
   batch = type(unrolls[0])(batch, *rest)
-  state = system.init(jax.random.PRNGKey(0))
   params, _, metrics = jax.jit(system.learner_step)(
-      saved[0]["params0"], state.opt_state, batch)
+      saved[0]["params1"], saved[0]["opt1"], batch)
   for a, b in zip(jax.tree.leaves(jax.device_get(params)),
-                  jax.tree.leaves(saved[0]["params1"])):
+                  jax.tree.leaves(saved[0]["params2"])):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
-  np.testing.assert_allclose(float(metrics["loss/total"]), saved[0]["loss1"],
+  np.testing.assert_allclose(float(metrics["loss/total"]), saved[0]["loss2"],
                              rtol=1e-5)
 
 

@@ -127,7 +127,8 @@ def test_state_continuity_and_zero_lag(minigrid_run):
 def test_asynchronous_unrolls_continue_each_other():
   """Without `synchronous` each env group starts the next unroll before the
   unroll ships, with the newest parameters. Unroll n+1 still starts exactly
-  where unroll n ended, under the version that produced its logits."""
+  where unroll n ended. Update n's logged policy lag names the version that
+  produced unroll n's logits: version n - lag, and no other version does."""
   config = sebulba_configs.tiny()
   config.unroll_length = M
   config.sebulba.num_envs_per_thread = B
@@ -136,26 +137,30 @@ def test_asynchronous_unrolls_continue_each_other():
   hook = _Hook()
   system = sebulba.make_system(config, trajectory_hook=hook)
   state = system.init(jax.random.PRNGKey(0))
-  params = [jax.device_get(state.params)]
+  params, lags = [jax.device_get(state.params)], []
   system.start(state)
   try:
     for _ in range(4):
-      state, _ = system.train_step(state)
+      state, metrics = system.train_step(state)
       params.append(jax.device_get(state.params))
+      lags.append(metrics["policy_lag_max"])
+      assert metrics["policy_lag_mean"] == metrics["policy_lag_max"]  # 1 thread
   finally:
     system.stop()
   unroll = jax.jit(system.agent.unroll)
   trajs = hook.captured[:4]
-  for a, b in zip(trajs, trajs[1:]):
+  for n, (a, b) in enumerate(zip(trajs, trajs[1:])):
     for name in ("obs", "prev_reward", "reset"):
       np.testing.assert_array_equal(getattr(a, name)[M], getattr(b, name)[0])
+    assert 0 <= lags[n] <= n and lags[n] == int(lags[n])
     outputs = [unroll(p, a.initial_state, a.obs[:M], a.prev_reward[:M],
-                      a.reset[:M]) for p in params]
-    behaviour = [out for out in outputs
-                 if np.allclose(out[0], a.behaviour_logits, rtol=1e-4,
-                                atol=1e-5)]
-    assert behaviour, "no parameter version reproduces the actor's logits"
-    assert _close(behaviour[0][2], b.initial_state, rtol=1e-4, atol=1e-5)
+                      a.reset[:M]) for p in params[:n + 1]]
+    reproduces = [np.allclose(out[0], a.behaviour_logits, rtol=1e-4,
+                              atol=1e-5) for out in outputs]
+    assert reproduces == [v == n - lags[n] for v in range(n + 1)], (
+        n, lags[n], reproduces)
+    assert _close(outputs[n - int(lags[n])][2], b.initial_state, rtol=1e-4,
+                  atol=1e-5)
 
 
 @pytest.mark.timeout(300, method="thread")
@@ -252,18 +257,26 @@ def _split(trajectory, parts):
         for f in Trajectory._fields[1:]]) for i in range(parts)]
 
 
-def same_update(num_envs=8, threads=2, mesh=None):
+def same_update(num_envs=8, threads=2, mesh=None, zero_sensitivities=False):
   """(Anakin's update, Sebulba's update) of the same parameters on the same
   unroll: Anakin's jitted learner step on the whole batch; Sebulba's path,
   the batch split over `threads` actor threads, each `device_put` onto the
-  learner sharding, joined by `combine`, stepped by the system's learner."""
+  learner sharding, joined by `combine`, stepped by the system's learner.
+  zero_sensitivities: Sebulba's pieces ship zero sensitivities (a control:
+  the shipped initial state must matter)."""
   a_config = r2ac_configs.tiny()
   a_config.num_envs = num_envs
+  # 5-step episodes across 4-step unrolls: the third unroll starts mid-
+  # episode (steps 8..11; episodes start at 0, 5, 10), so its initial state
+  # and sensitivities enter the loss and the RTRL gradient.
+  a_config.env.kwargs.memory_length = 4
   train = anakin.make_train(a_config, mesh=anakin.make_mesh(1))
   runner = train.init(jax.random.PRNGKey(1))
   runner, trajectory, _ = jax.jit(train.rollout)(runner)
-  for _ in range(2):   # a later unroll: non-zero sensitivities and states
+  for _ in range(2):
     runner, trajectory, _ = jax.jit(train.rollout)(runner)
+  assert not np.asarray(trajectory.reset[0]).any()
+  assert np.asarray(trajectory.reset[1:a_config.unroll_length]).any()
   anakin_out = jax.jit(train.learner_step)(runner.params, runner.opt_state,
                                            trajectory)
   s_config = sebulba_configs.tiny()
@@ -283,6 +296,10 @@ def same_update(num_envs=8, threads=2, mesh=None):
   assert not np.asarray(trajectory.truncated).any()
   shipped = trajectory._replace(valid=np.ones(trajectory.reward.shape, bool),
                                 truncation_value=None)
+  if zero_sensitivities:
+    shipped = shipped._replace(initial_state=shipped.initial_state._replace(
+        sensitivities=jax.tree.map(np.zeros_like, jax.device_get(
+            shipped.initial_state.sensitivities))))
   pieces = [jax.device_put(jax.device_get(t), info["local_shardings"])
             for t in _split(shipped, threads)]
   batch = sebulba.combine(pieces, info["global_shardings"])
@@ -303,6 +320,9 @@ def test_anakin_and_sebulba_learners_make_the_same_update():
   assert _close(a_opt, s_opt)
   np.testing.assert_allclose(a_metrics["loss/total"], s_metrics["loss/total"],
                              rtol=1e-5)
+  # Control: the shipped sensitivities carry the past's RTRL gradient.
+  _, (z_params, _, _), _ = same_update(zero_sensitivities=True)
+  assert not _close(z_params, s_params)
 
 
 def test_env_groups_config_and_order_are_checked():
