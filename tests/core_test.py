@@ -202,6 +202,61 @@ def test_rtrl_and_bptt_outputs_and_states_agree(segment_length):
   jax.tree.map(np.testing.assert_array_equal, s_rtrl, s_bptt)
 
 
+@pytest.mark.parametrize("method", ["rtrl", "bptt"])
+def test_reset_replaces_the_state_before_the_step(method):
+  """resets[t, b]: h and S are reset *before* step t, which still reads x(t).
+
+  The BPTT oracle runs the same `_unroll`, so a reset applied at the wrong
+  place (to step t's result, dropping x(t); or not to S) would be shared by
+  rtrl and its oracle: checked here on the forward pass directly.
+  """
+  t, reset_example, other = 3, 0, 1
+  run = getattr(rtrl_jax, method)
+  with jax.enable_x64(True):
+    cell, params, inputs, _, _ = make_problem(2)
+    inputs = inputs[:6]
+    resets = jnp.zeros(inputs.shape[:2], bool).at[t, reset_example].set(True)
+    # A carried-in state with non-zero h and S (as after an earlier segment).
+    state = rtrl_jax.rtrl(cell, params, cell.initial_state(params, BATCH),
+                          inputs[::-1], jnp.zeros_like(resets))[1]
+    assert float(jnp.abs(state.hidden[reset_example]).min()) > 0
+    assert min(float(jnp.abs(s[reset_example]).max())
+               for s in jax.tree.leaves(state.sensitivities)) > 0
+    outputs, final = run(cell, params, state, inputs, resets)
+
+    def changed(**kwargs):
+      return run(cell, params, kwargs.get("state", state),
+                 kwargs.get("inputs", inputs), resets)
+
+    def example(tree, b):
+      return jax.tree.map(lambda leaf: np.asarray(leaf[b]), tree)
+
+    # Step t reads x(t) although it resets: outputs[t, b] depends on it.
+    bumped, _ = changed(inputs=inputs.at[t, reset_example].add(0.5))
+    assert float(jnp.abs(bumped[t, reset_example]
+                         - outputs[t, reset_example]).max()) > 1e-3
+    # Everything before the reset (inputs before t, the carried-in h and S)
+    # is forgotten by b from step t on, bit for bit.
+    random_state = jax.tree.map(
+        lambda leaf: leaf + jax.random.normal(jax.random.PRNGKey(7), leaf.shape,
+                                              leaf.dtype), state)
+    # (Changed for every example, so that the control below can see it.)
+    for kwargs in ({"inputs": inputs.at[:t].add(0.5)},
+                   {"state": random_state}):
+      new_outputs, new_final = changed(**kwargs)
+      np.testing.assert_array_equal(new_outputs[t:, reset_example],
+                                    outputs[t:, reset_example])
+      jax.tree.map(np.testing.assert_array_equal,
+                   example(new_final, reset_example),
+                   example(final, reset_example))
+      # Control: the example without a reset does see the change.
+      assert float(jnp.abs(new_outputs[t:, other]
+                           - outputs[t:, other]).max()) > 1e-6
+    # Control: without a reset at t, x(t-1) reaches outputs[t].
+    bumped, _ = changed(inputs=inputs.at[t - 1, other].add(0.5))
+    assert float(jnp.abs(bumped[t, other] - outputs[t, other]).max()) > 1e-3
+
+
 def test_sensitivities_equal_autodiff_jacobian():
   """S(T) = dc(T)/dθ_r: compare with jax.jacrev of the final cell state."""
   with jax.enable_x64(True):
