@@ -168,3 +168,131 @@ def test_num_envs_must_divide_over_devices():
   with pytest.raises(ValueError, match=r"num_envs=3 must be a multiple of the "
                      r"number of devices \(2\)"):
     anakin.make_train(config, mesh=TwoDeviceMesh())
+
+
+def _cartpole_final_obs(trajectory):
+  """CartPole's observation is its whole state but the clock, and a step is
+  deterministic: the observation step t reached is the physics applied to
+  obs[t] and action[t] (the time limit only decides whether it is final)."""
+  from gymnax.environments.classic_control import cartpole
+  env = cartpole.CartPole()
+
+  def one(obs, action):
+    state = cartpole.EnvState(x=obs[0], x_dot=obs[1], theta=obs[2],
+                              theta_dot=obs[3], time=0)
+    return env.step_env(jax.random.PRNGKey(0), state, action,
+                        env.default_params)[0]
+
+  return np.asarray(jax.vmap(jax.vmap(one))(trajectory.obs[:-1],
+                                            trajectory.action))
+
+
+def _bandit_final_obs(trajectory):
+  """GaussianBandit's observation after a step is [that step's reward,
+  one-hot action, normalized count of the episode's steps so far]."""
+  from gymnax.environments.misc.gaussian_bandit import time_normalization
+  reset = np.asarray(trajectory.reset)
+  count, counts = np.zeros(reset.shape[1]), []
+  for t in range(reset.shape[0] - 1):
+    count = np.where(reset[t], 0, count) + 1
+    counts.append(count)
+  return np.concatenate([
+      np.asarray(trajectory.reward)[..., None],
+      np.eye(2)[np.asarray(trajectory.action)],
+      time_normalization(np.stack(counts))[..., None]], -1).astype(np.float32)
+
+
+# (env, its time limit, unroll length, final observations from a trajectory,
+# whether rewards vary between consecutive steps of an episode)
+REWARD_INPUT_ENVS = {
+    # Reward 1 every step (clipped to 0.5); random-policy episodes end both
+    # by falling (terminated) and by the 20-step limit (truncated).
+    "cartpole": ("gymnax:CartPole-v1", 20, 40, _cartpole_final_obs, False),
+    # Reward 0 (arm 0) or ~N(mu, 0.1), mu ~ N(-1, 1) (arm 1): zero, clipped
+    # and unclipped non-zero rewards; truncated every 5 steps, never ended.
+    "bandit": ("gymnax:GaussianBandit-misc", 5, 12, _bandit_final_obs, True),
+}
+
+
+@pytest.mark.parametrize("env_key", sorted(REWARD_INPUT_ENVS))
+def test_rollout_reward_input_and_truncation_bootstrap(env_key):
+  """On environments that pay every step and cut episodes by a time limit
+  (MemoryChain does neither): (1) the core's next input is this step's
+  clipped reward, 0 where the episode ended; (2) a truncated step ships
+  V(final observation) from the core state after the step with that clipped
+  reward as input, and 0 elsewhere; (3) control: V of the reset observation
+  (or from the pre-step core state) differs there, so (2) tells them apart.
+  The final observations are rebuilt from the trajectory, not taken from the
+  environment wrapper."""
+  name, limit, unroll_length, final_obs_of, varying = REWARD_INPUT_ENVS[env_key]
+  clip = 0.5
+  config = r2ac_configs.cartpole()
+  config.env.name = name
+  config.env.kwargs.max_steps_in_episode = limit
+  config.network.hidden_size = 16
+  config.num_envs, config.unroll_length = 8, unroll_length
+  config.loss.reward_clip = clip
+  train = anakin.make_train(config)
+  agent = train.agent
+  runner = train.init(jax.random.PRNGKey(0))
+  runner, trajectory, _ = jax.jit(train.rollout)(runner)
+  params = runner.params
+  traj = jax.device_get(trajectory)
+  reward, truncated = traj.reward, traj.truncated
+  done = np.logical_or(traj.terminated, truncated)
+  clipped = np.clip(reward, -clip, clip)
+
+  # Guards: the paths under test are exercised.
+  assert truncated.sum() >= 3, truncated.sum()
+  assert np.any((reward != 0) & ~done), "no reward reached the core input"
+  assert np.any((np.abs(reward) > clip) & ~done), "clipping never mattered"
+  if env_key == "cartpole":
+    assert traj.terminated.sum() >= 1           # the other way to end
+  if varying:
+    assert np.any((clipped[1:] != clipped[:-1]) & ~done[1:] & ~done[:-1])
+    assert np.any((reward != 0) & (np.abs(reward) < clip) & ~done)
+
+  # (1) Reward input.
+  assert traj.prev_reward[0].tolist() == [0.0] * config.num_envs
+  np.testing.assert_array_equal(traj.reset[1:], done)
+  # (XLA may compute the reward twice, once fused into the clip: an ulp.)
+  np.testing.assert_allclose(traj.prev_reward[1:],
+                             np.where(done, 0.0, clipped), rtol=1e-6, atol=0)
+  assert not traj.prev_reward[1:][done].any()
+
+  # Independent final observations, checked against the rollout's own
+  # next observations where no reset replaced them.
+  final_obs = final_obs_of(traj)
+  np.testing.assert_allclose(final_obs[~done], traj.obs[1:][~done],
+                             rtol=1e-5, atol=1e-6)
+  assert np.all(np.abs(final_obs[truncated] - traj.obs[1:][truncated])
+                .max(-1) > 1e-3)
+
+  # Core states after each step, stepped here from the unroll's first one.
+  step = jax.jit(lambda s, o, r, z: agent.unroll(params, s, o[None], r[None],
+                                                 z[None])[2])
+  value_of = jax.jit(lambda s, o, r: agent.value_of(params, s, o, r))
+  state, before, after = trajectory.initial_state, [], []
+  for t in range(unroll_length):
+    before.append(state)
+    state = step(state, traj.obs[t], traj.prev_reward[t], traj.reset[t])
+    after.append(state)
+  for got, want in zip(jax.tree.leaves(state.hidden),
+                       jax.tree.leaves(runner.core_state.hidden)):
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+  values = lambda states, obs: np.stack([
+      value_of(states[t], obs[t], clipped[t]) for t in range(unroll_length)])
+  want = values(after, final_obs)
+
+  # (2) Truncation bootstrap.
+  rtol = atol = 1e-5
+  np.testing.assert_allclose(traj.truncation_value[truncated], want[truncated],
+                             rtol=rtol, atol=atol)
+  assert not traj.truncation_value[~truncated].any()
+
+  # (3) Control: at every truncated step, V of the reset observation, and V
+  # from the pre-step core state, miss (2)'s tolerance by 10x or more.
+  tolerance = atol + rtol * np.abs(want[truncated])
+  for wrong in (values(after, traj.obs[1:]), values(before, final_obs)):
+    assert np.all(np.abs(wrong - want)[truncated] > 10 * tolerance)
