@@ -23,6 +23,7 @@ from absl import app, flags, logging
 from experiments.configs import copy_task as copy_task_configs
 from rtrl_jax import copy_task
 from rtrl_jax import experiment
+from rtrl_jax.experiment.run_logger import write_json
 
 _CONFIG = experiment.cli.define_config_flag(
     "experiments/configs/copy_task.py",
@@ -125,8 +126,8 @@ def run(config, workdir, resume):
   results = {"status": result.status, "step": result.step,
              "seconds_this_session": round(time.time() - started, 1),
              **result.eval_metrics, **test}
-  with open(os.path.join(workdir, "results.json"), "w") as f:
-    json.dump(experiment.json_safe(results), f, indent=2)
+  write_json(os.path.join(workdir, "results.json"),
+             experiment.json_safe(results), indent=2)
   return results
 
 

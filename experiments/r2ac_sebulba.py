@@ -34,6 +34,7 @@ from experiments.r2ac_training import RETURN_PLOT
 from experiments.r2ac_training import plot_return_vs_frames
 from experiments.r2ac_training import where_to_look
 from rtrl_jax import experiment
+from rtrl_jax.experiment.run_logger import write_json
 
 _CONFIG = experiment.cli.define_config_flag(
     "experiments/configs/sebulba.py",
@@ -159,8 +160,8 @@ def run(config, workdir, resume):
     if windows:
       results["window/episode_return_mean"] = windows[-1][
           "train/window/episode_return_mean"]
-    with open(os.path.join(workdir, "results.json"), "w") as f:
-      json.dump(experiment.json_safe(results), f, indent=2)
+    write_json(os.path.join(workdir, "results.json"),
+               experiment.json_safe(results), indent=2)
     results["plot"] = os.path.join(workdir, RETURN_PLOT)
     plot_return_vs_frames(
         workdir, results["plot"], describe(config),

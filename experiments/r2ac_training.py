@@ -5,7 +5,6 @@ so that other scripts (experiments/study.py) can train runs in-process
 without defining the script's flags twice.
 """
 
-import json
 import os
 import time
 
@@ -17,6 +16,7 @@ from experiments.configs import r2ac as r2ac_configs
 from rtrl_jax import anakin
 from rtrl_jax import evaluation
 from rtrl_jax import experiment
+from rtrl_jax.experiment.run_logger import write_json
 
 RETURN_PLOT = "return_vs_frames.png"
 
@@ -193,8 +193,8 @@ def run(config, workdir, resume, make_extra_evaluation=None):
                  last_train["train/episode_return_mean"],
              "seconds_this_session": round(time.time() - started, 1),
              **result.eval_metrics}
-  with open(os.path.join(workdir, "results.json"), "w") as f:
-    json.dump(experiment.json_safe(results), f, indent=2)
+  write_json(os.path.join(workdir, "results.json"),
+             experiment.json_safe(results), indent=2)
   plot_path = os.path.join(workdir, RETURN_PLOT)
   plot_return_vs_frames(workdir, plot_path, describe(config))
   results["plot"] = plot_path

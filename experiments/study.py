@@ -18,7 +18,6 @@ from the run folders alone: <report_dir>/report.md (tables, with the command
 and commit), summary.csv and the plots.
 """
 
-import json
 import os
 import re
 import subprocess
@@ -33,6 +32,7 @@ from experiments import study_report
 from experiments.configs import study as study_configs
 from rtrl_jax import evaluation
 from rtrl_jax import experiment
+from rtrl_jax.experiment.run_logger import write_json
 from rtrl_jax.agents import alignment
 
 _CONFIG = experiment.cli.define_config_flag(
@@ -123,8 +123,7 @@ def final_evaluation(directory, episodes, seed):
     result.update({f"{actions}_mean": summary.mean,
                    f"{actions}_returns": summary.returns[0].tolist(),
                    f"{actions}_mean_length": float(summary.lengths.mean())})
-  with open(os.path.join(directory, FINAL_EVAL), "w") as f:
-    json.dump(result, f)
+  write_json(os.path.join(directory, FINAL_EVAL), result)
   return result
 
 
@@ -139,8 +138,7 @@ def record_divergence(directory, error):
     result.update({f"{actions}_mean": nan, f"{actions}_returns": [],
                    f"{actions}_mean_length": nan})
   os.makedirs(directory, exist_ok=True)
-  with open(os.path.join(directory, FINAL_EVAL), "w") as f:
-    json.dump(result, f)
+  write_json(os.path.join(directory, FINAL_EVAL), result)
 
 
 def run_grid(study, workdir, runs, label=""):

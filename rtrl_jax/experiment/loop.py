@@ -6,6 +6,7 @@
       every eval_every: log evaluate(state)      (may stop the run)
       every checkpoint_every: save state         (checks the losses first)
       SIGTERM received (by any process): save state and return "preempted"
+        (unless should_stop fired in this step: "stopped" wins)
 
 Losses are fetched from the device only at log/checkpoint boundaries; the
 first non-finite one raises `NonFiniteLossError` naming its step, and the
@@ -183,7 +184,10 @@ def train_loop(state, train_step, *, start_step, num_steps, logger,
                                    step == num_steps):
         if run_evaluation(step):
           status = "stopped"
-      if _in_any_process(sigterm["set"]):
+      # Every process takes part in this collective each step; only a run
+      # that would go on becomes "preempted": one that stopped at its target
+      # is done, and a resume must not train past it.
+      if _in_any_process(sigterm["set"]) and status == "finished":
         status = "preempted"
       if step % checkpoint_every == 0 or status != "finished":
         save(step)

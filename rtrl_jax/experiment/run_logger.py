@@ -10,9 +10,16 @@ Files in the run folder:
 
 After a resume from step s, rows past s (logged by the killed run after its
 last checkpoint) are dropped from the JSONL/CSV and TensorBoard purges them,
-so every step is logged once.
+so every step is logged once. Lines a kill left torn (a last line without its
+newline, or any line that does not parse) are dropped too, with a warning.
+
+Files a resume reads (the metrics files when rows are dropped, results.json,
+a study's final_eval.json) are written with `write_json`/`write_text`: to a
+temporary file in the same folder, then os.replace()d, so a kill mid-write
+leaves the old file whole instead of a truncated one.
 """
 
+import contextlib
 import csv
 import json
 import math
@@ -43,24 +50,76 @@ def read_jsonl(path):
           for row in rows]
 
 
+@contextlib.contextmanager
+def atomic_open(path, newline=None):
+  """Yields a text file to write `path`'s new content into. It is a temporary
+  file in the same folder, os.replace()d onto `path` when the block ends; if
+  the block raises, it is removed and `path` is left as it was."""
+  temporary = f"{path}.tmp.{os.getpid()}"
+  try:
+    with open(temporary, "w", newline=newline) as f:
+      yield f
+      f.flush()
+      os.fsync(f.fileno())
+    os.replace(temporary, path)
+  except BaseException:
+    with contextlib.suppress(OSError):
+      os.remove(temporary)
+    raise
+
+
+def write_text(path, text):
+  """Atomically replaces `path` by `text` (a str or an iterable of lines)."""
+  with atomic_open(path) as f:
+    f.writelines([text] if isinstance(text, str) else text)
+
+
+def write_json(path, value, **dump_kwargs):
+  """Atomically replaces `path` by json.dump(value, **dump_kwargs)."""
+  with atomic_open(path) as f:
+    json.dump(value, f, **dump_kwargs)
+
+
 def _drop_rows_after(path, step, step_of):
+  """Drops the rows of `path` past `step`, and torn lines: a last line without
+  its newline (killed mid-write; the next row would be appended to it) and
+  any line `step_of` cannot parse (wherever it is; it cannot be read back)."""
   if not os.path.exists(path):
     return
   with open(path) as f:
     lines = f.readlines()
-  kept = [line for line in lines if step_of(line) is None
-          or step_of(line) <= step]
-  with open(path, "w") as f:
-    f.writelines(kept)
+  kept, torn = [], 0
+  for line in lines:
+    try:
+      if not line.endswith("\n"):
+        raise ValueError("no newline")
+      line_step = step_of(line)
+    except (ValueError, KeyError, TypeError):
+      torn += 1
+      continue
+    if line_step is None or line_step <= step:
+      kept.append(line)
+  if torn:
+    logging.warning("%s: dropped %d torn line(s) (a kill mid-write?)", path,
+                    torn)
+  if len(kept) != len(lines):
+    write_text(path, kept)
 
 
 def _jsonl_step(line):
-  return json.loads(line)["step"] if line.strip() else None
+  return int(json.loads(line)["step"]) if line.strip() else None
 
 
 def _csv_step(line):
-  head = line.split(",", 1)[0]
-  return int(head) if head.isdigit() else None
+  if not line.strip():
+    return None
+  fields = next(csv.reader([line]))
+  if fields == ["step", "name", "value"]:
+    return None
+  if len(fields) != 3:
+    raise ValueError(f"{len(fields)} fields")
+  float(fields[2])
+  return int(fields[0])
 
 
 class RunLogger:
@@ -78,8 +137,8 @@ class RunLogger:
     """
     os.makedirs(workdir, exist_ok=True)
     self.workdir = workdir
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-      f.write(config.to_json_best_effort(indent=2, sort_keys=True) + "\n")
+    write_text(os.path.join(workdir, "config.json"),
+               config.to_json_best_effort(indent=2, sort_keys=True) + "\n")
     self._jsonl_path = os.path.join(workdir, "metrics.jsonl")
     self._csv_path = os.path.join(workdir, "metrics.csv")
     if resume_step is not None:
