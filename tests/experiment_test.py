@@ -7,6 +7,7 @@ and a timeout; the kill tests compare final parameters bit for bit.
 import json
 import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -170,6 +171,20 @@ def test_script_config_errors_are_one_line_naming_the_key(tmp_path):
   assert not os.path.exists(tmp_path / "c")
 
 
+def test_mistyped_config_file_is_one_line_naming_the_path(tmp_path):
+  # ml_collections loads a --config= file lazily: parse_flags forces it.
+  workdir = tmp_path / "run"
+  missing = run_script("--config=experiments/configs/copy_tsk.py",
+                       workdir=str(workdir))
+  assert missing.returncode == 1
+  lines = missing.stderr.strip().splitlines()
+  assert len(lines) == 1, missing.stderr
+  assert lines[0].startswith("error: --config: cannot load "
+                             "experiments/configs/copy_tsk.py")
+  assert "No such file" in lines[0]
+  assert not os.path.exists(workdir)
+
+
 def test_json_safe_writes_strict_json():
   results = {"return": float("nan"), "rows": [1.0, float("inf"), (2, -math.inf)],
              "ok": 0.5, "name": "x", "n": 3}
@@ -264,6 +279,75 @@ def test_resume_compares_configs_and_accepts_keys_added_since(tmp_path):
     resume(lr=0.2, added_keys=added)
 
 
+def test_resume_without_saved_config_is_refused(tmp_path):
+  workdir = str(tmp_path)
+  checkpointer = experiment.Checkpointer(os.path.join(workdir, "checkpoints"))
+  checkpointer.save(4, {"w": jnp.zeros(2)}, {"step": 4})
+  checkpointer.close()
+  config = ml_collections.ConfigDict({"train": {"lr": 0.1}})
+  with pytest.raises(experiment.ConfigError) as error:
+    experiment.prepare_workdir(workdir, config, resume=True)
+  message = str(error.value)
+  assert "\n" not in message
+  assert message.startswith(f"--workdir: {workdir} has checkpoints (latest "
+                            "step 4) but no config.json")
+  assert os.listdir(workdir) == ["checkpoints"]
+
+
+@pytest.mark.parametrize("resume", [False, True])
+def test_a_folder_with_results_but_no_checkpoints_is_refused(tmp_path,
+                                                             resume):
+  config = ml_collections.ConfigDict({"train": {"lr": 0.1}})
+  for name, text in [("results.json", "{}"),
+                     ("metrics.jsonl", '{"step": 10, "loss": 1.0}\n')]:
+    workdir = str(tmp_path / f"{name}_{resume}")
+    os.makedirs(workdir)
+    with open(os.path.join(workdir, name), "w") as f:
+      f.write(text)
+    if name == "metrics.jsonl" and resume:
+      # A run that stopped before its first checkpoint starts again (what
+      # `--resume` of a preemptible job and the study's reruns rely on).
+      checkpointer, step = experiment.prepare_workdir(workdir, config, True)
+      checkpointer.close()
+      assert step is None
+      continue
+    with pytest.raises(experiment.ConfigError) as error:
+      experiment.prepare_workdir(workdir, config, resume)
+    message = str(error.value)
+    assert "\n" not in message
+    assert message.startswith(f"--workdir: {workdir} already has {name} but "
+                              "no checkpoints")
+    assert "new --workdir" in message
+    assert os.listdir(workdir) == [name]
+  # An empty metrics.jsonl (a run that failed at its start) is no result.
+  workdir = str(tmp_path / f"empty_{resume}")
+  os.makedirs(workdir)
+  open(os.path.join(workdir, "metrics.jsonl"), "w").close()
+  checkpointer, step = experiment.prepare_workdir(workdir, config, resume)
+  checkpointer.close()
+  assert step is None
+
+
+@pytest.mark.parametrize("resume", [False, True])
+def test_script_refuses_a_finished_run_without_checkpoints(tmp_path, resume):
+  workdir = str(tmp_path / "copy_cpu_bptt")
+  shutil.copytree(os.path.join(ROOT, "docs", "copy_task_runs",
+                               "copy_cpu_bptt"), workdir)
+
+  def contents():
+    return {name: open(os.path.join(workdir, name), "rb").read()
+            for name in sorted(os.listdir(workdir))}
+
+  before = contents()
+  result = run_script(TINY, *(["--resume"] if resume else []),
+                      workdir=workdir)
+  assert result.returncode == 1
+  lines = result.stderr.strip().splitlines()
+  assert len(lines) == 1, result.stderr
+  assert lines[0].startswith(f"error: --workdir: {workdir} already has ")
+  assert contents() == before
+
+
 def test_checkpoint_keeps_zero_size_leaves(tmp_path):
   # A feed-forward core's state is a [B, 0] array, which orbax cannot write.
   state = {"hidden": jnp.zeros((4, 0)), "params": (jnp.arange(3.0),),
@@ -290,7 +374,7 @@ def test_checkpoint_template_mismatch_is_one_line(tmp_path, change, reason):
   template = {"extra leaf": {**state, "extra": jnp.ones(2)},
               "missing leaf": {"params": state["params"]},
               "other shape": {**state, "params": jnp.zeros(4)}}[change]
-  with pytest.raises(ValueError) as error:
+  with pytest.raises(experiment.ConfigError) as error:
     checkpointer.restore(template)
   message = str(error.value)
   assert "\n" not in message

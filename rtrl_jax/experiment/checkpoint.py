@@ -11,6 +11,8 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from rtrl_jax.experiment.config import ConfigError
+
 
 def _without_empty(tree, leaf_fn=lambda x: x):
   """`tree` with zero-size arrays as None (orbax cannot save them)."""
@@ -49,6 +51,11 @@ class Checkpointer:
 
     `template` gives the tree structure (named tuples included), shapes and
     dtypes, e.g. the freshly initialised state.
+
+    Raises:
+      ConfigError: (one line, naming the folder) the checkpoint does not fit
+        `template`, e.g. it was saved by another model; scripts report it as
+        any other config error.
     """
     step = self.latest_step() if step is None else step
     if step is None:
@@ -65,7 +72,7 @@ class Checkpointer:
     except ValueError as error:
       # Orbax's message lists whole trees; its first line says what differs.
       reason = str(error).strip().splitlines()[0]
-      raise ValueError(
+      raise ConfigError(
           f"checkpoint {step} in {self.directory} does not fit the template "
           f"(saved from another config or model?): {reason}") from error
     stored = iter(jax.tree.leaves(restored.state))

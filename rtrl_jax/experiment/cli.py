@@ -68,11 +68,49 @@ def define_config_flag(default, help_string, accept_new_keys=False):
     sys.exit(f"error: {describe_flag_error(error, sys.argv)}")
 
 
+def _config_load_error(name):
+  """One line for a config flag whose file did not load, else None.
+
+  ml_collections catches an OSError loading a `--config=` file (a mistyped
+  path) and only raises it, as a traceback, where the config is first used;
+  this looks at it while the command line is parsed.
+  """
+  error_config = getattr(config_flags.config_flags, "_ErrorConfig", None)
+  value = flags.FLAGS[name].value
+  if error_config is None or not isinstance(value, error_config):
+    return None
+  path = getattr(flags.FLAGS[name], "config_filename", None) or ""
+  return _load_failure(name, str(path),
+                       object.__getattribute__(value, "_error"))
+
+
+def _load_failure(name, path, error):
+  """"--config: cannot load <file>: <the error's last line>"."""
+  lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+  reason = lines[-1] if lines else type(error).__name__
+  return f"--{name}: cannot load {path.split(':', 1)[0]}: {reason}"
+
+
 def parse_flags(argv):
-  """`flags.FLAGS(argv)`, exiting with a one-line message on any error."""
+  """`flags.FLAGS(argv)`, exiting with a one-line message on any error,
+  including a `--config=` file that cannot be loaded."""
   try:
-    return flags.FLAGS(argv)
+    remaining = flags.FLAGS(argv)
+    for name in flags.FLAGS:
+      message = _config_load_error(name)
+      if message:
+        sys.exit(f"error: {message}")
+    return remaining
   except Exception as error:  # pylint: disable=broad-except
+    # `--config.<key>` overrides of a file that did not load fail on the
+    # _ErrorConfig: name the file, not the override.
+    while error.__cause__ is not None and "earlier failure to load" in str(
+        error):
+      error = error.__cause__
+    if "Failed loading config file" in str(error):
+      path = next((arg.split("=", 1)[1] for arg in argv[1:]
+                   if arg.startswith(("--config=", "-config="))), "")
+      sys.exit(f"error: {_load_failure('config', path, error)}")
     sys.exit(f"error: {describe_flag_error(error, argv)}")
 
 

@@ -6,7 +6,10 @@
 
 A new run refuses a folder that already has checkpoints; a resumed run
 refuses a config that differs from the saved one (naming the first differing
-key), so a resume always continues the same experiment. A key added to a
+key), or checkpoints without a saved config.json, so a resume always
+continues the same experiment. Neither starts from scratch over a run's
+results.json (nor a new run over a non-empty metrics.jsonl) when there are no
+checkpoints to continue from: that would overwrite them. A key added to a
 script's config after runs were made (`added_keys`) is compared, for those
 runs, with the value that behaves as they did.
 """
@@ -29,8 +32,11 @@ def prepare_workdir(workdir, config, resume, max_to_keep=2, added_keys=None):
   a saved config without the key resumes when the current value is that one.
 
   Raises:
-    ConfigError: a new run in a folder with checkpoints, or a resume with a
-      config that differs from `<workdir>/config.json`.
+    ConfigError: a new run in a folder with checkpoints; a resume with a
+      config that differs from `<workdir>/config.json`, or with checkpoints
+      but no config.json; no checkpoints but results a run started from
+      scratch would overwrite (results.json; for a new run, a non-empty
+      metrics.jsonl).
   """
   if os.path.exists(workdir) and not os.path.isdir(workdir):
     raise ConfigError(f"--workdir: {workdir} is a file, not a folder")
@@ -41,35 +47,82 @@ def prepare_workdir(workdir, config, resume, max_to_keep=2, added_keys=None):
   except OSError as error:
     raise ConfigError(f"--workdir: cannot use {workdir}: "
                       f"{error.strerror or error}") from error
-  checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"),
-                              max_to_keep=max_to_keep)
+  directory = os.path.join(workdir, "checkpoints")
+  if not os.path.isdir(directory):
+    # Checked before the Checkpointer creates the folder: a refused workdir
+    # is left as it was.
+    _refuse_results_without_checkpoints(workdir, resume)
+  checkpointer = Checkpointer(directory, max_to_keep=max_to_keep)
   latest = checkpointer.latest_step()
   if latest is None:
+    try:
+      _refuse_results_without_checkpoints(workdir, resume)
+    except ConfigError:
+      checkpointer.close()
+      raise
     return checkpointer, None
   if not resume:
+    checkpointer.close()
     raise ConfigError(
         f"--workdir: {workdir} already has checkpoints (latest step "
         f"{latest}); pass --resume to continue it or choose another --workdir")
   saved_path = os.path.join(workdir, "config.json")
-  if os.path.exists(saved_path):
+  if not os.path.exists(saved_path):
+    checkpointer.close()
+    raise ConfigError(
+        f"--workdir: {workdir} has checkpoints (latest step {latest}) but no "
+        f"config.json to check --resume's config against; restore it or "
+        f"choose another --workdir")
+  try:
     with open(saved_path) as f:
       saved = flatten(json.load(f))
-    current = flatten(json.loads(config.to_json_best_effort()))
-    added_keys = dict(added_keys or {})
-    for key in sorted(set(saved) | set(current)):
-      if key not in saved and key in added_keys:
-        if current.get(key) != added_keys[key]:
-          raise ConfigError(
-              f"config.{key}: is {current.get(key)!r} but the run in "
-              f"{workdir} was started before this key existed, which "
-              f"behaves as {added_keys[key]!r}; pass "
-              f"--config.{key}={added_keys[key]!r} to resume it")
-      elif saved.get(key) != current.get(key):
+  except (OSError, ValueError, AttributeError) as error:
+    checkpointer.close()
+    raise ConfigError(
+        f"--workdir: cannot read {saved_path} to check --resume's config "
+        f"against: {str(error).splitlines()[0] if str(error) else error!r}"
+    ) from error
+  current = flatten(json.loads(config.to_json_best_effort()))
+  added_keys = dict(added_keys or {})
+  for key in sorted(set(saved) | set(current)):
+    if key not in saved and key in added_keys:
+      if current.get(key) != added_keys[key]:
+        checkpointer.close()
         raise ConfigError(
-            f"config.{key}: is {current.get(key)!r} but the run in {workdir} "
-            f"was started with {saved.get(key)!r}; --resume needs the same "
-            f"config")
+            f"config.{key}: is {current.get(key)!r} but the run in "
+            f"{workdir} was started before this key existed, which "
+            f"behaves as {added_keys[key]!r}; pass "
+            f"--config.{key}={added_keys[key]!r} to resume it")
+    elif saved.get(key) != current.get(key):
+      checkpointer.close()
+      raise ConfigError(
+          f"config.{key}: is {current.get(key)!r} but the run in {workdir} "
+          f"was started with {saved.get(key)!r}; --resume needs the same "
+          f"config")
   return checkpointer, latest
+
+
+def _refuse_results_without_checkpoints(workdir, resume):
+  """Raises ConfigError if `workdir` (which has no checkpoint) holds a run's
+  results that a run started from scratch there would overwrite:
+  results.json, or (for a new run) a non-empty metrics.jsonl.
+
+  A `--resume` with no checkpoint may still start over from a metrics.jsonl
+  alone: that run stopped before its first checkpoint (a preempted job, or a
+  study's run that crashed early), and its rows are what starting again
+  reproduces.
+  """
+  metrics = os.path.join(workdir, "metrics.jsonl")
+  if os.path.exists(os.path.join(workdir, "results.json")):
+    found = "results.json"
+  elif not resume and os.path.exists(metrics) and os.path.getsize(metrics):
+    found = "metrics.jsonl"
+  else:
+    return
+  raise ConfigError(
+      f"--workdir: {workdir} already has {found} but no checkpoints, so it "
+      f"cannot be resumed and a new run would overwrite it; pick a new "
+      f"--workdir (or delete this one)")
 
 
 def finished_results(workdir, resume_step, num_steps):
