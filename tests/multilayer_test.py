@@ -3,9 +3,11 @@ approximation (`stacked_rtrl`) against the BPTT oracle, in float64.
 
 The exact stack's own BPTT-oracle test is in cells_test.py (it is a cell)."""
 
+import dataclasses
 import functools
 import subprocess
 import sys
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -57,7 +59,9 @@ def make_problem(stack):
   keys = jax.random.split(jax.random.PRNGKey(0), 4)
   params = stack.init(keys[0], INPUT_SIZE, jnp.float64)
   inputs = jax.random.normal(keys[1], (TOTAL, BATCH, INPUT_SIZE), jnp.float64)
-  resets = jnp.zeros((TOTAL, BATCH), bool).at[2 * SEGMENT, 0].set(True)
+  # One reset on a segment boundary and two strictly inside segments.
+  resets = (jnp.zeros((TOTAL, BATCH), bool).at[2 * SEGMENT, 0].set(True)
+            .at[SEGMENT + 1, 1].set(True).at[3 * SEGMENT + 2, 2].set(True))
   targets = jax.random.normal(keys[3], (TOTAL, BATCH, HIDDEN), jnp.float64)
   return params, stack.initial_state(params, BATCH), inputs, resets, targets
 
@@ -112,6 +116,107 @@ def test_layerwise_rtrl_is_exact_on_top_and_approximate_below():
       for e in exact_estimates]
   for err in _errors(exact_as_stack, truths):
     assert max(jax.tree.leaves(err)) <= 1e-8
+
+
+@dataclasses.dataclass(frozen=True)
+class _CrossCutRunner:
+  """ExactTwoLayer's RTRL with the cross-layer sensitivity S²¹ zeroed at every
+  segment start (S¹ and S²² carried): by the module docstring, exactly the
+  layer-wise approximation — the lower layer keeps its own carried past and
+  gets the upper layer's errors only through the current segment."""
+
+  cell: Any
+
+  def __call__(self, method, params, state, inputs, resets):
+    assert method == "rtrl"
+    s = state.sensitivities
+    cut = {"h1": s["h1"],
+           "h2": {"lower": jax.tree.map(jnp.zeros_like, s["h2"]["lower"]),
+                  "upper": s["h2"]["upper"]}}
+    return rtrl_jax.rtrl(self.cell, params, state._replace(sensitivities=cut),
+                         inputs, resets)
+
+
+def _as_stack_gradient(exact_gradient):
+  e = exact_gradient
+  return ({**e["recurrent"]["lower"]},
+          {"recurrent": e["recurrent"]["upper"], "readout": e["readout"]})
+
+
+@functools.partial(jax.jit, static_argnums=0,
+                   compiler_options=oracle.FAST_CPU_COMPILE)
+def _lower_layer_reference(stack, params, inputs, resets, targets):
+  exact = ExactTwoLayer(*stack.cells)
+  exact_params = {"recurrent": {"lower": params[0],
+                                "upper": params[1]["recurrent"]},
+                  "readout": params[1]["readout"]}
+  references, _ = oracle.segment_gradients(
+      "rtrl", _CrossCutRunner(exact), exact_params,
+      exact.initial_state(exact_params, BATCH), inputs, resets, targets,
+      per_step_loss, SEGMENT)
+  return references
+
+
+def test_layerwise_rtrl_lower_layer_matches_cross_cut_exact_rtrl():
+  """The lower layer's gradient in every segment (state, sensitivities and
+  resets carried — two resets inside segments) equals exact two-layer RTRL
+  with only S²¹ cut at segment starts: the lower layer keeps its own carried
+  sensitivity (a TBPTT lower layer fails this)."""
+  stack = LayerStack((layer(), layer()))
+  with jax.enable_x64(True):
+    params, state, inputs, resets, targets = make_problem(stack)
+    estimates, truths, *_ = _stack_gradients(stack, params, state, inputs,
+                                             resets, targets)
+    references = _lower_layer_reference(stack, params, inputs, resets,
+                                        targets)
+  assert len(estimates) == TOTAL // SEGMENT >= 3
+  for k, (estimate, reference) in enumerate(
+      zip(estimates, map(_as_stack_gradient, references))):
+    errors = _errors([estimate], [reference])[0]
+    assert max(jax.tree.leaves(errors)) <= 1e-8, (k, errors)
+  # The reference is not the truth: the cut past matters here.
+  far = _errors([_as_stack_gradient(r) for r in references[1:]], truths[1:])
+  assert max(max(jax.tree.leaves(err[0]["recurrent"])) for err in far) > 1e-3
+
+
+@functools.partial(jax.jit, static_argnums=0,
+                   compiler_options=oracle.FAST_CPU_COMPILE)
+def _tbptt_and_truth(stack, params, state, inputs, resets, targets):
+  estimates, _ = oracle.segment_gradients(
+      "tbptt", stack, params, state, inputs, resets, targets, per_step_loss,
+      SEGMENT)
+  truths = oracle.full_bptt_segment_gradients(
+      stack, params, state, inputs, resets, targets, per_step_loss, SEGMENT)
+  rtrl_estimates, _ = oracle.segment_gradients(
+      "rtrl", stack, params, state, inputs, resets, targets, per_step_loss,
+      SEGMENT)
+  return estimates, truths, rtrl_estimates
+
+
+def test_layerwise_tbptt_top_layer_is_not_exact():
+  """Negative control for the top-layer exactness check: segment-by-segment
+  BPTT through the stack gets the top layer wrong once there is a past."""
+  stack = LayerStack((layer(), layer()))
+  with jax.enable_x64(True):
+    tbptt, truths, _ = _tbptt_and_truth(stack, *make_problem(stack))
+  errors = _errors(tbptt, truths)
+  assert max(jax.tree.leaves(errors[0])) <= 1e-8
+  assert max(max(jax.tree.leaves(err[1]["recurrent"]))
+             for err in errors[1:]) > 1e-3
+
+
+def test_heterogeneous_three_layer_stack_top_layer_is_exact():
+  stack = LayerStack((rtrl_jax.QRNN(4, window=2),
+                      rtrl_jax.LinearTransformer(4),
+                      rtrl_jax.DiagonalLRU(HIDDEN)))
+  with jax.enable_x64(True):
+    tbptt, truths, estimates = _tbptt_and_truth(stack, *make_problem(stack))
+  errors = _errors(estimates, truths)
+  for err in errors:
+    assert max(jax.tree.leaves(err[2])) <= 1e-8, err[2]
+  tbptt_errors = _errors(tbptt, truths)
+  assert max(max(jax.tree.leaves(err[2]["recurrent"]))
+             for err in tbptt_errors[1:]) > 1e-3
 
 
 def test_one_layer_stack_is_plain_rtrl():
