@@ -53,22 +53,27 @@ def prepare_workdir(workdir, config, resume, max_to_keep=2, added_keys=None):
     # is left as it was.
     _refuse_results_without_checkpoints(workdir, resume)
   checkpointer = Checkpointer(directory, max_to_keep=max_to_keep)
-  latest = checkpointer.latest_step()
-  if latest is None:
-    try:
-      _refuse_results_without_checkpoints(workdir, resume)
-    except ConfigError:
-      checkpointer.close()
-      raise
-    return checkpointer, None
-  if not resume:
+  try:
+    latest = checkpointer.latest_step()
+    _check_existing_run(workdir, config, resume, latest, added_keys)
+  except ConfigError:
     checkpointer.close()
+    raise
+  return checkpointer, latest
+
+
+def _check_existing_run(workdir, config, resume, latest, added_keys):
+  """prepare_workdir's checks of what `workdir` holds (its latest
+  checkpoint `latest`, or None); raises ConfigError."""
+  if latest is None:
+    _refuse_results_without_checkpoints(workdir, resume)
+    return
+  if not resume:
     raise ConfigError(
         f"--workdir: {workdir} already has checkpoints (latest step "
         f"{latest}); pass --resume to continue it or choose another --workdir")
   saved_path = os.path.join(workdir, "config.json")
   if not os.path.exists(saved_path):
-    checkpointer.close()
     raise ConfigError(
         f"--workdir: {workdir} has checkpoints (latest step {latest}) but no "
         f"config.json to check --resume's config against; restore it or "
@@ -77,7 +82,6 @@ def prepare_workdir(workdir, config, resume, max_to_keep=2, added_keys=None):
     with open(saved_path) as f:
       saved = flatten(json.load(f))
   except (OSError, ValueError, AttributeError) as error:
-    checkpointer.close()
     raise ConfigError(
         f"--workdir: cannot read {saved_path} to check --resume's config "
         f"against: {str(error).splitlines()[0] if str(error) else error!r}"
@@ -87,19 +91,16 @@ def prepare_workdir(workdir, config, resume, max_to_keep=2, added_keys=None):
   for key in sorted(set(saved) | set(current)):
     if key not in saved and key in added_keys:
       if current.get(key) != added_keys[key]:
-        checkpointer.close()
         raise ConfigError(
             f"config.{key}: is {current.get(key)!r} but the run in "
             f"{workdir} was started before this key existed, which "
             f"behaves as {added_keys[key]!r}; pass "
             f"--config.{key}={added_keys[key]!r} to resume it")
     elif saved.get(key) != current.get(key):
-      checkpointer.close()
       raise ConfigError(
           f"config.{key}: is {current.get(key)!r} but the run in {workdir} "
           f"was started with {saved.get(key)!r}; --resume needs the same "
           f"config")
-  return checkpointer, latest
 
 
 def _refuse_results_without_checkpoints(workdir, resume):
