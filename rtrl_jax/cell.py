@@ -107,6 +107,23 @@ class ElementwiseCell:
             hidden_cotangent.shape + (1,) * (s.ndim - 1)) * s,
         sensitivities)
 
+  def contract_sensitivities_batch(self, hidden_cotangent: PyTree,
+                                   sensitivities: PyTree) -> PyTree:
+    """Σ_b dL/dθ_r of example b, vectorised: Σ_b contract(λ_b, S_b).
+
+    Leaves carry a leading batch axis B. The default is
+    `contract_sensitivities` vmapped over B and summed over it; for the
+    element-wise default that is Σ_b λ_b[i] · S_b[i, ...], one multiply fused
+    into one reduction over B per leaf (S read once, exact in the leaf's
+    dtype: no matrix unit, so no reduced-precision passes on TPU). Cells whose
+    per-example contraction is a matrix product override this with one
+    batched einsum, so no B × |θ_r| product is materialised. Used by
+    `rtrl_jax.core` off CPU; on CPU a loop over B is faster (see there).
+    """
+    per_example = jax.vmap(self.contract_sensitivities)(hidden_cotangent,
+                                                        sensitivities)
+    return jax.tree.map(lambda leaf: leaf.sum(0), per_example)
+
   def initial_state(self, params: PyTree, batch_size: int,
                     sensitivities: bool = True) -> RecurrentState:
     """Zero state for `batch_size` examples.

@@ -39,6 +39,7 @@ Fast Weight Programmers", ICML 2021; Irie et al. ICLR 2024, App. A.2.
 """
 
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -136,6 +137,15 @@ class LinearTransformer(ElementwiseCell):
     g, s = hidden_cotangent, sensitivities
     return {"W_v": jnp.einsum("hab,hbj->haj", g, s["W_v"]),
             "W_k": jnp.einsum("hab,habj->hbj", g, s["W_k"])}
+
+  def contract_sensitivities_batch(self, hidden_cotangent, sensitivities):
+    """Σ_b over the batch axis B of `contract_sensitivities`: the batch
+    becomes one more contracted axis of each einsum (full precision)."""
+    g, s = hidden_cotangent, sensitivities
+    einsum = functools.partial(jnp.einsum,
+                               precision=jax.lax.Precision.HIGHEST)
+    return {"W_v": einsum("zhab,zhbj->haj", g, s["W_v"]),
+            "W_k": einsum("zhab,zhabj->hbj", g, s["W_k"])}
 
   def readout(self, readout_params, hidden, inputs):
     q = jnp.einsum("hkd,d->hk", readout_params["W_q"], inputs)

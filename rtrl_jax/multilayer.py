@@ -191,6 +191,25 @@ class ExactTwoLayer(ElementwiseCell):
         "upper": self.upper.contract_sensitivities(g2, s["h2"]["upper"]),
     }
 
+  def contract_sensitivities_batch(self, hidden_cotangent, sensitivities):
+    """`contract_sensitivities` summed over the batch axis, vectorised: each
+    layer's own batched contraction, and Σ_b Σ_n g²_bn S²¹_b[n] as one
+    contraction over (b, n) per leaf."""
+    g1, g2, s = hidden_cotangent["h1"], hidden_cotangent["h2"], sensitivities
+    across = lambda c: jnp.tensordot(g2, c, axes=2,
+                                     precision=jax.lax.Precision.HIGHEST)
+    own = self.lower.contract_sensitivities_batch(g1, s["h1"])
+    cross = s["h2"]["lower"]
+    return {
+        "lower": {
+            "recurrent": jax.tree.map(lambda o, c: o + across(c), own,
+                                      cross["recurrent"]),
+            "readout": jax.tree.map(across, cross["readout"]),
+        },
+        "upper": self.upper.contract_sensitivities_batch(g2,
+                                                         s["h2"]["upper"]),
+    }
+
   def readout(self, readout_params, hidden, inputs):
     del inputs  # The upper layer's input is y¹(t), kept in the state.
     return self.upper.readout(readout_params, hidden["h2"], hidden["y1"])

@@ -1,0 +1,219 @@
+"""The past-gradient contraction Σ_b λ_bᵀ S_b: loop on CPU, vectorised elsewhere.
+
+`core._sum_over_batch` picks `_looped_sum` (a `lax.scan` over the batch) when
+compiling for CPU and `_vectorised_sum` (the cell's batched contraction)
+for any other platform. These tests prove, on the CPU that CI has:
+
+* both give the same sum, and the same RTRL gradient through `rtrl`, for
+  every cell of `rtrl_jax.CELLS` and the exact two-layer stack (float64,
+  1e-10 relative);
+* the program lowered for GPU (cuda, rocm) and TPU has no while loop whose
+  trip count is the batch size (its only loops are the T-step scans over
+  time), while the CPU lowering does (negative control), so the dispatch
+  is real and the check can see a batch loop.
+"""
+
+import functools
+import re
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import rtrl_jax
+from rtrl_jax import core
+from rtrl_jax.multilayer import ExactTwoLayer
+
+INPUT_SIZE, STEPS = 3, 3
+CELL_KWARGS = {
+    "elstm": dict(forget_bias=2.0, init_scale=0.5),
+    "qrnn": dict(window=2, forget_bias=2.0),
+    "lru": dict(r_min=0.8, r_max=0.95),
+    "linear_transformer": dict(key_size=3, num_heads=2),
+}
+MODEL_NAMES = list(rtrl_jax.CELLS) + ["exact_two_layer"]
+
+
+def make_model(name):
+  if name == "exact_two_layer":
+    layer = lambda: rtrl_jax.ELSTM(3, forget_bias=2.0, init_scale=0.5)
+    return ExactTwoLayer(lower=layer(), upper=layer())
+  return rtrl_jax.CELLS[name](3, **CELL_KWARGS.get(name, {}))
+
+
+def random_like(key, tree):
+  """Standard normal leaves shaped like `tree`'s (shapes or arrays)."""
+  leaves, treedef = jax.tree.flatten(tree)
+  keys = jax.random.split(key, len(leaves))
+  return treedef.unflatten([jax.random.normal(k, l.shape, l.dtype)
+                            for k, l in zip(keys, leaves)])
+
+
+def batched(tree, batch):
+  return jax.tree.map(lambda l: jax.ShapeDtypeStruct((batch,) + l.shape,
+                                                     l.dtype), tree)
+
+
+def relative_error(got, expected):
+  """max over leaves of max|got - expected| / max|expected|."""
+  return max(float(np.max(np.abs(g - e)) / np.max(np.abs(e)))
+             for g, e in zip(jax.tree.leaves(got), jax.tree.leaves(expected)))
+
+
+def contraction_operands(cell, batch, seed=0, dtype=jnp.float64):
+  """Random λ [B, hidden] and S [B, sensitivities] of `dtype`."""
+  params = cell.init(jax.random.PRNGKey(seed), INPUT_SIZE, dtype)
+  keys = jax.random.split(jax.random.PRNGKey(seed + 1))
+  cotangent = random_like(keys[0], batched(jax.eval_shape(
+      cell.initial_hidden, params), batch))
+  sensitivities = random_like(keys[1], batched(jax.eval_shape(
+      cell.zero_sensitivities, params), batch))
+  return params, cotangent, sensitivities
+
+
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_looped_and_vectorised_sums_agree(name):
+  """Both contractions equal Σ_b of the per-example contraction (numpy)."""
+  cell = make_model(name)
+  with jax.enable_x64(True):
+    _, g, s = contraction_operands(cell, batch=5)
+    looped = jax.jit(functools.partial(core._looped_sum,
+                                       cell.contract_sensitivities))(g, s)
+    vectorised = jax.jit(functools.partial(core._vectorised_sum, cell))(g, s)
+    per_example = [cell.contract_sensitivities(*jax.tree.map(
+        lambda l: l[b], (g, s))) for b in range(5)]
+    reference = jax.tree.map(lambda *xs: np.sum(np.stack(xs), 0), *per_example)
+    assert jax.tree.structure(vectorised) == jax.tree.structure(reference)
+    assert relative_error(looped, reference) < 1e-12
+    assert relative_error(vectorised, reference) < 1e-12
+
+
+def segment_gradient(cell, params, inputs, resets, targets):
+  """RTRL gradient of the second of two segments (S(0) ≠ 0 there)."""
+  steps = inputs.shape[0] // 2
+  state = cell.initial_state(params, inputs.shape[1])
+  _, state = rtrl_jax.rtrl(cell, params, state, inputs[:steps],
+                           resets[:steps])
+
+  def loss(p):
+    outputs, _ = rtrl_jax.rtrl(cell, p, state, inputs[steps:],
+                               resets[steps:])
+    return jnp.sum(jnp.tanh(outputs - targets) ** 2)
+
+  return jax.jit(jax.grad(loss))(params)
+
+
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_rtrl_gradient_is_the_same_on_both_paths(name, monkeypatch):
+  """The whole `rtrl` gradient, with either contraction forced on CPU."""
+  cell, batch = make_model(name), 4
+  with jax.enable_x64(True):
+    params = cell.init(jax.random.PRNGKey(0), INPUT_SIZE, jnp.float64)
+    keys = jax.random.split(jax.random.PRNGKey(1), 3)
+    inputs = jax.random.normal(keys[0], (2 * STEPS, batch, INPUT_SIZE),
+                               jnp.float64)
+    resets = jax.random.bernoulli(keys[1], 0.1, (2 * STEPS, batch))
+    outputs = jax.eval_shape(lambda: rtrl_jax.rtrl(
+        cell, params, cell.initial_state(params, batch), inputs[:STEPS],
+        resets[:STEPS])[0])
+    targets = jax.random.normal(keys[2], outputs.shape, jnp.float64)
+    gradients = {}
+    for path in ("looped", "vectorised"):
+      looped = lambda c, g, s: core._looped_sum(c.contract_sensitivities, g, s)
+      chosen = looped if path == "looped" else core._vectorised_sum
+      monkeypatch.setattr(core, "_sum_over_batch", chosen)
+      gradients[path] = segment_gradient(cell, params, inputs, resets,
+                                         targets)
+    monkeypatch.undo()
+    recurrent = lambda grads: grads["recurrent"]
+    past = jax.tree.map(lambda a, b: a - b, recurrent(gradients["looped"]),
+                        recurrent(segment_gradient_without_past(
+                            cell, params, inputs, resets, targets)))
+  # The carried past is really in the gradient that is compared.
+  assert max(float(np.max(np.abs(leaf))) for leaf in jax.tree.leaves(past)) > 1e-6
+  assert relative_error(gradients["vectorised"], gradients["looped"]) < 1e-10
+
+
+def segment_gradient_without_past(cell, params, inputs, resets, targets):
+  """The same gradient with S(0) = 0 (TBPTT of the second segment)."""
+  steps = inputs.shape[0] // 2
+  state = cell.initial_state(params, inputs.shape[1])
+  _, state = rtrl_jax.rtrl(cell, params, state, inputs[:steps],
+                           resets[:steps])
+  state = state._replace(sensitivities=jax.tree.map(jnp.zeros_like,
+                                                    state.sensitivities))
+
+  def loss(p):
+    outputs, _ = rtrl_jax.rtrl(cell, p, state, inputs[steps:],
+                               resets[steps:])
+    return jnp.sum(jnp.tanh(outputs - targets) ** 2)
+
+  return jax.jit(jax.grad(loss))(params)
+
+
+_WHILE_TRIP_COUNT = re.compile(
+    r"stablehlo\.while.*?cond \{\s*%\S+ = stablehlo\.constant dense<(\d+)> : "
+    r"tensor<i\d+>\s*%\S+ = stablehlo\.compare\s+LT", re.DOTALL)
+
+
+def while_trip_counts(text):
+  """Trip counts of the `lax.scan`/`fori_loop` while loops in StableHLO text.
+
+  Each such loop's condition compares its counter with a constant; every
+  `stablehlo.while` must be of that form, or the test cannot vouch for it.
+  """
+  counts = [int(c) for c in _WHILE_TRIP_COUNT.findall(text)]
+  assert len(counts) == text.count("stablehlo.while("), (
+      "a while loop without a constant trip count")
+  return counts
+
+
+def lowered_gradient(cell, batch, platform):
+  """StableHLO of jit(grad(rtrl loss)) lowered for `platform` (no compile)."""
+  params = cell.init(jax.random.PRNGKey(0), INPUT_SIZE)
+  state = cell.initial_state(params, batch)
+  inputs = jnp.zeros((STEPS, batch, INPUT_SIZE))
+  resets = jnp.zeros((STEPS, batch), bool)
+
+  def loss(p):
+    outputs, _ = rtrl_jax.rtrl(cell, p, state, inputs, resets)
+    return jnp.sum(outputs ** 2)
+
+  return jax.jit(jax.grad(loss)).trace(params).lower(
+      lowering_platforms=(platform,)).as_text()
+
+
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_no_batch_loop_when_lowered_for_accelerators(name):
+  """GPU/TPU: the same loops for B = 4 and B = 64, all over time (T = 3)."""
+  cell = make_model(name)
+  for platform in ("cuda", "rocm", "tpu"):
+    small = while_trip_counts(lowered_gradient(cell, 4, platform))
+    large = while_trip_counts(lowered_gradient(cell, 64, platform))
+    assert small == large, (platform, small, large)
+    assert set(large) == {STEPS}, (platform, large)
+
+
+@pytest.mark.parametrize("name", ["elstm", "linear_transformer"])
+def test_negative_control_cpu_lowering_loops_over_the_batch(name):
+  """CPU: a while loop of trip count B, so the check above can see one."""
+  cell = make_model(name)
+  small = while_trip_counts(lowered_gradient(cell, 4, "cpu"))
+  large = while_trip_counts(lowered_gradient(cell, 64, "cpu"))
+  assert 4 in small and 64 in large and 64 not in small, (small, large)
+  assert sorted(c for c in small if c != 4) == sorted(
+      c for c in large if c != 64)
+
+
+def test_vectorised_contraction_is_one_op_per_leaf_for_the_elstm():
+  """Off CPU the eLSTM's contraction lowers to one multiply and one reduce
+  per sensitivity leaf: no gather, no dot, no loop."""
+  cell = make_model("elstm")
+  _, g, s = contraction_operands(cell, batch=64, dtype=jnp.float32)
+  text = jax.jit(functools.partial(core._sum_over_batch, cell)).trace(
+      g, s).lower(lowering_platforms=("cuda",)).as_text()
+  leaves = len(jax.tree.leaves(s))
+  assert "stablehlo.while" not in text
+  assert text.count("stablehlo.reduce(") == leaves
+  assert text.count("stablehlo.multiply") == leaves
