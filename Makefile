@@ -2,7 +2,7 @@
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
-STAMP := $(VENV)/.installed-$(shell cat setup.py | md5sum | cut -c1-8)
+STAMP := $(VENV)/.installed-$(shell cat setup.py constraints.txt | md5sum | cut -c1-8)
 
 .PHONY: demo demo-rtrl test bench bench-anakin bench-sebulba study study-quick system-deps clean
 
@@ -16,10 +16,12 @@ system-deps:
 	    || echo "warning: apt-get install libqt5gui5 failed; Procgen tests will skip"; \
 	else echo "note: libqt5gui5 absent and not root; Procgen tests will skip"; fi
 
-$(STAMP): setup.py
+# setup.py has version ranges; constraints.txt the exact versions installed
+# here, so these commands install the same set everywhere.
+$(STAMP): setup.py constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e ".[envs,test]"
+	$(PY) -m pip install -q -c constraints.txt -e ".[envs,tb,test]"
 	touch $(STAMP)
 
 # R2AC-RTRL on MemoryChain(memory_length=10): progress bar, then a plot of
