@@ -1,0 +1,320 @@
+r"""Scale planner: RTRL sensitivity memory and bandwidth roofline per device.
+
+    python -m experiments.plan_scale --cell=elstm --hidden=512 --input=257 \
+        --envs_per_device=1024 --unroll=10 --device=h100
+    python -m experiments.plan_scale ... --device=all        # one row per device
+    python -m experiments.plan_scale ... --check_csv=docs/benchmarks/benchmark_anakin.csv
+
+For a cell of `rtrl_jax.CELLS` (default options) with N hidden units on
+inputs of size D, B environments per device and unroll length M:
+
+* Sensitivities per environment, |S| (floats; closed forms below, checked
+  against the state `cell.initial_state` allocates by tests/plan_scale_test.py):
+
+      elstm               2·N·D + 4·N          (Z, F; w_z, w_f, b_z, b_f)
+      indrnn              N·D + 2·N            (W; u, b)
+      qrnn                2·N·k·D + 2·N        (window k = 2)
+      lru                 2·N·D + 4·N          (B, ν, θ as re/im pairs)
+      linear_transformer  H·d_k·D·(1 + d_v)    (H = 1, d_k = d_v = N)
+
+* Memory per device: C·B·|S|·bytes, with C = 2 copies (the Anakin runner's
+  S, advanced in place by the actor, and the unroll's initial S that the
+  learner contracts). The largest B that fits puts C·B·|S| into a fraction
+  f of the device's memory (f = 0.75: JAX's default GPU preallocation);
+  parameters, optimizer state, activations (O(M·(N + D)) per environment)
+  and environments are not counted.
+
+* Bandwidth roofline per environment step (the model of
+  experiments/benchmark_anakin.py): the actor reads and writes S once per
+  step, the learner reads the unroll's initial S once per M steps:
+
+      t_actor = 2·|S|·bytes / BW        t_learner = |S|·bytes / (M·BW)
+
+  so a device runs at most 1 / (t_actor + t_learner) environment steps/s
+  of RTRL work (everything else the loop does comes on top).
+
+Device figures are vendors' published HBM capacity and bandwidth per chip
+(`DEVICES`, with the page they come from): every accelerator number this
+script prints is COMPUTED, NOT MEASURED. The CPU row is measured here and
+now: the bandwidth of a numpy copy (read + write) and the machine's RAM.
+`--check_csv` compares the CPU model with a measured
+`make bench-anakin` CSV: the sensitivity MiB must match exactly, and the
+time RTRL adds per environment step (RTRL call − TBPTT call) must lie
+within `CHECK_FACTOR` of the CPU roofline (above it: nothing runs faster than
+its bytes; at most CHECK_FACTOR times slower).
+"""
+
+import argparse
+import csv
+import math
+import os
+import sys
+import time
+
+import numpy as np
+
+BYTES = {"float32": 4, "bfloat16": 2, "float64": 8}
+COPIES = 2
+MEMORY_FRACTION = 0.75
+# The measured RTRL part may be at most this many times slower than the
+# CPU roofline (docs/ANAKIN.md measured it at 36-62% of the XLA bare pass).
+CHECK_FACTOR = 4.0
+GB, GIB = 1e9, 2 ** 30
+
+# Published per-chip HBM capacity (bytes) and bandwidth (bytes/s).
+DEVICES = {
+    "h100": dict(
+        name="NVIDIA H100 SXM", memory=80 * GB, bandwidth=3.35e12,
+        source="https://www.nvidia.com/en-us/data-center/h100/ "
+               "(H100 SXM: 80 GB HBM3, 3.35 TB/s)"),
+    "h200": dict(
+        name="NVIDIA H200 SXM", memory=141 * GB, bandwidth=4.8e12,
+        source="https://www.nvidia.com/en-us/data-center/h200/ "
+               "(141 GB HBM3e, 4.8 TB/s)"),
+    "a100": dict(
+        name="NVIDIA A100 80GB SXM", memory=80 * GB, bandwidth=2.039e12,
+        source="https://www.nvidia.com/en-us/data-center/a100/ "
+               "(A100 80GB SXM: 80 GB HBM2e, 2,039 GB/s)"),
+    "tpu_v4": dict(
+        name="TPU v4 (per chip)", memory=32 * GIB, bandwidth=1200 * GB,
+        source="https://cloud.google.com/tpu/docs/v4 "
+               "(HBM2 32 GiB, 1200 GBps per chip)"),
+    "tpu_v5e": dict(
+        name="TPU v5e (per chip)", memory=16 * GB, bandwidth=819 * GB,
+        source="https://cloud.google.com/tpu/docs/v5e "
+               "(HBM2 16 GB, 819 GBps per chip)"),
+    "tpu_v5p": dict(
+        name="TPU v5p (per chip)", memory=95 * GB, bandwidth=2765 * GB,
+        source="https://cloud.google.com/tpu/docs/v5p "
+               "(HBM2e 95 GB, 2765 GBps per chip)"),
+}
+DEVICE_CHOICES = list(DEVICES) + ["cpu", "all"]
+CELL_CHOICES = ("elstm", "indrnn", "qrnn", "lru", "linear_transformer")
+QRNN_WINDOW = 2          # QRNN's default window
+LT_HEADS = 1             # LinearTransformer's defaults: one head, d_k = N
+
+
+def sensitivity_floats(cell, hidden, input_size):
+  """|S|: sensitivity numbers of one example (closed forms, see module doc)."""
+  n, d = hidden, input_size
+  if cell in ("elstm", "lru"):
+    return 2 * n * d + 4 * n
+  if cell == "indrnn":
+    return n * d + 2 * n
+  if cell == "qrnn":
+    return 2 * n * QRNN_WINDOW * d + 2 * n
+  if cell == "linear_transformer":
+    return LT_HEADS * n * d * (1 + n)
+  raise ValueError(f"--cell={cell!r} is not one of {list(CELL_CHOICES)}")
+
+
+def roofline_seconds(sensitivity_bytes, unroll, bandwidth):
+  """(t_actor, t_learner): seconds per environment step at `bandwidth`."""
+  return (2 * sensitivity_bytes / bandwidth,
+          sensitivity_bytes / (unroll * bandwidth))
+
+
+def largest_batch(sensitivity_bytes, memory, copies=COPIES,
+                  fraction=MEMORY_FRACTION):
+  """Largest B with copies·B·|S| bytes ≤ fraction·memory."""
+  return int(fraction * memory // (copies * sensitivity_bytes))
+
+
+def measure_cpu_bandwidth(megabytes=256, repeats=5):
+  """Bytes/s of a numpy copy (each byte read once and written once)."""
+  src = np.ones(megabytes * 2 ** 20 // 8)
+  dst = np.empty_like(src)
+  np.copyto(dst, src)
+  best = math.inf
+  for _ in range(repeats):
+    start = time.perf_counter()
+    np.copyto(dst, src)
+    best = min(best, time.perf_counter() - start)
+  return 2 * src.nbytes / best
+
+
+def cpu_memory_bytes():
+  """Physical RAM of this machine."""
+  return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+def plan_row(device, memory, bandwidth, per_env_bytes, envs, unroll, label):
+  """One device's plan as a dict (bytes, seconds, counts)."""
+  actor, learner = roofline_seconds(per_env_bytes, unroll, bandwidth)
+  return {
+      "device": device, "label": label, "memory_bytes": memory,
+      "bandwidth_bytes_per_s": bandwidth,
+      "sensitivity_bytes_per_device": envs * per_env_bytes,
+      "resident_bytes_per_device": COPIES * envs * per_env_bytes,
+      "fits": COPIES * envs * per_env_bytes <= MEMORY_FRACTION * memory,
+      "largest_batch": largest_batch(per_env_bytes, memory),
+      "actor_ns_per_env_step": 1e9 * actor,
+      "learner_ns_per_env_step": 1e9 * learner,
+      "env_steps_per_s": 1.0 / (actor + learner),
+  }
+
+
+def plan(cell, hidden, input_size, envs, unroll, devices, dtype="float32",
+         cpu_bandwidth=None):
+  """Rows of `plan_row` for `devices` (names of DEVICES or "cpu")."""
+  per_env = sensitivity_floats(cell, hidden, input_size) * BYTES[dtype]
+  rows = []
+  for device in devices:
+    if device == "cpu":
+      bandwidth = cpu_bandwidth or measure_cpu_bandwidth()
+      rows.append(plan_row("cpu", cpu_memory_bytes(), bandwidth, per_env,
+                           envs, unroll, "measured here (numpy copy, RAM)"))
+    else:
+      spec = DEVICES[device]
+      rows.append(plan_row(device, spec["memory"], spec["bandwidth"], per_env,
+                           envs, unroll, "computed, not measured"))
+  return rows
+
+
+def format_plan(rows, cell, hidden, input_size, envs, unroll, dtype):
+  floats = sensitivity_floats(cell, hidden, input_size)
+  lines = [
+      f"{cell}: N={hidden}, D={input_size}, B={envs} environments per device, "
+      f"M={unroll}, {dtype}",
+      f"sensitivities per environment: {floats:,} numbers = "
+      f"{floats * BYTES[dtype] / 2**20:.3f} MiB; resident: {COPIES} copies "
+      f"(runner S + the unroll's initial S), in {MEMORY_FRACTION:.0%} of "
+      "device memory",
+      "",
+      f"{'device':<9} {'memory GB':>9} {'GB/s':>7} {'S GB/dev':>8} "
+      f"{'fits':>4} {'max B':>9} {'actor ns':>9} {'learner ns':>10} "
+      f"{'env steps/s':>12}  figures",
+  ]
+  lines.append("-" * len(lines[-1]))
+  for r in rows:
+    lines.append(
+        f"{r['device']:<9} {r['memory_bytes'] / GB:>9.1f} "
+        f"{r['bandwidth_bytes_per_s'] / GB:>7.1f} "
+        f"{r['sensitivity_bytes_per_device'] / GB:>8.3f} "
+        f"{'yes' if r['fits'] else 'NO':>4} {r['largest_batch']:>9,} "
+        f"{r['actor_ns_per_env_step']:>9.1f} "
+        f"{r['learner_ns_per_env_step']:>10.1f} "
+        f"{r['env_steps_per_s']:>12,.0f}  {r['label']}")
+  lines.append("")
+  lines.append("GB = 1e9 bytes. S GB/dev: B·|S|, one copy. env steps/s: the "
+               "bandwidth roofline of the RTRL work alone, per device; the "
+               "rest of the loop comes on top.")
+  for r in rows:
+    if r["device"] in DEVICES:
+      lines.append(f"  {r['device']}: {DEVICES[r['device']]['source']}")
+  return "\n".join(lines)
+
+
+def check_against_csv(path, cpu_bandwidth):
+  """Compares the CPU model with a measured benchmark_anakin CSV (eLSTM).
+
+  Returns (lines, ok). Per size: B·|S| (one copy, what the CSV reports as
+  sensitivity_MiB, from the runner it allocated) must equal the plan's; the
+  measured time RTRL adds per environment step, (t_rtrl − t_tbptt) / steps
+  per call, must be ≥ 0.8× and ≤ CHECK_FACTOR× the CPU roofline at
+  `cpu_bandwidth`.
+  """
+  with open(path, newline="") as f:
+    rows = [r for r in csv.DictReader(f) if r["gradient"] == "rtrl"]
+  if not rows:
+    raise ValueError(f"--check_csv={path}: no gradient=rtrl rows")
+  by_size = {}
+  with open(path, newline="") as f:
+    for r in csv.DictReader(f):
+      by_size.setdefault((r["N"], r["D"], r["B"], r["M"]), {})[
+          r["gradient"]] = r
+  lines = [f"check against {path} (CPU roofline at {cpu_bandwidth / GB:.1f} "
+           f"GB/s, numpy copy measured now):",
+           f"{'N':>4} {'D':>4} {'B':>4} {'M':>3} {'S MiB csv':>9} "
+           f"{'S MiB plan':>10} {'bare GB/s csv':>13} {'RTRL part ns':>12} "
+           f"{'roofline ns':>11} {'ratio':>6}  ok"]
+  ok = True
+  for (n, d, b, m), pair in by_size.items():
+    rtrl, tbptt = pair.get("rtrl"), pair.get("tbptt")
+    if rtrl is None or tbptt is None:
+      continue
+    n, d, b, m = int(n), int(d), int(b), int(m)
+    per_env = sensitivity_floats("elstm", n, d) * BYTES["float32"]
+    planned_mib = b * per_env / 2 ** 20
+    steps = int(rtrl["updates_per_call"]) * b * m
+    added = (float(rtrl["ms_per_call"]) - float(tbptt["ms_per_call"])) / 1e3
+    measured_ns = 1e9 * added / steps
+    actor, learner = roofline_seconds(per_env, m, cpu_bandwidth)
+    roofline_ns = 1e9 * (actor + learner)
+    ratio = measured_ns / roofline_ns
+    size_ok = (math.isclose(planned_mib, float(rtrl["sensitivity_MiB"]),
+                            rel_tol=1e-9)
+               and 0.8 <= ratio <= CHECK_FACTOR)
+    ok = ok and size_ok
+    lines.append(
+        f"{n:>4} {d:>4} {b:>4} {m:>3} {float(rtrl['sensitivity_MiB']):>9.3f} "
+        f"{planned_mib:>10.3f} {float(rtrl['bare_pass_GB_per_s']):>13.1f} "
+        f"{measured_ns:>12.1f} {roofline_ns:>11.1f} {ratio:>6.2f}  "
+        f"{'yes' if size_ok else 'NO'}")
+  lines.append(f"ratio = measured RTRL part / CPU roofline; must be in "
+               f"[0.8, {CHECK_FACTOR:g}] and the S MiB must match.")
+  return lines, ok
+
+
+class _Parser(argparse.ArgumentParser):
+  """argparse that exits with one line naming the bad value."""
+
+  def error(self, message):
+    sys.exit(f"error: {message}")
+
+
+def positive_int(text):
+  try:
+    value = int(text)
+  except ValueError:
+    value = 0
+  if value <= 0:
+    raise argparse.ArgumentTypeError(f"{text!r} is not a positive int")
+  return value
+
+
+def parse_args(argv):
+  parser = _Parser(prog="python -m experiments.plan_scale",
+                   description=__doc__.split("\n\n")[0])
+  parser.add_argument("--cell", default="elstm", choices=CELL_CHOICES)
+  parser.add_argument("--hidden", type=positive_int, required=True,
+                      help="hidden size N")
+  parser.add_argument("--input", type=positive_int, required=True,
+                      help="input size D")
+  parser.add_argument("--envs_per_device", type=positive_int, required=True,
+                      help="environments per device B")
+  parser.add_argument("--unroll", type=positive_int, required=True,
+                      help="unroll length M")
+  parser.add_argument("--device", default="all", choices=DEVICE_CHOICES)
+  parser.add_argument("--dtype", default="float32", choices=list(BYTES))
+  parser.add_argument("--check_csv", default=None,
+                      help="a benchmark_anakin.csv to check the CPU model "
+                           "against")
+  return parser.parse_args(argv)
+
+
+def main(argv=None):
+  args = parse_args(sys.argv[1:] if argv is None else argv)
+  if args.check_csv is not None and not os.path.isfile(args.check_csv):
+    sys.exit(f"error: --check_csv={args.check_csv}: no such file")
+  devices = (list(DEVICES) + ["cpu"] if args.device == "all"
+             else [args.device])
+  cpu_bandwidth = (measure_cpu_bandwidth()
+                   if "cpu" in devices or args.check_csv else None)
+  rows = plan(args.cell, args.hidden, args.input, args.envs_per_device,
+              args.unroll, devices, args.dtype, cpu_bandwidth)
+  print(format_plan(rows, args.cell, args.hidden, args.input,
+                    args.envs_per_device, args.unroll, args.dtype))
+  if args.check_csv:
+    try:
+      lines, ok = check_against_csv(args.check_csv, cpu_bandwidth)
+    except (KeyError, ValueError) as error:
+      sys.exit(f"error: --check_csv={args.check_csv}: {error}")
+    print()
+    print("\n".join(lines))
+    if not ok:
+      sys.exit("error: the CPU model is off the measured run (see above)")
+
+
+if __name__ == "__main__":
+  main()
