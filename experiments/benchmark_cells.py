@@ -23,6 +23,18 @@ device-independent in meaning (peak live bytes as XLA plans them).
 
 Prints a table and writes `benchmark_cells.csv` and `benchmark_cells.png`
 into --out_dir.
+
+    python -m experiments.benchmark_cells --contraction --batch=1024 --hidden=512
+
+times instead the past-gradient contraction Σ_b λ_bᵀ S_b of `rtrl`'s backward
+pass (eLSTM, D = --input_size) on the backend JAX runs on: the branch
+`core._sum_over_batch` picks there, and both of its branches forced
+(`_looped_sum`, a loop over the batch; `_vectorised_sum`, one fused
+contraction per leaf). Each must agree with a float64 reference to 1e-5
+relative, and off CPU the lowered program must hold no while loop (a loop
+over B there would be B small kernels in sequence); the script exits 1
+otherwise. GB/s = the sensitivity bytes (read once) over the time. Writes
+`contraction.csv` into --out_dir.
 """
 
 import functools
@@ -33,6 +45,7 @@ from absl import app
 from absl import flags
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 import rtrl_jax
 from experiments import timing
@@ -50,6 +63,10 @@ _OUT_DIR = flags.DEFINE_string(
     "out_dir", "docs/benchmarks",
     "Where CSV and PNG go (--quick: runs/quick_benchmarks unless given).")
 _QUICK = flags.DEFINE_bool("quick", False, "Tiny sizes, for a smoke run.")
+_CONTRACTION = flags.DEFINE_bool(
+    "contraction", False,
+    "Time and check the past-gradient contraction instead (see the module "
+    "docstring); uses --batch, --hidden, --input_size, --repeats.")
 
 
 def _loss(outputs):
@@ -133,6 +150,67 @@ def run(hidden_sizes, lengths, batch, input_size, truncation, repeats):
   return rows
 
 
+def contraction_rows(batch, hidden, input_size, repeats):
+  """The contraction check: rows for the dispatched, looped and vectorised
+  contractions, each with its time, GB/s, relative error and while loops."""
+  from rtrl_jax import core  # pylint: disable=g-import-not-at-top
+  cell = rtrl_jax.ELSTM(hidden)
+  params = cell.init(jax.random.PRNGKey(0), input_size)
+  keys = jax.random.split(jax.random.PRNGKey(1), 7)
+  zero = jax.eval_shape(cell.zero_sensitivities, params)
+  sens = {name: jax.random.normal(key, (batch,) + leaf.shape)
+          for key, (name, leaf) in zip(keys, sorted(zero.items()))}
+  cotangent = jax.random.normal(keys[-1], (batch, hidden))
+  reference = {name: np.einsum(
+      "bn,bn...->n...", np.asarray(cotangent, np.float64),
+      np.asarray(leaf, np.float64)) for name, leaf in sens.items()}
+  sensitivity_bytes = sum(leaf.nbytes for leaf in sens.values())
+  paths = {
+      "dispatched": functools.partial(core._sum_over_batch, cell),
+      "looped": functools.partial(core._looped_sum,
+                                  cell.contract_sensitivities),
+      "vectorised": functools.partial(core._vectorised_sum, cell),
+  }
+  rows = []
+  for name, fn in paths.items():
+    seconds, _ = timing.measure(fn, (cotangent, sens), repeats)
+    got = jax.jit(fn)(cotangent, sens)
+    error = max(float(np.max(np.abs(np.asarray(got[k]) - reference[k]))
+                      / np.max(np.abs(reference[k]))) for k in reference)
+    lowered = jax.jit(fn).lower(cotangent, sens).as_text()
+    rows.append({"backend": jax.default_backend(), "B": batch, "N": hidden,
+                 "D": input_size, "path": name, "ms": 1e3 * seconds,
+                 "GB_per_s": sensitivity_bytes / seconds / 1e9,
+                 "relative_error": error,
+                 "while_loops": lowered.count("stablehlo.while")})
+  return rows
+
+
+def check_contraction(rows):
+  """Problems with the contraction rows (empty: all good)."""
+  problems = [f"{r['path']}: relative error {r['relative_error']:.2e} > 1e-5"
+              for r in rows if not r["relative_error"] <= 1e-5]
+  dispatched = next(r for r in rows if r["path"] == "dispatched")
+  if dispatched["backend"] != "cpu" and dispatched["while_loops"]:
+    problems.append(f"{dispatched['backend']}: the dispatched contraction has "
+                    f"{dispatched['while_loops']} while loop(s)")
+  return problems
+
+
+def run_contraction(out_dir, batch, hidden, input_size, repeats):
+  rows = contraction_rows(batch, hidden, input_size, repeats)
+  print(f"past-gradient contraction, {rows[0]['backend']}: B={batch} "
+        f"N={hidden} D={input_size}")
+  print(f"{'path':<11} {'ms':>9} {'GB/s':>8} {'rel. error':>10} {'whiles':>6}")
+  for r in rows:
+    print(f"{r['path']:<11} {r['ms']:>9.3f} {r['GB_per_s']:>8.1f} "
+          f"{r['relative_error']:>10.1e} {r['while_loops']:>6}")
+  print(f"wrote {timing.write_csv(rows, out_dir, 'contraction.csv')}")
+  problems = check_contraction(rows)
+  if problems:
+    sys.exit("error: " + "; ".join(problems))
+
+
 def print_table(rows):
   header = f"{'N':>4} {'T':>5} {'method':<16} {'ms/step':>9} {'memory MiB':>11}"
   print(header)
@@ -165,6 +243,16 @@ def plot(rows, path):
 
 def main(argv):
   del argv
+  if _CONTRACTION.value:
+    try:
+      hidden = timing.positive_ints("hidden", _HIDDEN.value)
+    except ValueError as error:
+      sys.exit(f"error: {error}")
+    batch = 8 if _QUICK.value else _BATCH.value
+    for n in ([16] if _QUICK.value else hidden):
+      run_contraction(timing.output_dir(_OUT_DIR, _QUICK.value), batch, n,
+                      _INPUT.value, 1 if _QUICK.value else _REPEATS.value)
+    return
   if _QUICK.value:
     hidden, lengths, repeats = [16, 32], [20], 1
   else:

@@ -88,7 +88,12 @@ DEVICES = {
         source="https://cloud.google.com/tpu/docs/v5p "
                "(HBM2e 95 GB, 2765 GBps per chip)"),
 }
-DEVICE_CHOICES = list(DEVICES) + ["cpu", "all"]
+DEVICE_CHOICES = list(DEVICES) + ["cpu", "all", "detect"]
+# jax.devices()[0].device_kind substrings → DEVICES key (first match wins).
+DEVICE_KINDS = (("H200", "h200"), ("H100", "h100"), ("A100", "a100"),
+                ("TPU v4", "tpu_v4"), ("TPU v5 lite", "tpu_v5e"),
+                ("TPU v5e", "tpu_v5e"), ("TPU v5p", "tpu_v5p"),
+                ("TPU v5", "tpu_v5p"))
 CELL_CHOICES = ("elstm", "indrnn", "qrnn", "lru", "linear_transformer")
 QRNN_WINDOW = 2          # QRNN's default window
 LT_HEADS = 1             # LinearTransformer's defaults: one head, d_k = N
@@ -136,6 +141,18 @@ def measure_cpu_bandwidth(megabytes=256, repeats=5):
 def cpu_memory_bytes():
   """Physical RAM of this machine."""
   return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+def detect_device(platform, device_kind):
+  """The DEVICES key (or "cpu") for a JAX device; ValueError if unknown."""
+  if platform == "cpu":
+    return "cpu"
+  for marker, name in DEVICE_KINDS:
+    if marker.lower() in device_kind.lower():
+      return name
+  raise ValueError(
+      f"--device=detect: no published figures for {device_kind!r} "
+      f"({platform}); pass one of {list(DEVICES)} or cpu")
 
 
 def plan_row(device, memory, bandwidth, per_env_bytes, envs, unroll, label):
@@ -205,14 +222,14 @@ def format_plan(rows, cell, hidden, input_size, envs, unroll, dtype):
   return "\n".join(lines)
 
 
-def check_against_csv(path, cpu_bandwidth):
+def check_against_csv(path, bandwidth, device="cpu"):
   """Compares the CPU model with a measured benchmark_anakin CSV (eLSTM).
 
   Returns (lines, ok). Per size: B·|S| (one copy, what the CSV reports as
   sensitivity_MiB, from the runner it allocated) must equal the plan's; the
   measured time RTRL adds per environment step, (t_rtrl − t_tbptt) / steps
   per call, must be ≥ 0.8× and ≤ CHECK_FACTOR× the CPU roofline at
-  `cpu_bandwidth`.
+  `bandwidth` (the CPU's measured now, or `device`'s published figure).
   """
   with open(path, newline="") as f:
     rows = [r for r in csv.DictReader(f) if r["gradient"] == "rtrl"]
@@ -223,8 +240,10 @@ def check_against_csv(path, cpu_bandwidth):
     for r in csv.DictReader(f):
       by_size.setdefault((r["N"], r["D"], r["B"], r["M"]), {})[
           r["gradient"]] = r
-  lines = [f"check against {path} (CPU roofline at {cpu_bandwidth / GB:.1f} "
-           f"GB/s, numpy copy measured now):",
+  source = ("numpy copy measured now" if device == "cpu"
+            else "published, not measured")
+  lines = [f"check against {path} ({device} roofline at {bandwidth / GB:.1f} "
+           f"GB/s, {source}):",
            f"{'N':>4} {'D':>4} {'B':>4} {'M':>3} {'S MiB csv':>9} "
            f"{'S MiB plan':>10} {'bare GB/s csv':>13} {'RTRL part ns':>12} "
            f"{'roofline ns':>11} {'ratio':>6}  ok"]
@@ -239,7 +258,7 @@ def check_against_csv(path, cpu_bandwidth):
     steps = int(rtrl["updates_per_call"]) * b * m
     added = (float(rtrl["ms_per_call"]) - float(tbptt["ms_per_call"])) / 1e3
     measured_ns = 1e9 * added / steps
-    actor, learner = roofline_seconds(per_env, m, cpu_bandwidth)
+    actor, learner = roofline_seconds(per_env, m, bandwidth)
     roofline_ns = 1e9 * (actor + learner)
     ratio = measured_ns / roofline_ns
     size_ok = (math.isclose(planned_mib, float(rtrl["sensitivity_MiB"]),
@@ -251,7 +270,7 @@ def check_against_csv(path, cpu_bandwidth):
         f"{planned_mib:>10.3f} {float(rtrl['bare_pass_GB_per_s']):>13.1f} "
         f"{measured_ns:>12.1f} {roofline_ns:>11.1f} {ratio:>6.2f}  "
         f"{'yes' if size_ok else 'NO'}")
-  lines.append(f"ratio = measured RTRL part / CPU roofline; must be in "
+  lines.append(f"ratio = measured RTRL part / {device} roofline; must be in "
                f"[0.8, {CHECK_FACTOR:g}] and the S MiB must match.")
   return lines, ok
 
@@ -297,8 +316,15 @@ def main(argv=None):
   args = parse_args(sys.argv[1:] if argv is None else argv)
   if args.check_csv is not None and not os.path.isfile(args.check_csv):
     sys.exit(f"error: --check_csv={args.check_csv}: no such file")
-  devices = (list(DEVICES) + ["cpu"] if args.device == "all"
-             else [args.device])
+  device = args.device
+  if device == "detect":
+    import jax  # pylint: disable=g-import-not-at-top
+    here = jax.devices()[0]
+    try:
+      device = detect_device(here.platform, here.device_kind)
+    except ValueError as error:
+      sys.exit(f"error: {error}")
+  devices = list(DEVICES) + ["cpu"] if device == "all" else [device]
   cpu_bandwidth = (measure_cpu_bandwidth()
                    if "cpu" in devices or args.check_csv else None)
   rows = plan(args.cell, args.hidden, args.input, args.envs_per_device,
@@ -306,14 +332,20 @@ def main(argv=None):
   print(format_plan(rows, args.cell, args.hidden, args.input,
                     args.envs_per_device, args.unroll, args.dtype))
   if args.check_csv:
+    # Against the device of the run: measured here for the CPU, else the
+    # published figure (one device: the CSV's machine).
+    check_device = devices[0] if len(devices) == 1 else "cpu"
+    bandwidth = (cpu_bandwidth if check_device == "cpu"
+                 else DEVICES[check_device]["bandwidth"])
     try:
-      lines, ok = check_against_csv(args.check_csv, cpu_bandwidth)
+      lines, ok = check_against_csv(args.check_csv, bandwidth, check_device)
     except (KeyError, ValueError) as error:
       sys.exit(f"error: --check_csv={args.check_csv}: {error}")
     print()
     print("\n".join(lines))
     if not ok:
-      sys.exit("error: the CPU model is off the measured run (see above)")
+      sys.exit(f"error: the {check_device} model is off the measured run "
+               "(see above)")
 
 
 if __name__ == "__main__":

@@ -9,12 +9,18 @@
 #       emptied first, so a changed pin leaves no second version behind)
 #   launch/accelerator_benchmarks.sh run [--dry-run] [--quick] [--out DIR]
 #       there: installs .whl/ into /tmp/site (no network, no deps), prints
-#       the devices, and runs experiments/benchmark_anakin.py at the sizes
-#       of docs/ANAKIN.md with B = 64 (as on CPU) and B = 1024, writing
-#       DIR/b64/benchmark_anakin.csv and DIR/b1024/benchmark_anakin.csv
+#       the devices, checks and times the past-gradient contraction
+#       (benchmark_cells --contraction, B = 1024, N = 512, D = 257: no loop
+#       over the batch off CPU, same sum as float64; DIR/contraction/), runs
+#       experiments/benchmark_anakin.py at the sizes of docs/ANAKIN.md with
+#       B = 64 (as on CPU) and B = 1024, writing DIR/b64/benchmark_anakin.csv
+#       and DIR/b1024/benchmark_anakin.csv, then checks the scale planner
+#       (experiments/plan_scale.py --device=detect) against both CSVs
 #       (DIR: $OUT if set, else runs/accelerator_benchmarks); everything it
 #       prints (the devices, JAX's version, the tables) also goes to
-#       DIR/log.txt, so a run cut short still brings back what it measured
+#       DIR/log.txt, so a run cut short still brings back what it measured.
+#       A failing step does not stop the later ones; the script then ends
+#       with exit status 1 and lists the steps that failed
 #
 #   --dry-run   print the commands, run nothing
 #   --quick     run: the benchmark's seconds-long --quick sizes (a rehearsal
@@ -69,8 +75,12 @@ case "$MODE" in
     if [[ "$QUICK" -eq 1 ]]; then
       commands+=("PYTHONPATH=/tmp/site:$PWD $PYTHON -m experiments.benchmark_anakin --quick --out_dir=$OUT_DIR/quick")
     else
+      commands+=("PYTHONPATH=/tmp/site:$PWD $PYTHON -m experiments.benchmark_cells --contraction --batch=1024 --hidden=512 --input_size=257 --out_dir=$OUT_DIR/contraction")
       for envs in 64 1024; do
         commands+=("PYTHONPATH=/tmp/site:$PWD $PYTHON -m experiments.benchmark_anakin --hidden=64,256,512 --encoder_features=32,32,256 --num_envs=$envs --out_dir=$OUT_DIR/b$envs")
+      done
+      for envs in 64 1024; do
+        commands+=("PYTHONPATH=/tmp/site:$PWD $PYTHON -m experiments.plan_scale --hidden=512 --input=257 --envs_per_device=$envs --unroll=5 --device=detect --check_csv=$OUT_DIR/b$envs/benchmark_anakin.csv")
       done
     fi
     ;;
@@ -89,7 +99,12 @@ if [[ "$MODE" == run ]]; then
   mkdir -p "$OUT_DIR"
   log="$OUT_DIR/log.txt"
 fi
+failed=()
 for command in "${commands[@]}"; do
   echo "+ $command" | tee -a "$log"
-  bash -c "$command" 2>&1 | tee -a "$log"
+  bash -c "$command" 2>&1 | tee -a "$log" || failed+=("$command")
 done
+if [[ ${#failed[@]} -gt 0 ]]; then
+  printf 'FAILED: %s\n' "${failed[@]}" | tee -a "$log" >&2
+  exit 1
+fi

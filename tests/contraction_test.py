@@ -217,3 +217,23 @@ def test_vectorised_contraction_is_one_op_per_leaf_for_the_elstm():
   assert "stablehlo.while" not in text
   assert text.count("stablehlo.reduce(") == leaves
   assert text.count("stablehlo.multiply") == leaves
+
+
+def test_benchmark_contraction_check_runs_and_can_fail():
+  """benchmark_cells --contraction: every path agrees with the float64
+  reference; the check flags a wrong sum and a loop off CPU."""
+  import sys
+  from run_helpers import ROOT
+  sys.path.insert(0, ROOT)
+  from experiments import benchmark_cells  # pylint: disable=g-import-not-at-top
+  rows = benchmark_cells.contraction_rows(batch=4, hidden=3, input_size=5,
+                                          repeats=1)
+  assert [r["path"] for r in rows] == ["dispatched", "looped", "vectorised"]
+  assert benchmark_cells.check_contraction(rows) == []
+  # On CPU the dispatched program is the loop.
+  assert [r["while_loops"] for r in rows] == [1, 1, 0]
+  wrong = [dict(r, relative_error=1e-3) if r["path"] == "vectorised" else r
+           for r in rows]
+  assert "vectorised" in benchmark_cells.check_contraction(wrong)[0]
+  looping_gpu = [dict(r, backend="gpu") for r in rows]
+  assert "while loop" in benchmark_cells.check_contraction(looping_gpu)[0]

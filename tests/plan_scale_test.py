@@ -160,8 +160,38 @@ def test_check_against_a_measured_csv(tmp_path, slowdown, mib_error, ok):
 def test_cli_check_fails_with_one_line(tmp_path):
   path = tmp_path / "benchmark_anakin.csv"
   write_benchmark_csv(path, 20e9, 2.0, mib_error=1.0)
-  result = run(*ISSUE_FLAGS, "--device=h100", f"--check_csv={path}")
+  result = run(*ISSUE_FLAGS, "--device=cpu", f"--check_csv={path}")
   assert result.returncode == 1
   assert result.stderr.strip().splitlines() == [
-      "error: the CPU model is off the measured run (see above)"]
+      "error: the cpu model is off the measured run (see above)"]
   assert " NO" in result.stdout
+
+
+@pytest.mark.parametrize("platform,kind,name", [
+    ("gpu", "NVIDIA H200", "h200"), ("gpu", "NVIDIA H100 80GB HBM3", "h100"),
+    ("gpu", "NVIDIA A100-SXM4-80GB", "a100"), ("tpu", "TPU v4", "tpu_v4"),
+    ("tpu", "TPU v5 lite", "tpu_v5e"), ("tpu", "TPU v5p", "tpu_v5p"),
+    ("cpu", "cpu", "cpu")])
+def test_detect_device(platform, kind, name):
+  assert plan_scale.detect_device(platform, kind) == name
+
+
+def test_detect_unknown_device_names_it():
+  with pytest.raises(ValueError, match="'NVIDIA GeForce RTX 4090'"):
+    plan_scale.detect_device("gpu", "NVIDIA GeForce RTX 4090")
+
+
+def test_check_uses_the_published_bandwidth_of_an_accelerator(tmp_path):
+  """--device=h200 --check_csv: the CSV's run is checked against 4.8 TB/s."""
+  path = tmp_path / "benchmark_anakin.csv"
+  write_benchmark_csv(path, 4.8e12, 2.0)
+  result = run(*ISSUE_FLAGS, "--device=h200", f"--check_csv={path}")
+  assert result.returncode == 0, result.stdout + result.stderr
+  assert "h200 roofline at 4800.0 GB/s, published, not measured" in (
+      result.stdout)
+
+
+def test_cli_detect_on_this_machine():
+  result = run(*ISSUE_FLAGS, "--device=detect")
+  assert result.returncode == 0, result.stderr
+  assert any(line.startswith("cpu ") for line in result.stdout.splitlines())
