@@ -237,3 +237,35 @@ def test_benchmark_contraction_check_runs_and_can_fail():
   assert "vectorised" in benchmark_cells.check_contraction(wrong)[0]
   looping_gpu = [dict(r, backend="gpu") for r in rows]
   assert "while loop" in benchmark_cells.check_contraction(looping_gpu)[0]
+
+
+def lowered_anakin_update(num_envs, platform):
+  """StableHLO of one Anakin call (2 updates of M = 3 steps, eLSTM-8)."""
+  import sys
+  from run_helpers import ROOT
+  sys.path.insert(0, ROOT)
+  # pylint: disable=g-import-not-at-top
+  from experiments.configs import r2ac as r2ac_configs
+  from rtrl_jax import anakin
+  config = r2ac_configs.get_config("default")
+  config.network.hidden_size = 8
+  config.network.encoder_sizes = [8]
+  config.gradient = "rtrl"
+  config.num_envs = num_envs
+  config.unroll_length = 3
+  config.updates_per_call = 2
+  config.total_updates = 100
+  train = anakin.make_train(config)
+  example = jax.eval_shape(train.init, jax.random.PRNGKey(0))
+  return jax.jit(train.update.__wrapped__).trace(example).lower(
+      lowering_platforms=(platform,)).as_text()
+
+
+def test_anakin_update_has_no_batch_loop_off_cpu():
+  """The whole Anakin call (acting, learner, V-trace, optimizer) lowered for
+  cuda: the same loops for B = 4 and B = 64 (all over updates and time); the
+  CPU lowering of the same call has a loop of trip count B (control)."""
+  small = sorted(while_trip_counts(lowered_anakin_update(4, "cuda")))
+  large = sorted(while_trip_counts(lowered_anakin_update(64, "cuda")))
+  assert small == large and 64 not in large, (small, large)
+  assert 64 in while_trip_counts(lowered_anakin_update(64, "cpu"))
