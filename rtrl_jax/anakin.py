@@ -4,6 +4,10 @@
     runner = train.init(jax.random.PRNGKey(seed))
     runner, metrics = train.update(runner)    # config.updates_per_call updates
 
+    seeds = make_train(config, num_seeds=5)   # 5 independent runs, one program
+    runner = seeds.init(seed_keys([0, 1, 2, 3, 4]))   # leaves [5, ...]
+    runner, metrics = seeds.update(runner)    # metrics [5]
+
 One call runs `updates_per_call` updates under `lax.scan`; each update acts
 for M = `unroll_length` steps in `num_envs` environments (`vmap`ped) and then
 takes one learner step on that unroll. The outer Python loop only logs,
@@ -16,6 +20,24 @@ first step; `unroll_length` must be at least the environment's
 task). An episode that auto-resets inside the unroll and is still running at
 its end is cut there; its last step bootstraps from V(obs[M]) as any unroll's
 does, and it is not counted among the finished episodes.
+
+Desynchronised phases (`config.desync_steps` = W > 0, the default): `init`
+lets environment b first take u_b ~ U{0, ..., W-1} steps with the initial
+policy (the same actor step as training: the core state follows the
+episode), so that no batch holds every environment at the same episode step.
+Without it every environment resets at update 0, episodes of fixed length
+stay in lockstep, and every unroll starts at the same phase of every
+episode. The warm-up steps are not counted as frames and train nothing.
+`start` is the synchronised runner (every environment at a fresh episode),
+for probes that need fresh episodes. Full-episode BPTT restarts episodes at
+every unroll, so it ignores W.
+
+Several seeds in one program (`num_seeds=S`): `init` takes S keys
+(`seed_keys`) and every leaf of the runner gets a leading seed axis; `update`
+is the single-seed update `vmap`ped over it, so seed s runs exactly as
+`make_train(config)` from `PRNGKey(seeds[s])` does (tests/anakin_test.py),
+with one compilation and one dispatch for all S. The seed axis is split over
+the mesh's devices (S must be a multiple of their number).
 
 Data parallelism: the environment axis of everything per-environment (env
 states, observations, core states and sensitivities) is sharded over the
@@ -61,6 +83,12 @@ class Train(NamedTuple):
   mesh: Any
   rollout: Callable[..., Any]
   learner_step: Callable[..., Any]
+  start: Callable[[jax.Array], RunnerState]  # synchronised: fresh episodes
+
+
+def seed_keys(seeds):
+  """[S] PRNG keys, one per seed, for `make_train(..., num_seeds=S).init`."""
+  return jnp.stack([jax.random.PRNGKey(seed) for seed in seeds])
 
 
 def make_mesh(num_devices=None):
@@ -74,8 +102,12 @@ def make_mesh(num_devices=None):
                            ("data",))
 
 
-def make_train(config, mesh=None) -> Train:
-  """Builds the Anakin system from `config` (see experiments/configs/r2ac.py)."""
+def make_train(config, mesh=None, num_seeds=None) -> Train:
+  """Builds the Anakin system from `config` (see experiments/configs/r2ac.py).
+
+  num_seeds: None for one run; S for S independent runs in one program
+  (every runner leaf and metric gets a leading seed axis).
+  """
   env = make_env(config.env.name, **dict(config.env.get("kwargs", {})))
   agent = make_agent(config, env.obs_shape, env.num_actions)
   total_updates = max(1, config.total_updates)
@@ -83,13 +115,18 @@ def make_train(config, mesh=None) -> Train:
   learner_step = make_learner_step(agent, optimizer)
   mesh = mesh or make_mesh(config.get("num_devices", None) or None)
   num_envs, unroll_length = config.num_envs, config.unroll_length
-  if num_envs % mesh.size:
+  if num_seeds is not None and (num_seeds < 1 or num_seeds % mesh.size):
+    raise ValueError(
+        f"num_seeds={num_seeds} must be a positive multiple of the number of "
+        f"devices ({mesh.size})")
+  if num_seeds is None and num_envs % mesh.size:
     raise ValueError(
         f"num_envs={num_envs} must be a multiple of the number of devices "
         f"({mesh.size})")
   clip = config.loss.reward_clip
   bootstrap_truncated = config.loss.bootstrap_truncated
   episode_aligned = config.gradient == "bptt"
+  desync_steps = 0 if episode_aligned else config.get("desync_steps", 0)
   if episode_aligned and unroll_length < env.max_episode_steps:
     raise ValueError(
         f"unroll_length={unroll_length} is shorter than the environment's "
@@ -108,7 +145,7 @@ def make_train(config, mesh=None) -> Train:
         episode_return=zeros,
         episode_length=jnp.zeros((num_envs,), jnp.int32))
 
-  def init(key):
+  def start(key):
     k_params, k_env, key = jax.random.split(key, 3)
     params = agent.init(k_params)
     runner = RunnerState(
@@ -117,6 +154,34 @@ def make_train(config, mesh=None) -> Train:
         episode_return=None, episode_length=None, key=key,
         update=jnp.zeros((), jnp.int32))
     return start_episodes(runner, k_env)
+
+  def desynchronise(runner):
+    """Environment b takes u_b ~ U{0, ..., W-1} actor steps first."""
+    key, k_steps = jax.random.split(runner.key)
+    steps = jax.random.randint(k_steps, (num_envs,), 0, desync_steps)
+    shared = ("params", "opt_state", "key", "update")
+
+    def warm_up(runner, t):
+      stepped, _ = env_step(runner, None)
+      active = t < steps
+
+      def pick(new, old):
+        mask = active.reshape(active.shape + (1,) * (new.ndim - 1))
+        return jnp.where(mask, new, old)
+
+      merged = {name: (getattr(stepped, name) if name in shared else
+                       jax.tree.map(pick, getattr(stepped, name),
+                                    getattr(runner, name)))
+                for name in RunnerState._fields}
+      return RunnerState(**merged), None
+
+    runner, _ = jax.lax.scan(warm_up, runner._replace(key=key),
+                             jnp.arange(desync_steps))
+    return runner
+
+  def init(key):
+    runner = start(key)
+    return desynchronise(runner) if desync_steps else runner
 
   def shardings(runner):
     """Per-environment leaves split over "data"; the rest replicated."""
@@ -208,13 +273,23 @@ def make_train(config, mesh=None) -> Train:
     out["update"] = runner.update
     return runner, out
 
-  example = jax.eval_shape(init, jax.random.PRNGKey(0))
-  runner_shardings = shardings(example)
-  jitted_update = jax.jit(update, in_shardings=(runner_shardings,),
+  if num_seeds is not None:
+    # New names: the closures above must keep the single-seed functions.
+    system = (jax.vmap(init), jax.vmap(start), jax.vmap(update))
+    example = jax.eval_shape(system[0], seed_keys(range(num_seeds)))
+    by_seed = NamedSharding(mesh, P("data"))
+    runner_shardings = jax.tree.map(lambda _: by_seed, example)
+  else:
+    system = (init, start, update)
+    example = jax.eval_shape(init, jax.random.PRNGKey(0))
+    runner_shardings = shardings(example)
+  system_init, system_start, system_update = system
+  jitted_update = jax.jit(system_update, in_shardings=(runner_shardings,),
                           out_shardings=(runner_shardings, None),
                           donate_argnums=0)
-  return Train(jax.jit(init, out_shardings=runner_shardings), jitted_update,
-               agent, env, mesh, rollout, learner_step)
+  return Train(jax.jit(system_init, out_shardings=runner_shardings),
+               jitted_update, agent, env, mesh, rollout, learner_step,
+               jax.jit(system_start, out_shardings=runner_shardings))
 
 
 def frames_per_update(config):

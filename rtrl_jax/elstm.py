@@ -40,6 +40,7 @@ import jax.numpy as jnp
 
 from rtrl_jax.cell import ElementwiseCell
 from rtrl_jax.checks import check_number_in, check_positive_int
+from rtrl_jax.initializers import check_forget_init, chrono_bias
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,12 +51,20 @@ class ELSTM(ElementwiseCell):
     hidden_size: N.
     init_scale: std of the normal init of every recurrent parameter (0.1 in
       the paper's code).
-    forget_bias: added to the initial b_f; > 0 starts with longer memory.
+    forget_bias: with forget_init="constant", added to the initial b_f
+      (normal with std init_scale); > 0 starts with longer memory.
+    forget_init: "constant" (b_f ~ N(forget_bias, init_scale²)) or "chrono"
+      (b_f = log u, u ~ U[1, chrono_t_max − 1]; forget_bias is not used):
+      rtrl_jax/initializers.py.
+    chrono_t_max: T_max of the chrono initialisation (> 2): the longest
+      initial memory time scale, in steps.
   """
 
   hidden_size: int
   init_scale: float = 0.1
   forget_bias: float = 0.0
+  forget_init: str = "constant"
+  chrono_t_max: float = 100.0
 
   def __post_init__(self):
     super().__post_init__()
@@ -63,6 +72,7 @@ class ELSTM(ElementwiseCell):
                     high_open=True)
     check_number_in("ELSTM", "forget_bias", self.forget_bias, -math.inf,
                     math.inf, high_open=True)
+    check_forget_init("ELSTM", self.forget_init, self.chrono_t_max)
 
   def init(self, key, input_size, dtype=jnp.float32):
     """Parameters for inputs of size D = `input_size`."""
@@ -80,7 +90,10 @@ class ELSTM(ElementwiseCell):
             "w_z": normal(keys[2], (n,)),
             "w_f": normal(keys[3], (n,)),
             "b_z": normal(keys[4], (n,)),
-            "b_f": normal(keys[5], (n,)) + jnp.asarray(self.forget_bias, dtype),
+            "b_f": (chrono_bias(keys[5], (n,), self.chrono_t_max, dtype)
+                    if self.forget_init == "chrono" else
+                    normal(keys[5], (n,))
+                    + jnp.asarray(self.forget_bias, dtype)),
         },
         "readout": {
             "O": uniform(keys[6], (n, d)),

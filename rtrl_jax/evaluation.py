@@ -240,7 +240,7 @@ def restore_run(workdir, call=None):
   checkpointer = _open_checkpoints(workdir)
   try:
     runner, metadata = checkpointer.restore(
-        train.init(jax.random.PRNGKey(config.seed)), call)
+        train.start(jax.random.PRNGKey(config.seed)), call)
   finally:
     checkpointer.close()
   return config, train, runner, metadata

@@ -15,14 +15,31 @@ import jax
 import jax.numpy as jnp
 
 from rtrl_jax.cell import ElementwiseCell
+from rtrl_jax.initializers import check_forget_init, chrono_bias
 
 
 @dataclasses.dataclass(frozen=True)
 class LSTM(ElementwiseCell):
-  """LSTM with hidden size N; the output is h(t) (no separate read-out)."""
+  """LSTM with hidden size N; the output is h(t) (no separate read-out).
+
+  Attributes:
+    hidden_size: N.
+    forget_bias: with forget_init="constant", the initial b_f (all other
+      biases 0).
+    forget_init: "constant" or "chrono" (b_f = log u, u ~ U[1, chrono_t_max
+      − 1], and b_i = −b_f; forget_bias is not used):
+      rtrl_jax/initializers.py.
+    chrono_t_max: T_max of the chrono initialisation (> 2).
+  """
 
   hidden_size: int
   forget_bias: float = 1.0
+  forget_init: str = "constant"
+  chrono_t_max: float = 100.0
+
+  def __post_init__(self):
+    super().__post_init__()
+    check_forget_init("LSTM", self.forget_init, self.chrono_t_max)
 
   def init(self, key, input_size, dtype=jnp.float32):
     n = self.hidden_size
@@ -30,7 +47,13 @@ class LSTM(ElementwiseCell):
     # Glorot-uniform input weights, orthogonal recurrent weights.
     w = jax.nn.initializers.glorot_uniform()(k_w, (input_size, 4 * n), dtype).T
     u = jax.nn.initializers.orthogonal()(k_u, (4 * n, n), dtype)
-    b = jnp.zeros((4 * n,), dtype).at[n:2 * n].set(self.forget_bias)
+    b = jnp.zeros((4 * n,), dtype)       # gates [i, f, g, o]
+    if self.forget_init == "chrono":
+      b_f = chrono_bias(jax.random.fold_in(key, 2), (n,), self.chrono_t_max,
+                        dtype)
+      b = b.at[:n].set(-b_f).at[n:2 * n].set(b_f)
+    else:
+      b = b.at[n:2 * n].set(self.forget_bias)
     return {"recurrent": {"W": w, "U": u, "b": b}, "readout": {}}
 
   def input_size(self, params):

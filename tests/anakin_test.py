@@ -232,6 +232,7 @@ def test_rollout_reward_input_and_truncation_bootstrap(env_key):
   config.network.hidden_size = 16
   config.num_envs, config.unroll_length = 8, unroll_length
   config.loss.reward_clip = clip
+  config.desync_steps = 0      # every episode starts at step 0
   train = anakin.make_train(config)
   agent = train.agent
   runner = train.init(jax.random.PRNGKey(0))
@@ -296,3 +297,70 @@ def test_rollout_reward_input_and_truncation_bootstrap(env_key):
   tolerance = atol + rtol * np.abs(want[truncated])
   for wrong in (values(after, traj.obs[1:]), values(before, final_obs)):
     assert np.all(np.abs(wrong - want)[truncated] > 10 * tolerance)
+
+
+def test_seeds_in_one_program_equal_separate_runs():
+  """make_train(num_seeds=S) runs seed s exactly as a single run from
+  PRNGKey(seeds[s]) (parameters after two calls, metrics); the seeds differ."""
+  config = r2ac_configs.tiny()
+  config.updates_per_call = 5
+  seeds = [0, 3, 5]
+  multi = anakin.make_train(config, num_seeds=len(seeds))
+  runner = multi.init(anakin.seed_keys(seeds))
+  for _ in range(2):
+    runner, metrics = multi.update(runner)
+  metrics = jax.device_get(metrics)
+  assert metrics["loss/total"].shape == (len(seeds),)
+  single = anakin.make_train(config)
+  for index, seed in enumerate(seeds):
+    alone = single.init(jax.random.PRNGKey(seed))
+    for _ in range(2):
+      alone, alone_metrics = single.update(alone)
+    for got, want in zip(jax.tree.leaves(runner.params),
+                         jax.tree.leaves(alone.params)):
+      np.testing.assert_allclose(got[index], want, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(metrics["loss/total"][index],
+                               alone_metrics["loss/total"], rtol=1e-4)
+    assert metrics["episodes"][index] == alone_metrics["episodes"]
+  first = jax.tree.leaves(runner.params)[0]
+  assert not np.allclose(first[0], first[1])
+
+
+def test_num_seeds_must_divide_over_devices():
+  class TwoDeviceMesh:
+    size = 2
+  with pytest.raises(ValueError, match=r"num_seeds=3 must be a positive "
+                     r"multiple of the number of devices \(2\)"):
+    anakin.make_train(r2ac_configs.tiny(), mesh=TwoDeviceMesh(), num_seeds=3)
+
+
+def _first_unroll(desync_steps):
+  config = r2ac_configs.tiny()      # MemoryChain(3): 4-step episodes
+  config.desync_steps = desync_steps
+  config.num_envs = 16
+  train = anakin.make_train(config)
+  runner = train.init(jax.random.PRNGKey(0))
+  _, trajectory, _ = jax.jit(train.rollout)(runner)
+  return jax.device_get(runner), jax.device_get(trajectory)
+
+
+def test_desynchronised_environments_start_at_random_phases():
+  """With desync_steps > 0 (the default) no step of the first unroll starts
+  an episode in every environment, and environments enter it at several
+  episode steps, mid-episode core states included; desync_steps=0 (control)
+  starts all of them together, and they stay in lockstep."""
+  assert r2ac_configs.default().desync_steps > 0
+  runner, trajectory = _first_unroll(desync_steps=16)
+  assert int(runner.update) == 0
+  assert len(set(runner.episode_length.tolist())) >= 3
+  assert not trajectory.reset.all(axis=1).any()
+  started = ~runner.reset
+  assert started.any()
+  assert np.abs(runner.core_state.hidden[started]).max() > 0
+  # Environments that are mid-episode carry that episode's return so far
+  # (MemoryChain pays only at the end, so 0) and its length.
+  assert (runner.episode_length[started] > 0).all()
+
+  runner, trajectory = _first_unroll(desync_steps=0)
+  assert (runner.episode_length == 0).all() and runner.reset.all()
+  assert all(row.all() or not row.any() for row in trajectory.reset)

@@ -76,6 +76,10 @@ def default():
   config.gradient = "rtrl"
   config.num_envs = 64
   config.unroll_length = 5      # M
+  # Before update 0, environment b takes u_b ~ U{0..W-1} steps (W =
+  # desync_steps) so that episodes are at random phases; 0: all start at
+  # once (synchronised). rtrl_jax/anakin.py.
+  config.desync_steps = 128
   config.total_updates = 3000   # also the LR-decay horizon
   config.updates_per_call = 25
   config.num_devices = 0        # 0: all local devices
@@ -116,6 +120,9 @@ def tiny():
   config.network.hidden_size = 16
   config.num_envs = 8
   config.unroll_length = 4
+  # Synchronised: tests that pin where episodes start in an unroll build on
+  # this config (tests/anakin_test.py tests desync_steps > 0).
+  config.desync_steps = 0
   config.total_updates = 40
   config.updates_per_call = 10
   config.eval.every_calls = 2
@@ -175,6 +182,7 @@ def config_rules():
   positive = experiment.config.positive
   return agent_rules() + [
       ("num_envs", positive, "a positive int"),
+      ("desync_steps", lambda v: v >= 0, "a non-negative int"),
       ("updates_per_call", positive, "a positive int"),
       ("@total_updates", lambda c: c.total_updates % c.updates_per_call == 0,
        "a multiple of updates_per_call"),

@@ -132,7 +132,7 @@ def make_alignment_probe(config, train, num_unrolls):
   steps = config.unroll_length
 
   def probe(params, key):
-    runner = train.init(key)._replace(params=params)
+    runner = train.start(key)._replace(params=params)
     runner = runner._replace(
         core_state=agent.initial_core_state(params, config.num_envs))
 
@@ -203,7 +203,7 @@ def make_training_alignment_probe(config, train, num_unrolls):
   agent, steps = train.agent, config.unroll_length
 
   def probe(params, opt_state, key):
-    runner = train.init(key)._replace(params=params, opt_state=opt_state)
+    runner = train.start(key)._replace(params=params, opt_state=opt_state)
 
     def train_one(runner, _):
       runner, trajectory, _ = train.rollout(runner)
