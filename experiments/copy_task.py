@@ -6,13 +6,18 @@ r"""Copy task: an eLSTM trained by RTRL, TBPTT or BPTT (docs/COPY_TASK.md).
       --workdir=runs/copy_tbptt5 [--resume]
 
 The run folder gets config.json, metrics.jsonl/.csv, TensorBoard events,
-checkpoints/ and, at the end, results.json (test-set scalars). SIGTERM saves a
-checkpoint and exits 0; `--resume` continues from the latest checkpoint.
+checkpoints/ and, at the end, results.json (test-set scalars). SIGTERM or
+Ctrl-C saves a checkpoint and exits 0 printing {"status": "preempted", ...}
+(see rtrl_jax.experiment.preemption; a second Ctrl-C aborts); `--resume`
+continues from the latest intact checkpoint and may change the logging,
+evaluation and checkpoint cadence or raise train.num_steps.
 Exit status: 0 done or preempted, 1 a bad config or flag (one line naming the
-key) or a non-finite loss (naming the step).
+key), a workdir in use, or a non-finite or diverging loss or gradient norm
+(naming the step; the last checkpoint is from before it).
 """
 
 import json
+import math
 import os
 import sys
 import time
@@ -27,16 +32,46 @@ from rtrl_jax.experiment.run_logger import write_json
 
 _CONFIG = experiment.cli.define_config_flag(
     "experiments/configs/copy_task.py",
-    "A config file, optionally with ':name' (paper, cpu, tiny).")
+    "A config file, optionally with ':preset' (cpu: the default, gpu/paper, "
+    "tiny).")
 _WORKDIR = flags.DEFINE_string(
     "workdir", None, "Run folder (default runs/copy_task_<mode>_<time>).")
 _RESUME = flags.DEFINE_bool(
     "resume", False, "Continue from the latest checkpoint in --workdir.")
 
 
+def estimated_bytes(config):
+  """A lower estimate of the memory one train step and one evaluation
+  batch take (float32): parameters with Adam's two moments, the RTRL
+  sensitivities, and the activations autodiff keeps over a segment (the
+  whole sequence for bptt, and for evaluation)."""
+  n, d = config.model.hidden_size, copy_task.NUM_TOKENS
+  length = 2 * config.data.max_length
+  params = 3 * n * d + n * n + 6 * n + 2 * n + 2
+  segment = (length if config.train.mode == "bptt"
+             else config.train.segment_length)
+  train = (3 * params + config.train.batch_size * (2 * n * d + 5 * n)
+           + 8 * segment * config.train.batch_size * n)
+  evaluate = params + 4 * length * config.data.eval_batch_size * n
+  return 4 * max(train, evaluate)
+
+
+def available_bytes():
+  """The first device's memory limit, or the machine's physical memory."""
+  try:
+    stats = jax.devices()[0].memory_stats() or {}
+  except Exception:  # pylint: disable=broad-except
+    stats = {}
+  if stats.get("bytes_limit"):
+    return int(stats["bytes_limit"])
+  return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
 def config_rules():
   """Value rules of the copy-task config, for `experiment.check_config`."""
   positive = experiment.config.positive
+  finite_positive = lambda v: math.isfinite(v) and v > 0
+  gib = lambda b: f"{b / 2**30:.3g} GiB"
   return [
       ("model.cell", *experiment.config.one_of("elstm")),
       ("model.hidden_size", positive, "a positive int"),
@@ -61,11 +96,19 @@ def config_rules():
        "'sequence' when train.mode is 'bptt'"),
       ("train.batch_size", positive, "a positive int"),
       ("train.num_steps", lambda v: v >= 0, "a non-negative int"),
-      ("train.learning_rate", positive, "positive"),
+      ("train.learning_rate", finite_positive, "positive and finite"),
       ("train.b1", lambda v: 0 <= v < 1, "in [0, 1)"),
       ("train.b2", lambda v: 0 <= v < 1, "in [0, 1)"),
-      ("train.eps", lambda v: v >= 0, "non-negative"),
-      ("train.clip_norm", positive, "positive"),
+      ("train.eps", lambda v: math.isfinite(v) and v >= 0,
+       "non-negative and finite"),
+      ("train.clip_norm", finite_positive, "positive and finite"),
+      ("model.init_scale", math.isfinite, "finite"),
+      ("model.forget_bias", math.isfinite, "finite"),
+      ("@model.hidden_size",
+       lambda c: estimated_bytes(c) <= available_bytes(),
+       f"small enough for memory ({gib(available_bytes())} here; with "
+       "train.batch_size, data.max_length and data.eval_batch_size it sets "
+       "the estimate)"),
       ("run.log_every", positive, "a positive int"),
       ("run.eval_every", positive, "a positive int"),
       ("run.checkpoint_every", positive, "a positive int"),
@@ -78,18 +121,24 @@ def run(config, workdir, resume):
   experiment.check_config(config, copy_task_configs.get_config(),
                           config_rules())
   checkpointer, resume_step = experiment.prepare_workdir(
-      workdir, config, resume, max_to_keep=config.run.max_checkpoints)
-  done = experiment.finished_results(workdir, resume_step,
-                                     config.train.num_steps)
-  if done is not None:
+      workdir, config, resume, max_to_keep=config.run.max_checkpoints,
+      resume_may_change=copy_task_configs.RESUME_MAY_CHANGE,
+      resume_may_extend=copy_task_configs.RESUME_MAY_EXTEND)
+  try:
+    done = experiment.finished_results(workdir, resume_step,
+                                       config.train.num_steps)
+    if done is not None:
+      checkpointer.close()
+      print(f"{workdir}: ended before ({done['status']} at step "
+            f"{done['step']}); nothing to resume", flush=True)
+      return done
+    state = copy_task.init_train_state(config)
+    if resume_step is not None:
+      state, _ = checkpointer.restore(state, resume_step)
+      logging.info("resumed %s from step %d", workdir, resume_step)
+  except BaseException:
     checkpointer.close()
-    print(f"{workdir}: ended before ({done['status']} at step "
-          f"{done['step']}); nothing to resume", flush=True)
-    return done
-  state = copy_task.init_train_state(config)
-  if resume_step is not None:
-    state, _ = checkpointer.restore(state, resume_step)
-    logging.info("resumed %s from step %d", workdir, resume_step)
+    raise
   logger = experiment.RunLogger(workdir, config, resume_step=resume_step,
                                 use_wandb=config.run.wandb)
   valid_set, test_set = copy_task.evaluation_sets(
@@ -132,7 +181,7 @@ def run(config, workdir, resume):
 
 
 def main(argv):
-  experiment.cli.start_main(argv, quiet_logging=False)
+  experiment.cli.start_main(argv)
   config = _CONFIG.value
   workdir = experiment.cli.run_workdir(
       _WORKDIR.value, f"copy_task_{config.train.mode}", _RESUME.value)

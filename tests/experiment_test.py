@@ -140,8 +140,8 @@ def test_locked_config_key_error_names_the_flag():
   argv = ["script", "--config.optimizer.learning_rat=0.1"]
   error = KeyError("'learning_rat' Did you mean 'learning_rate' instead?")
   assert experiment.cli.describe_flag_error(error, argv) == (
-      "config.optimizer.learning_rat: 'learning_rat' Did you mean "
-      "'learning_rate' instead?")
+      "config.optimizer.learning_rat: unknown key 'learning_rat' (did you "
+      "mean 'learning_rate'?)")
   argv = ["script", "--config.optimizer.decay=abc"]
   error = ValueError("could not convert string to float: 'abc'")
   assert experiment.cli.describe_flag_error(error, argv) == (
@@ -166,8 +166,8 @@ def test_script_config_errors_are_one_line_naming_the_key(tmp_path):
                             workdir=str(tmp_path / "c"))
   assert default_file.returncode == 1
   assert default_file.stderr.strip().splitlines() == [
-      "error: config.train.learning_rat: 'learning_rat' Did you mean "
-      '"learning_rate" instead of "learning_rat"?']
+      "error: config.train.learning_rat: unknown key 'learning_rat' (did you "
+      "mean 'learning_rate'?)"]
   assert not os.path.exists(tmp_path / "c")
 
 
@@ -235,8 +235,14 @@ def test_checkpoint_round_trip(tmp_path):
   checkpointer.close()
 
 
-def test_run_workdir_defaults_only_for_a_new_single_process_run():
-  assert experiment.cli.run_workdir("given", "x", resume=True) == "given"
+def test_run_workdir_defaults_only_for_a_new_single_process_run(tmp_path):
+  given = str(tmp_path)
+  assert experiment.cli.run_workdir(given, "x", resume=True) == given
+  missing = str(tmp_path / "typo")
+  assert experiment.cli.run_workdir(missing, "x", resume=False) == missing
+  with pytest.raises(SystemExit, match=(
+      rf"^error: --resume: {missing} does not exist \(no run to continue")):
+    experiment.cli.run_workdir(missing, "x", resume=True)
   default = experiment.cli.run_workdir(None, "copy", resume=False)
   assert os.path.dirname(default) == "runs"
   assert os.path.basename(default).startswith("copy_")

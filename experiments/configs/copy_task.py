@@ -1,7 +1,8 @@
 """Configs for experiments/copy_task.py.
 
-  --config=experiments/configs/copy_task.py          the paper (GPU, untested)
+  --config=experiments/configs/copy_task.py          = :cpu (the default)
   --config=experiments/configs/copy_task.py:cpu      what docs/COPY_TASK.md ran
+  --config=experiments/configs/copy_task.py:gpu      the paper (= :paper; GPU, untested)
   --config=experiments/configs/copy_task.py:tiny     seconds; tests and CI
 
 Override any field on the command line, e.g. `--config.train.mode=bptt
@@ -97,8 +98,18 @@ def tiny():
 
 CONFIGS = {"paper": paper, "gpu": paper, "cpu": cpu, "tiny": tiny}
 
+# What `--resume` may change (see rtrl_jax.experiment.prepare_workdir):
+# logging, evaluation and checkpoint cadence do not change what is trained;
+# train.num_steps may grow (the learning rate is constant, so there is no
+# schedule whose horizon would move).
+RESUME_MAY_CHANGE = ("run.progress", "run.log_every", "run.eval_every",
+                     "run.checkpoint_every", "run.max_checkpoints",
+                     "run.wandb")
+RESUME_MAY_EXTEND = ("train.num_steps",)
 
-def get_config(name="paper"):
+
+def get_config(name="cpu"):
   if name not in CONFIGS:
-    raise ValueError(f"config: unknown name {name!r}; one of {sorted(CONFIGS)}")
+    raise ValueError(f"unknown config preset {name!r}; the presets are "
+                     f"{', '.join(sorted(CONFIGS))}")
   return CONFIGS[name]()

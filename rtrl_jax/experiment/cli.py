@@ -21,6 +21,8 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
+from rtrl_jax.experiment import preemption
+
 
 def describe_flag_error(error, argv):
   """One line for `error`, led by the `--config.<key>` it concerns, if any."""
@@ -32,11 +34,23 @@ def describe_flag_error(error, argv):
     text = text[1:-1].strip()       # the quotes str(KeyError) adds
   if re.fullmatch(r"'\w+'", text):
     text = text[1:-1]     # ConfigDict's AttributeError quotes the key twice
+  parse = re.match(r"flag (--config=\S+): Error whilst parsing config file:",
+                   str(error))
+  if parse:
+    # The config file's get_config raised, e.g. for an unknown ":preset".
+    reason = re.sub(r"^\w*(Error|Exception): ", "", text)
+    return f"{parse.group(1)}: {reason}"
+  suggestion = re.fullmatch(
+      r"'?(\w+)'? Did you mean [\"'](\w+)[\"'] instead(?: of [\"']\w+[\"'])?\??",
+      text)
   for arg in argv[1:]:
     match = re.match(r"--(config\.[\w.]+)", arg)
     if not match:
       continue
     key = match.group(1)
+    if suggestion and suggestion.group(1) in key.split(".")[1:]:
+      return (f"{key}: unknown key {suggestion.group(1)!r} (did you mean "
+              f"{suggestion.group(2)!r}?)")
     if text in key.split(".")[1:]:
       # A locked ConfigDict's KeyError says only the (first) missing key.
       return (f"{key}: unknown key {text!r} (the config file defines no such "
@@ -114,22 +128,30 @@ def parse_flags(argv):
     sys.exit(f"error: {describe_flag_error(error, argv)}")
 
 
-def start_main(argv, quiet_logging=True):
+def start_main(argv, quiet_logging=True, preemptible=True):
   """The start of every script's `main`: no positional arguments (exit 1
-  naming them) and, unless --verbosity is given, absl logging at WARNING
-  (orbax logs every checkpoint save at INFO)."""
+  naming them); unless --verbosity is given, absl logging at WARNING (orbax
+  logs every checkpoint save at INFO); and, with `preemptible`, SIGTERM and
+  SIGINT handled as `preemption` describes (save, or exit as preempted)."""
   if len(argv) > 1:
     sys.exit(f"error: unexpected arguments {argv[1:]}")
   if quiet_logging and not flags.FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)
+  if preemptible:
+    preemption.install()
 
 
 def run_workdir(given, name, resume, num_processes=1):
   """The run folder: --workdir, or runs/<name>_<date>_<time> for a new
   single-process run. Exits with a one-line error where no default can be
   right: --resume (the run to continue has a name) and several processes
-  (each would pick its own time)."""
+  (each would pick its own time), and for --resume of a --workdir that does
+  not exist (a mistyped path would otherwise start a new run)."""
   if given:
+    if resume and not os.path.exists(given):
+      sys.exit(f"error: --resume: {given} does not exist (no run to "
+               "continue there); check the path, or drop --resume to start a "
+               "new run in it")
     return given
   if resume:
     sys.exit("error: --resume needs --workdir: the folder of the run to "

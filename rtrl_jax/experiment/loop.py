@@ -1,16 +1,30 @@
 """The training loop shared by experiment scripts.
 
+    (resumed at s = the last step, or at an evaluation step: evaluate(state)
+     again, logged only where the killed run had not logged it; at the last
+     step this redoes a final evaluation a kill lost, and a run whose
+     should_stop fired there stays stopped)
     for s in start_step+1 .. num_steps:
       state, metrics = train_step(state)        # jitted, pure; metrics at s
       every log_every: log train/* and steps/s   (checks the losses first)
       every eval_every: log evaluate(state)      (may stop the run)
       every checkpoint_every: save state         (checks the losses first)
-      SIGTERM received (by any process): save state and return "preempted"
-        (unless should_stop fired in this step: "stopped" wins)
+      SIGTERM or SIGINT received (by any process): save state and return
+        "preempted" (unless should_stop fired in this step: "stopped" wins)
 
-Losses are fetched from the device only at log/checkpoint boundaries; the
-first non-finite one raises `NonFiniteLossError` naming its step, and the
-state is not saved, so the last checkpoint is the last good one.
+Losses (and gradient norms) are fetched from the device only at
+log/checkpoint boundaries. The first one that is non-finite, or more than
+`divergence_factor` times its reference (the median of |value| over the
+first `DIVERGENCE_WINDOW` logged values of the run, read back from
+metrics.jsonl on a resume), raises `NonFiniteLossError` (`DivergenceError`)
+naming the step, and the state is not saved, so the last checkpoint is from
+before it.
+
+Signals: see `rtrl_jax.experiment.preemption` (installed by every script):
+a signal with nothing new to save (before the first step of this session,
+e.g. while it compiles) exits at once; one during the last step saves, then
+exits as preempted (a resume redoes the final evaluation); a second Ctrl-C
+aborts.
 """
 
 import contextlib
@@ -26,8 +40,21 @@ import tqdm
 from absl import logging
 
 
+from rtrl_jax.experiment import preemption
+
+# Divergence guard: a checked metric above DIVERGENCE_FACTOR × the median
+# |value| of its first DIVERGENCE_WINDOW logged values stops the run.
+DIVERGENCE_FACTOR = 1e4
+DIVERGENCE_WINDOW = 5
+
+
 class NonFiniteLossError(RuntimeError):
   """The loss became NaN or infinite; the message names the step."""
+
+
+class DivergenceError(NonFiniteLossError):
+  """A loss or gradient norm exploded (beyond `divergence_factor` times its
+  reference); the message names the step, the value and the reference."""
 
 
 @dataclasses.dataclass
@@ -46,19 +73,35 @@ class LoopResult:
 
 
 @contextlib.contextmanager
-def _sigterm_flag():
-  """Yields a dict whose "set" becomes True on SIGTERM while inside."""
-  flag = {"set": False}
+def _signal_flag():
+  """Yields a dict whose "set" becomes the signal's name on SIGTERM or SIGINT
+  while inside. With `preemption` installed (the scripts), that module
+  decides; else (run() called from Python) this installs plain handlers."""
+  flag = {"set": None}
+  if preemption.installed():
+    try:
+      yield flag
+    finally:
+      preemption.set_deferring(False)
+    return
 
   def handler(signum, frame):
-    del signum, frame
-    flag["set"] = True
+    del frame
+    flag["set"] = signal.Signals(signum).name
 
-  previous = signal.signal(signal.SIGTERM, handler)
+  previous = {s: signal.signal(s, handler)
+              for s in (signal.SIGTERM, signal.SIGINT)}
   try:
     yield flag
   finally:
-    signal.signal(signal.SIGTERM, previous)
+    for s, h in previous.items():
+      signal.signal(s, h)
+
+
+def _signal_received(flag):
+  if preemption.installed():
+    flag["set"] = flag["set"] or preemption.requested()
+  return flag["set"]
 
 
 def _in_any_process(flag):
@@ -71,21 +114,66 @@ def _in_any_process(flag):
   return bool(np.any(multihost_utils.process_allgather(np.int32(flag))))
 
 
-def _check_finite(pending, loss_key, checkpointer):
-  """Raises NonFiniteLossError at the first non-finite loss in `pending`."""
-  if not pending:
-    return
-  steps = [step for step, _ in pending]
-  losses = np.asarray(jax.device_get([loss for _, loss in pending]))
-  bad = np.flatnonzero(~np.isfinite(losses))
-  pending.clear()
-  if bad.size:
-    last = checkpointer.latest_step() if checkpointer else None
-    kept = (f"last good checkpoint: step {last} in {checkpointer.directory}"
-            if last is not None else "no checkpoint was saved")
-    raise NonFiniteLossError(
-        f"non-finite {loss_key} ({losses[bad[0]]}) at step {steps[bad[0]]}; "
-        f"stopped without saving; {kept}")
+class _Guard:
+  """The non-finite and divergence checks of the pending metrics."""
+
+  def __init__(self, keys, factor, history):
+    self.keys = keys
+    self.factor = factor
+    # {key: [|value| of the first DIVERGENCE_WINDOW logged values]}
+    self.early = {k: [abs(v) for v in history.get(k, [])
+                      if math.isfinite(v)][:DIVERGENCE_WINDOW] for k in keys}
+
+  def note_logged(self, scalars):
+    for key in self.keys:
+      value = scalars.get(f"train/{key}")
+      if (value is not None and len(self.early[key]) < DIVERGENCE_WINDOW
+          and math.isfinite(value)):
+        self.early[key].append(abs(float(value)))
+
+  def reference(self, key):
+    if not self.factor or len(self.early[key]) < DIVERGENCE_WINDOW:
+      return None
+    return float(np.median(self.early[key]))
+
+  def check(self, pending, checkpointer):
+    """Raises at the first bad value in `pending` [(step, {key: value})]."""
+    if not pending:
+      return
+    steps = [step for step, _ in pending]
+    values = jax.device_get([metrics for _, metrics in pending])
+    pending.clear()
+    error = self._first_error(steps, values)
+    # Processes stop together (process 0 alone has the logged reference).
+    if _in_any_process(error is not None) and error is None:
+      error = DivergenceError("another process found a diverged or "
+                              "non-finite metric")
+    if error is not None:
+      last = checkpointer.latest_step() if checkpointer else None
+      kept = (f"last good checkpoint: step {last} in "
+              f"{checkpointer.directory}" if last is not None
+              else "no checkpoint was saved")
+      raise type(error)(f"{error}; stopped without saving; {kept}")
+
+  def _first_error(self, steps, values):
+    for step, metrics in zip(steps, values):
+      for key in self.keys:
+        if key not in metrics:
+          continue
+        value = float(np.asarray(metrics[key]))
+        reference = self.reference(key)
+        if not math.isfinite(value):
+          error = NonFiniteLossError(f"non-finite {key} ({value}) at step "
+                                     f"{step}")
+        elif reference and abs(value) > self.factor * reference:
+          error = DivergenceError(
+              f"{key} diverged at step {step}: {value:.4g} is more than "
+              f"{self.factor:g}x its reference {reference:.4g} (median |value| "
+              f"of the first {DIVERGENCE_WINDOW} logged)")
+        else:
+          continue
+        return error
+    return None
 
 
 def train_loop(state, train_step, *, start_step, num_steps, logger,
@@ -93,7 +181,8 @@ def train_loop(state, train_step, *, start_step, num_steps, logger,
                evaluate=None, should_stop=None, loss_key="loss",
                progress_metric=None, progress=True, checkpoint_metadata=None,
                progress_train_metrics=(), progress_unit="step",
-               progress_unit_scale=1):
+               progress_unit_scale=1, divergence_keys=None,
+               divergence_factor=DIVERGENCE_FACTOR):
   """Runs `train_step` from `start_step` to `num_steps`; see the module doc.
 
   Args:
@@ -105,9 +194,10 @@ def train_loop(state, train_step, *, start_step, num_steps, logger,
     checkpointer: a `Checkpointer`.
     log_every, eval_every, checkpoint_every: intervals in steps.
     evaluate: state -> {name: float}, logged as given (e.g. "valid/accuracy");
-      also run at step 0 of a new run.
+      also run at step 0 of a new run, and again at a resumed last or
+      evaluation step (see the module doc).
     should_stop: {name: float} -> bool on each evaluation's scalars.
-    loss_key: the metric checked for non-finite values.
+    loss_key: the metric checked for non-finite values and divergence.
     progress_metric: an evaluation scalar shown in the progress bar.
     progress: show a tqdm bar (steps/s, loss, progress_metric).
     progress_train_metrics: train metric names also shown in the bar.
@@ -116,14 +206,24 @@ def train_loop(state, train_step, *, start_step, num_steps, logger,
       in these units per second.
     checkpoint_metadata: (step, state) -> JSON-able dict saved with each
       checkpoint.
+    divergence_keys: train metrics checked (default: `loss_key` and
+      "grad_norm", where the step returns them).
+    divergence_factor: the factor over the reference that counts as
+      diverged (default DIVERGENCE_FACTOR); None or 0: only non-finite
+      values stop the run.
 
   Returns:
     (state, LoopResult).
 
   Raises:
-    NonFiniteLossError: see the module doc.
+    NonFiniteLossError (DivergenceError): see the module doc.
   """
   metadata = checkpoint_metadata or (lambda step, state: {"step": step})
+  keys = tuple(divergence_keys) if divergence_keys is not None else (
+      loss_key, "grad_norm")
+  history = {k: _logged_values(logger, f"train/{k}", DIVERGENCE_WINDOW)
+             for k in keys} if start_step > 0 else {}
+  guard = _Guard(keys, divergence_factor, history)
   pending = []
   eval_metrics = {}
   last_metrics = None
@@ -131,8 +231,9 @@ def train_loop(state, train_step, *, start_step, num_steps, logger,
   step = start_step
 
   def save(step):
-    _check_finite(pending, loss_key, checkpointer)
+    guard.check(pending, checkpointer)
     checkpointer.save(step, state, metadata(step, state))
+    preemption.set_deferring(False)
 
   def run_evaluation(step):
     nonlocal eval_metrics
@@ -157,21 +258,24 @@ def train_loop(state, train_step, *, start_step, num_steps, logger,
                 for name in progress_train_metrics]
     return " ".join(parts)
 
-  with _sigterm_flag() as sigterm, tqdm.tqdm(
+  with _signal_flag() as flag, tqdm.tqdm(
       total=num_steps, initial=start_step, unit=progress_unit,
       unit_scale=progress_unit_scale, dynamic_ncols=True,
       disable=not progress, mininterval=1.0) as bar:
-    if evaluate is not None and start_step == 0 and num_steps > 0:
-      if run_evaluation(0):
+    if evaluate is not None and num_steps > 0 and _evaluate_at_start(
+        logger, start_step, num_steps, eval_every):
+      if run_evaluation(start_step):
         status = "stopped"
     tick, tick_step = time.perf_counter(), step
     while status == "finished" and step < num_steps:
       state, last_metrics = train_step(state)
       step += 1
-      pending.append((step, last_metrics[loss_key]))
+      preemption.set_deferring(True)
+      pending.append((step, {k: last_metrics[k] for k in keys
+                             if k in last_metrics}))
       bar.update(1)
       if step % log_every == 0 or step == num_steps:
-        _check_finite(pending, loss_key, checkpointer)
+        guard.check(pending, checkpointer)
         now = time.perf_counter()
         scalars = {f"train/{k}": v
                    for k, v in jax.device_get(last_metrics).items()}
@@ -179,6 +283,8 @@ def train_loop(state, train_step, *, start_step, num_steps, logger,
             now - tick, 1e-9)
         tick, tick_step = now, step
         logger.write(step, scalars)
+        guard.note_logged({k: float(np.asarray(v))
+                           for k, v in scalars.items()})
         bar.set_postfix_str(_postfix(), refresh=False)
       if evaluate is not None and (step % eval_every == 0 or
                                    step == num_steps):
@@ -187,12 +293,46 @@ def train_loop(state, train_step, *, start_step, num_steps, logger,
       # Every process takes part in this collective each step; only a run
       # that would go on becomes "preempted": one that stopped at its target
       # is done, and a resume must not train past it.
-      if _in_any_process(sigterm["set"]) and status == "finished":
+      if (_in_any_process(bool(_signal_received(flag)))
+          and status == "finished" and step < num_steps):
         status = "preempted"
       if step % checkpoint_every == 0 or status != "finished":
         save(step)
     save(step)
+    received = _signal_received(flag)
+    if status != "preempted" and _in_any_process(bool(received)):
+      received = received or "SIGTERM"     # (another process got it)
   if status == "preempted":
-    logging.warning("SIGTERM: saved the checkpoint of step %d in %s", step,
-                    checkpointer.directory)
+    logging.warning("%s: saved the checkpoint of step %d in %s", received,
+                    step, checkpointer.directory)
+  elif received and preemption.installed():
+    # A signal in the last step: the checkpoint is saved; exit now as
+    # preempted rather than run the script's final evaluation, which a
+    # --resume redoes.
+    preemption.exit_preempted(received, f"saved the checkpoint of step {step}"
+                              f" in {checkpointer.directory}; --resume "
+                              "finishes the run")
   return state, LoopResult(status=status, step=step, eval_metrics=eval_metrics)
+
+
+def _logged_values(logger, name, limit):
+  values = getattr(logger, "values", None)
+  return values(name, limit) if values is not None else []
+
+
+def _evaluate_at_start(logger, start_step, num_steps, eval_every):
+  """Whether to evaluate before the first step: a new run; a resume at the
+  last step (its final evaluation may be lost) or at a step the killed run
+  evaluated (its should_stop must hold again)."""
+  if start_step == 0 or start_step == num_steps:
+    return True
+  logged = getattr(logger, "logged_names", None)
+  if logged is not None:
+    evaluated = any(not name.startswith("train/")
+                    for name in logged(start_step))
+  else:
+    evaluated = start_step % eval_every == 0
+  if jax.process_count() > 1:     # process 0 has the logs
+    evaluated = bool(multihost_utils.broadcast_one_to_all(
+        np.int32(evaluated)))
+  return evaluated

@@ -9,9 +9,14 @@ Files in the run folder:
   tensorboard/        tensorboardX event files
 
 After a resume from step s, rows past s (logged by the killed run after its
-last checkpoint) are dropped from the JSONL/CSV and TensorBoard purges them,
-so every step is logged once. Lines a kill left torn (a last line without its
-newline, or any line that does not parse) are dropped too, with a warning.
+last checkpoint) are dropped from the JSONL/CSV, and a scalar the killed run
+already logged at step s itself (an evaluation a resume repeats, a script's
+final test scalars) is not written again, so every step is logged once.
+Lines a kill left torn (a last line without its newline, or any line that
+does not parse) are dropped too, with a warning. TensorBoard's event files
+are rebuilt from metrics.jsonl on every resume (tensorboardX writes from a
+worker thread, so a kill can lose points it had not yet written) and removed
+when a run starts over, so TensorBoard shows exactly the JSONL's rows.
 
 Files a resume reads (the metrics files when rows are dropped, results.json,
 a study's final_eval.json) are written with `write_json`/`write_text`: to a
@@ -24,6 +29,7 @@ import csv
 import json
 import math
 import os
+import shutil
 
 import tensorboardX
 from absl import logging
@@ -141,6 +147,7 @@ class RunLogger:
                config.to_json_best_effort(indent=2, sort_keys=True) + "\n")
     self._jsonl_path = os.path.join(workdir, "metrics.jsonl")
     self._csv_path = os.path.join(workdir, "metrics.csv")
+    self._resume_step = resume_step
     if resume_step is not None:
       _drop_rows_after(self._jsonl_path, resume_step, _jsonl_step)
       _drop_rows_after(self._csv_path, resume_step, _csv_step)
@@ -148,15 +155,29 @@ class RunLogger:
       for path in (self._jsonl_path, self._csv_path):
         if os.path.exists(path):
           os.remove(path)
+    rows = read_jsonl(self._jsonl_path) if os.path.exists(
+        self._jsonl_path) else []
+    # Names logged at the resumed step (not to be written twice).
+    self._at_resume = {name for row in rows if row["step"] == resume_step
+                       for name in row if name != "step"}
+    self._last_step, self._last_names = None, set()
     new_csv = not os.path.exists(self._csv_path)
     self._jsonl = open(self._jsonl_path, "a")
     self._csv_file = open(self._csv_path, "a", newline="")
     self._csv = csv.writer(self._csv_file)
     if new_csv:
       self._csv.writerow(["step", "name", "value"])
-    self._tensorboard = tensorboardX.SummaryWriter(
-        os.path.join(workdir, "tensorboard"),
-        purge_step=None if resume_step is None else resume_step + 1)
+    tensorboard_dir = os.path.join(workdir, "tensorboard")
+    if os.path.isdir(tensorboard_dir):
+      shutil.rmtree(tensorboard_dir)
+    self._tensorboard = tensorboardX.SummaryWriter(tensorboard_dir)
+    self._first_values = {}
+    for row in rows:
+      self._remember(row)
+      for name, value in row.items():
+        if name != "step" and math.isfinite(value):
+          self._tensorboard.add_scalar(name, value, int(row["step"]))
+    self._tensorboard.flush()
     self._wandb = None
     if use_wandb:
       try:
@@ -168,9 +189,41 @@ class RunLogger:
                                  resume="allow",
                                  name=os.path.basename(workdir.rstrip("/")))
 
+  _REMEMBERED = 16     # values per name that `values` can return
+
+  def _remember(self, row):
+    for name, value in row.items():
+      if name != "step":
+        first = self._first_values.setdefault(name, [])
+        if len(first) < self._REMEMBERED:
+          first.append(value)
+    if row["step"] != self._last_step:
+      self._last_step, self._last_names = row["step"], set()
+    self._last_names |= set(row) - {"step"}
+
+  def values(self, name, limit):
+    """The first `limit` (at most 16) values of `name` logged so far in the
+    JSONL (kept from before a resume, then written by this logger)."""
+    assert limit <= self._REMEMBERED
+    return self._first_values.get(name, [])[:limit]
+
+  def logged_names(self, step):
+    """Names logged at `step`: the resumed step or the last one written."""
+    if step == self._resume_step:
+      return set(self._at_resume)
+    return set(self._last_names) if step == self._last_step else set()
+
   def write(self, step, scalars):
-    """Logs {name: float} at `step` everywhere."""
+    """Logs {name: float} at `step` everywhere (at a resumed step, only the
+    names the killed run had not logged there)."""
     scalars = {name: float(value) for name, value in scalars.items()}
+    if self._resume_step is not None and int(step) == self._resume_step:
+      scalars = {name: value for name, value in scalars.items()
+                 if name not in self._at_resume}
+      self._at_resume |= set(scalars)
+      if not scalars:
+        return
+    self._remember({"step": int(step), **scalars})
     self._jsonl.write(json.dumps(json_safe({"step": int(step), **scalars}),
                                  allow_nan=False) + "\n")
     self._jsonl.flush()
