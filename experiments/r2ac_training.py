@@ -7,9 +7,11 @@ without defining the script's flags twice.
 
 import os
 import time
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from experiments.configs import r2ac as r2ac_configs
@@ -57,20 +59,92 @@ def make_train_step(config, train):
   return train_step
 
 
-def make_greedy_evaluation(config, train):
-  """runner -> {"eval/greedy_return": ...}; its own keys, not the runner's."""
-  episode_returns = evaluation.make_episode_returns(
-      train.agent, train.env, config.eval.episodes, greedy=True,
-      reward_clip=config.loss.reward_clip)
+def make_evaluation(config, train, episodes=None, prefix="eval"):
+  """runner -> {"<prefix>/sampled_return": ..., "<prefix>/greedy_return": ...}.
+
+  The primary number is the return with actions *sampled* from the policy
+  (what the agent does; a near-uniform policy scores near chance however
+  good its argmax is); greedy (argmax) is a secondary column. `episodes`
+  per kind (default config.eval.episodes), on keys of their own.
+  """
+  episodes = episodes or config.eval.episodes
+  kinds = {kind: evaluation.make_episode_returns(
+      train.agent, train.env, episodes, greedy=kind == "greedy",
+      reward_clip=config.loss.reward_clip) for kind in ("sampled", "greedy")}
   eval_key = jax.random.PRNGKey(config.seed + 1)
 
   def evaluate(runner):
     key = jax.random.fold_in(eval_key, runner.update)
-    returns, lengths = episode_returns(runner.params, key)
-    return {"eval/greedy_return": jnp.mean(returns),
-            "eval/greedy_length": jnp.mean(lengths)}
+    out = {}
+    for index, (kind, episode_returns) in enumerate(kinds.items()):
+      returns, lengths = episode_returns(runner.params,
+                                         jax.random.fold_in(key, index))
+      out[f"{prefix}/{kind}_return"] = jnp.mean(returns)
+      out[f"{prefix}/{kind}_length"] = jnp.mean(lengths)
+    return out
 
   return evaluate
+
+
+class SeedsResult(NamedTuple):
+  """What `train_seeds` returns (NumPy; S seeds)."""
+  frames: np.ndarray           # [calls] environment frames after each call
+  train_return: np.ndarray     # [calls, S] mean return of the training
+                               # episodes (sampled actions) that ended in
+                               # the call; NaN where none did
+  sampled: np.ndarray          # [S, eval_episodes] final sampled returns
+  greedy: np.ndarray           # [S, greedy_episodes] final greedy returns
+  seconds_per_frame: float     # training wall time per frame (all seeds)
+                               # after the first (compiling) call
+
+
+def train_seeds(config, seeds, eval_episodes, greedy_episodes,
+                eval_seed_offset=10_000, on_call=None):
+  """Trains `config` for every seed in one program; evaluates each seed.
+
+  Seed s is the run `experiments.r2ac_anakin` makes with config.seed = s
+  (`anakin.make_train(num_seeds=...)`). At the end each seed's parameters
+  get `eval_episodes` sampled and `greedy_episodes` greedy episodes on
+  evaluation keys PRNGKey(eval_seed_offset + s). on_call(call, frames,
+  returns [S]) is called after every call (progress). Raises
+  NonFiniteLossError on a non-finite loss.
+  """
+  r2ac_configs.check(config)
+  train = anakin.make_train(config, num_seeds=len(seeds))
+  runner = train.init(anakin.seed_keys(seeds))
+  calls = config.total_updates // config.updates_per_call
+  frames_per_call = anakin.frames_per_update(config) * config.updates_per_call
+  curve, compiled = [], None
+  for call in range(calls):
+    runner, metrics = train.update(runner)
+    metrics = jax.device_get(metrics)
+    if not np.all(np.isfinite(metrics["loss/total"])):
+      raise experiment.NonFiniteLossError(
+          f"non-finite loss at call {call + 1} (seeds "
+          f"{np.asarray(seeds)[~np.isfinite(metrics['loss/total'])].tolist()})")
+    episodes = metrics["episodes"]
+    returns = np.where(episodes > 0, metrics["episode_return_sum"]
+                       / np.maximum(episodes, 1), np.nan)
+    curve.append(returns)
+    if compiled is None:
+      compiled = time.time()
+    if on_call is not None:
+      on_call(call + 1, (call + 1) * frames_per_call, returns)
+  seconds = time.time() - compiled
+  keys = anakin.seed_keys([eval_seed_offset + seed for seed in seeds])
+  finals = {}
+  for kind, episodes in (("sampled", eval_episodes),
+                         ("greedy", greedy_episodes)):
+    summary = evaluation.evaluate_seeds(
+        train.agent, train.env, runner.params, keys, episodes,
+        greedy=kind == "greedy", reward_clip=config.loss.reward_clip)
+    finals[kind] = summary.returns
+  timed_frames = (calls - 1) * frames_per_call * len(seeds)
+  return SeedsResult(
+      frames=np.arange(1, calls + 1) * float(frames_per_call),
+      train_return=np.stack(curve), sampled=finals["sampled"],
+      greedy=finals["greedy"],
+      seconds_per_frame=seconds / timed_frames if timed_frames else np.nan)
 
 
 def plot_return_vs_frames(workdir, path, title="",

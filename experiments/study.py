@@ -1,39 +1,40 @@
-r"""The reproduction study: does untruncated RTRL beat TBPTT(M) when memory spans exceed M?
+r"""The reproduction study: does untruncated RTRL(M) beat TBPTT(M) when memory spans exceed M?
 
-  python -m experiments.study                     # the whole study (hours on 2 CPU cores)
-  python -m experiments.study --quick             # a smoke run of the pipeline (~2 min)
+  python -m experiments.study --workers=2 --report_dir=docs/results  # = make study
+  python -m experiments.study --quick                   # the pipeline in ~2 min
   python -m experiments.study --report_only --report_dir=docs/results
 
-Runs every (task, system, seed) of experiments/configs/study.py as one R2AC
-Anakin run (`experiments.r2ac_training.run`) in
-<workdir>/runs/<task>/<system>/seed<k>/, logging with every greedy
-evaluation the gradient-alignment probe (rtrl_jax/agents/alignment.py) and
-the norms of the sensitivities the actor carries. Each finished run then gets
-`--config.final_eval_episodes` greedy episodes (final_eval.json).
+Runs the cells of experiments/configs/study.py (the hypothesis and the three
+stages are written there): first the learning-rate tuning stage, then, at
+each system's tuned rate, the main grid and the controls. A cell trains all
+its seeds in one jitted program (`r2ac_training.train_seeds`) and writes
+<workdir>/cells/<stage>/<task>/<system>[__<control>]/lr<rate>/result.json:
+the per-seed training curves, the final sampled returns (the primary
+number, `eval_episodes` per seed) and greedy returns, and the wall time
+per frame.
 
-Finished runs are skipped and unfinished ones resume from their last
-checkpoint, so the same command continues a killed study. `--workers=2` runs
-the grid in two processes (one per core). At the end the report is rebuilt
-from the run folders alone: <report_dir>/report.md (tables, with the command
-and commit), summary.csv and the plots.
+Resumable: a cell with a result.json is skipped, so the same command
+continues a killed study (a killed cell restarts; cells take minutes).
+`--workers=2` runs cells in two processes. At the end the report is
+rebuilt from the cell folders alone: <report_dir>/report.md, summary.csv
+and the figures (experiments/study_report.py).
 """
 
+import concurrent.futures
+import json
+import multiprocessing
 import os
-import re
-import subprocess
 import sys
 import time
 
-import jax
 from absl import app, flags
+import ml_collections
+import numpy as np
 
-from experiments import r2ac_training
 from experiments import study_report
 from experiments.configs import study as study_configs
-from rtrl_jax import evaluation
 from rtrl_jax import experiment
 from rtrl_jax.experiment.run_logger import write_json
-from rtrl_jax.agents import alignment
 
 _CONFIG = experiment.cli.define_config_flag(
     "experiments/configs/study.py",
@@ -44,156 +45,166 @@ _QUICK = flags.DEFINE_bool(
 _WORKDIR = flags.DEFINE_string(
     "workdir", None, "Study folder (default runs/study or runs/study_quick).")
 _REPORT_DIR = flags.DEFINE_string(
-    "report_dir", None, "Where report.md, summary.csv and the plots go "
+    "report_dir", None, "Where report.md, summary.csv and the figures go "
     "(default: --workdir).")
-_WORKERS = flags.DEFINE_integer("workers", 1, "Processes running the grid.")
-_SHARD = flags.DEFINE_string(
-    "shard", None, "k/n: run only runs k, k+n, ... (set by --workers).")
-_ONLY = flags.DEFINE_list(
-    "only", [], "Run only these tasks or systems (names from the config).")
+_WORKERS = flags.DEFINE_integer("workers", 1, "Processes running cells.")
 _REPORT_ONLY = flags.DEFINE_bool(
-    "report_only", False, "Rebuild the report from the run folders; no runs.")
+    "report_only", False, "Rebuild the report from the cell folders; no runs.")
 
-FINAL_EVAL = "final_eval.json"
-FINAL_EVAL_SEED = 10_000     # evaluation episodes differ from training's
-
-
-def grid(study, only=()):
-  """[(task, system, seed)] in a fixed order, filtered by `only`."""
-  unknown = sorted(set(only) - set(study.tasks) - set(study.systems))
-  if unknown:
-    raise experiment.ConfigError(
-        f"--only: unknown {unknown}; tasks {sorted(study.tasks)}, systems "
-        f"{sorted(study.systems)}")
-  keep = lambda name, names: not (set(only) & set(names)) or name in only
-  return [(task, system, seed)
-          for seed in range(study.seeds)
-          for task in study_configs.ordered_tasks(study)
-          if keep(task, study.tasks)
-          for system in study_configs.ordered_systems(study)
-          if keep(system, study.systems)]
+RESULT = "result.json"
+EVAL_SEED_OFFSET = 10_000     # evaluation episodes differ from training's
 
 
-def run_dir(workdir, task, system, seed):
-  return os.path.join(workdir, "runs", task, system, f"seed{seed}")
+def cell(stage, task, system, rate, control=""):
+  return dict(stage=stage, task=task, system=system, rate=float(rate),
+              control=control)
 
 
-def make_probe(study, task_name):
-  """make_extra_evaluation for r2ac_training.run: alignment + sensitivity norms.
-
-  Every run gets the fixed-θ probe; RTRL runs also the in-training probe
-  (stale sensitivities, the run's own optimizer state and learning rate).
-  """
-  def make(config, train):
-    if config.gradient == "bptt":   # unrolls restart episodes: no stream
-      return lambda runner: {}
-    # At least two unrolls, so that TBPTT has a boundary to cut at.
-    unrolls = max(2, -(-study.tasks[task_name].probe_steps
-                       // config.unroll_length))
-    probe = alignment.make_alignment_probe(config, train, unrolls)
-    training_probe = (
-        alignment.make_training_alignment_probe(config, train, unrolls)
-        if config.gradient == "rtrl" else None)
-    carried_norms = jax.jit(alignment.per_env_norm)
-
-    def evaluate(runner):
-      key = jax.random.fold_in(jax.random.PRNGKey(config.seed + 2),
-                               runner.update)
-      out = probe(runner.params, key)
-      if training_probe is not None:
-        out.update(training_probe(runner.params, runner.opt_state, key))
-      sensitivities = runner.core_state.sensitivities
-      if sensitivities is not None:
-        norms = carried_norms(sensitivities)
-        out["sens/carried_norm_mean"] = norms.mean()
-        out["sens/carried_norm_max"] = norms.max()
-      return out
-    return evaluate
-  return make
+def cell_dir(workdir, spec):
+  system = spec["system"] + (f"__{spec['control']}" if spec["control"] else "")
+  return os.path.join(workdir, "cells", spec["stage"], spec["task"], system,
+                      f"lr{spec['rate']:g}")
 
 
-def final_evaluation(directory, episodes, seed):
-  """Greedy and sampled returns of the run's last checkpoint, `episodes` each."""
-  _, train, runner, metadata = evaluation.restore_run(directory)
-  result = {"call": metadata.get("call"), "update": int(runner.update)}
-  for actions in ("greedy", "sampled"):
-    summary = evaluation.evaluate_policy(
-        train.agent, train.env, runner.params, seeds=[FINAL_EVAL_SEED + seed],
-        episodes_per_seed=episodes, greedy=actions == "greedy")
-    result.update({f"{actions}_mean": summary.mean,
-                   f"{actions}_returns": summary.returns[0].tolist(),
-                   f"{actions}_mean_length": float(summary.lengths.mean())})
-  write_json(os.path.join(directory, FINAL_EVAL), result)
-  return result
+def cell_name(spec):
+  control = f" [{spec['control']}]" if spec["control"] else ""
+  return (f"{spec['stage']}/{spec['task']}/{spec['system']}{control} "
+          f"lr={spec['rate']:g}")
 
 
-def record_divergence(directory, error):
-  """A diverged run's final_eval.json: NaN returns, so the report counts the
-  seed as missing, and the study moves on instead of stopping (a rerun would
-  diverge again from the same checkpoint and batches)."""
-  nan = float("nan")
-  result = {"status": "diverged", "error": str(error), "call": None,
-            "update": None}
-  for actions in ("greedy", "sampled"):
-    result.update({f"{actions}_mean": nan, f"{actions}_returns": [],
-                   f"{actions}_mean_length": nan})
-  os.makedirs(directory, exist_ok=True)
-  write_json(os.path.join(directory, FINAL_EVAL), result)
+def tuning_cells(study):
+  return [cell("tuning", task, system, rate)
+          for task in study.tuning_tasks
+          for system in study.tuned_systems
+          for rate in study.learning_rates]
 
 
-def run_grid(study, workdir, runs, label=""):
+def load_result(workdir, spec):
+  path = os.path.join(cell_dir(workdir, spec), RESULT)
+  if not os.path.exists(path):
+    return None
+  with open(path) as file:
+    return json.load(file)
+
+
+def score(study, task, sampled_mean):
+  """A task's sampled return mapped to [0, 1] by its score_range."""
+  low, high = study.tasks[task].score_range
+  return (sampled_mean - low) / (high - low)
+
+
+def tuned_rates(study, workdir):
+  """{system: learning rate}: each tuned system's rate with the best mean
+  score over the tuning tasks (ties: the smaller rate); the others take
+  their `tuned_like` system's rate. Needs every tuning cell's result."""
+  rates = {}
+  for system in study.tuned_systems:
+    scores = {}
+    for rate in study.learning_rates:
+      values = []
+      for task in study.tuning_tasks:
+        result = load_result(workdir, cell("tuning", task, system, rate))
+        if result is None:
+          raise experiment.ConfigError(
+              f"tuning cell {cell_name(cell('tuning', task, system, rate))} "
+              "has no result yet")
+        sampled = np.nanmean(result["sampled_mean"])
+        values.append(score(study, task, sampled)
+                      if np.isfinite(sampled) else -np.inf)
+      scores[rate] = float(np.mean(values))
+    rates[system] = max(sorted(scores), key=lambda rate: scores[rate])
+  for system in study.systems:
+    if system not in rates:
+      like = study.systems[system].tuned_like
+      if like not in rates:
+        raise experiment.ConfigError(
+            f"system {system} is not tuned and its tuned_like={like!r} is "
+            f"not one of tuned_systems {list(study.tuned_systems)}")
+      rates[system] = rates[like]
+  return rates
+
+
+def later_cells(study, rates):
+  """The main grid and the controls, at the tuned rates."""
+  cells = [cell("main", task, system, rates[system])
+           for task in study_configs.ordered_tasks(study)
+           for system in study_configs.ordered_systems(study)
+           if not study.systems[system].tasks
+           or task in study.systems[system].tasks]
+  for name, control in study.controls.items():
+    cells += [cell("controls", task, system, rates[system], name)
+              for task in control.tasks for system in control.systems]
+  return cells
+
+
+def run_cell(study_dict, workdir, spec):
+  """Trains and evaluates one cell in this process; returns a summary line."""
+  # pylint: disable=g-import-not-at-top
+  import jax
+  from experiments import r2ac_training
+  # pylint: enable=g-import-not-at-top
+  study = ml_collections.ConfigDict(study_dict)
+  directory = cell_dir(workdir, spec)
+  if os.path.exists(os.path.join(directory, RESULT)):
+    return f"{cell_name(spec)}: done before"
+  overrides = (study.controls[spec["control"]].overrides.to_dict()
+               if spec["control"] else None)
+  config = study_configs.run_config(study, spec["task"], spec["system"],
+                                    spec["rate"], overrides)
+  offset = (study.tuning_seed_offset if spec["stage"] == "tuning"
+            else study.seed_offset)
+  count = study.tuning_seeds if spec["stage"] == "tuning" else study.seeds
+  seeds = list(range(offset, offset + count))
   started = time.time()
-  for index, (task, system, seed) in enumerate(runs, 1):
-    directory = run_dir(workdir, task, system, seed)
-    name = f"{task}/{system}/seed{seed}"
-    if os.path.exists(os.path.join(directory, FINAL_EVAL)):
-      print(f"{label}[{index}/{len(runs)}] {name}: done before", flush=True)
-      continue
-    config = study_configs.run_config(study, task, system, seed)
-    run_started = time.time()
-    try:
-      results = r2ac_training.run(config, directory, resume=True,
-                                  make_extra_evaluation=make_probe(study,
-                                                                   task))
-    except experiment.NonFiniteLossError as error:
-      record_divergence(directory, error)
-      print(f"{label}[{index}/{len(runs)}] {name}: diverged ({error}); "
-            "counted as missing in the report", flush=True)
-      continue
-    if results["status"] == "preempted":
-      sys.exit(f"{label}preempted in {name}; rerun the same command to "
-               f"continue")
-    final = final_evaluation(directory, study.final_eval_episodes, seed)
-    jax.clear_caches()   # every run compiles its own programs
-    elapsed = time.time() - started
-    print(f"{label}[{index}/{len(runs)}] {name}: greedy return "
-          f"{final['greedy_mean']:.3f} over {study.final_eval_episodes} "
-          f"episodes, {results['frames']:.0f} frames, "
-          f"{time.time() - run_started:.0f} s (total {elapsed / 60:.1f} min)",
-          flush=True)
+  result = {**spec, "seeds": seeds, "config": config.to_dict(),
+            "eval_episodes": study.eval_episodes,
+            "greedy_eval_episodes": study.greedy_eval_episodes}
+  try:
+    out = r2ac_training.train_seeds(
+        config, seeds, study.eval_episodes, study.greedy_eval_episodes,
+        eval_seed_offset=EVAL_SEED_OFFSET)
+  except experiment.NonFiniteLossError as error:
+    nan = [float("nan")] * len(seeds)
+    result.update(status="diverged", error=str(error), sampled_mean=nan,
+                  sampled_std=nan, greedy_mean=nan, frames=[],
+                  train_return=[], seconds_per_frame=float("nan"))
+    summary = "diverged"
+  else:
+    result.update(
+        status="finished", frames=out.frames.tolist(),
+        train_return=out.train_return.tolist(),
+        sampled_mean=out.sampled.mean(1).tolist(),
+        sampled_std=out.sampled.std(1).tolist(),
+        greedy_mean=out.greedy.mean(1).tolist(),
+        seconds_per_frame=out.seconds_per_frame)
+    summary = (f"sampled {out.sampled.mean():.3f} (seeds "
+               f"{np.round(out.sampled.mean(1), 2).tolist()}), greedy "
+               f"{out.greedy.mean():.3f}")
+  result["seconds"] = round(time.time() - started, 1)
+  os.makedirs(directory, exist_ok=True)
+  write_json(os.path.join(directory, RESULT), experiment.json_safe(result),
+             indent=1)
+  jax.clear_caches()
+  return f"{cell_name(spec)}: {summary}, {result['seconds']:.0f} s"
 
 
-def parse_shard(value):
-  """(k, n) of --shard=k/n, 0 <= k < n; ValueError naming the flag."""
-  match = re.fullmatch(r"(\d+)/(\d+)", value)
-  if not match or not int(match[1]) < int(match[2]):
-    raise ValueError(f"--shard: must be k/n with 0 <= k < n, got {value!r}")
-  return int(match[1]), int(match[2])
-
-
-def run_workers(workers, argv):
-  """Runs this script in `workers` processes, each on every n-th run."""
-  if "--workers" in argv:
-    sys.exit("error: --workers: write --workers=N")
-  passed = [arg for arg in argv[1:] if not arg.startswith("--workers=")]
-  processes = [subprocess.Popen(
-      [sys.executable, "-m", "experiments.study", *passed,
-       f"--shard={k}/{workers}"]) for k in range(workers)]
-  codes = [process.wait() for process in processes]
-  failed = [k for k, code in enumerate(codes) if code]
-  if failed:
-    sys.exit(f"error: worker(s) {failed} failed (exit {[codes[k] for k in failed]})"
-             "; rerun the same command to continue")
+def run_cells(study, workdir, cells, workers, label):
+  """Runs the cells without a result, `workers` at a time, printing progress."""
+  todo = [spec for spec in cells if load_result(workdir, spec) is None]
+  print(f"{label}: {len(cells) - len(todo)} of {len(cells)} cells done "
+        f"before; running {len(todo)}", flush=True)
+  if not todo:
+    return
+  started = time.time()
+  context = multiprocessing.get_context("spawn")
+  with concurrent.futures.ProcessPoolExecutor(workers,
+                                              mp_context=context) as pool:
+    futures = [pool.submit(run_cell, study.to_dict(), workdir, spec)
+               for spec in todo]
+    for index, future in enumerate(
+        concurrent.futures.as_completed(futures), 1):
+      print(f"  [{index}/{len(todo)}] {future.result()} (total "
+            f"{(time.time() - started) / 60:.1f} min)", flush=True)
 
 
 def main(argv):
@@ -206,22 +217,21 @@ def main(argv):
   if _WORKERS.value < 1:
     sys.exit(f"error: --workers: must be >= 1, got {_WORKERS.value}")
   try:
-    runs = grid(study, _ONLY.value)
     if not _REPORT_ONLY.value:
-      if _SHARD.value:
-        shard, count = parse_shard(_SHARD.value)
-        run_grid(study, workdir, runs[shard::count], label=f"worker {shard}: ")
-        return
-      if _WORKERS.value > 1:
-        run_workers(_WORKERS.value, sys.argv)
-      else:
-        run_grid(study, workdir, runs)
+      run_cells(study, workdir, tuning_cells(study), _WORKERS.value,
+                "tuning")
+      rates = tuned_rates(study, workdir)
+      print("tuned learning rates: " + ", ".join(
+          f"{system} {rate:g}" for system, rate in rates.items()), flush=True)
+      run_cells(study, workdir, later_cells(study, rates), _WORKERS.value,
+                "main and controls")
+    rates = tuned_rates(study, workdir)
     command = " ".join(["python -m experiments.study", *sys.argv[1:]])
     report = study_report.write_report(
-        study, workdir, _REPORT_DIR.value or workdir, runs, run_dir,
+        study, workdir, _REPORT_DIR.value or workdir,
+        tuning_cells(study), later_cells(study, rates), rates, load_result,
         command=command)
-  except (experiment.ConfigError, experiment.NonFiniteLossError,
-          ValueError) as error:
+  except (experiment.ConfigError, ValueError) as error:
     sys.exit(f"error: {error}")
   print(f"report: {report}")
 

@@ -124,6 +124,18 @@ def evaluate_policy(agent, env, params, *, seeds, episodes_per_seed, greedy,
   return EvaluationSummary(greedy, np.stack(returns), np.stack(lengths))
 
 
+def evaluate_seeds(agent, env, params, keys, episodes, *, greedy,
+                   reward_clip=1.0):
+  """An EvaluationSummary of S parameter sets at once (leaves [S, ...]).
+
+  Parameter set s runs `episodes` episodes on key `keys[s]` (one jitted,
+  `vmap`ped program): the evaluation of `anakin.make_train(num_seeds=S)`.
+  """
+  run = make_episode_returns(agent, env, episodes, greedy, reward_clip)
+  returns, lengths = jax.device_get(jax.vmap(run)(params, keys))
+  return EvaluationSummary(greedy, np.asarray(returns), np.asarray(lengths))
+
+
 def evaluate_envpool_policy(agent, suite, params, *, seeds, episodes_per_seed,
                             greedy, reward_clip=1.0):
   """An EvaluationSummary of envpool episodes (`suite`: envpool_envs.Suite).

@@ -3,146 +3,156 @@
   --config=experiments/configs/study.py          the study as run on a 2-core CPU
   --config=experiments/configs/study.py:quick    a smoke run of the whole pipeline
   --config=experiments/configs/study.py:paper    the paper's scale, for GPUs (untested)
-  --config=experiments/configs/study.py:batch_control
-      TBPTT(50) with the M=10 systems' 80 envs per update and TBPTT(100) with
-      40 (both 5x the frames) on MemoryChain(30): is their failure at equal
-      frames the truncation or the smaller batch?
-  --config=experiments/configs/study.py:episode_bptt_control
-      full-episode BPTT (unroll = one 31-step episode, 80 envs) on
-      MemoryChain(30): exact gradients for every episode, no sensitivities.
 
-Every cell of the table is one R2AC Anakin run (experiments/configs/r2ac.py's
-`default()` plus the task's and the system's overrides) per seed. All systems
-of a task get the same number of updates and the same frames: each update
+Hypothesis (written before the runs): with the same data (environments,
+updates, frames), the eLSTM trained by untruncated RTRL(M) learns
+MemoryChain spans L > M that the same agent trained by TBPTT(M) does not,
+and the two are equal where L < M and on the reactive CartPole.
+
+Three stages, each a set of *cells*; a cell is one (task, system, variant,
+learning rate) trained for all its seeds in one jitted program
+(`anakin.make_train(num_seeds=S)`):
+
+1. `tuning`: every system of `tuned_systems` at every rate of
+   `learning_rates` on the `tuning_tasks`, with the `tuning_seeds` (not the
+   main seeds). A system's rate is the one with the best mean score over the
+   tuning tasks (score: sampled return mapped to [0, 1] by the task's
+   `score_range`). Systems not tuned use the rate of `tuned_like`.
+2. `main`: every task × system (a system may list its `tasks`), at the
+   system's tuned rate, with `seeds` seeds.
+3. `controls`: named variants (config overrides) of some systems on some
+   tasks at their tuned rates: forget-gate initialisation, synchronised
+   episode phases.
+
+All systems of a task get the same updates and the same frames: each update
 sees `frames_per_update` frames, so num_envs = frames_per_update / M.
+Every run is experiments/configs/r2ac.py's `default()` (the CPU preset)
+plus the task's and the system's overrides.
 """
 
 import ml_collections
 
 
-def _systems(*specs):
-  """{"<core>_<gradient>_M<M>": {core, gradient, unroll_length}}."""
-  return ml_collections.ConfigDict({
-      (f"{core}_M{m}" if core == "feedforward" else f"{core}_{gradient}_M{m}"):
-          dict(core=core, gradient=gradient, unroll_length=m)
-      for core, gradient, m in specs})
+def _system(core, gradient, m, tuned_like=None, tasks=()):
+  return dict(core=core, gradient=gradient, unroll_length=m,
+              tuned_like=tuned_like or "", tasks=list(tasks))
 
 
-def _task(env, updates, probe_steps, kind, network=None, **kwargs):
-  """One row of the study: an environment, its budget and probe window.
-
-  probe_steps: the alignment probe's window from fresh episodes, rounded up
-  to whole unrolls of each system's M (at least two).
-  network: overrides of the r2ac config's `network` for this task.
-  """
+def _task(env, updates, score_range, kind, **kwargs):
+  """One task: environment, update budget, and the returns that score 0 and 1."""
   return ml_collections.ConfigDict(dict(
       env=env, kwargs=kwargs, updates=updates, kind=kind,
-      probe_steps=probe_steps, network=network or {}))
+      score_range=list(score_range)))
+
+
+def _memorychain(length, updates):
+  # MemoryChain (bsuite, gymnax): a cue in the first observation, reward ±1
+  # for naming it with the action at step L; episodes of L+1 steps.
+  return _task("gymnax:MemoryChain-bsuite", updates, (-1.0, 1.0), "memory",
+               memory_length=length)
 
 
 def default():
-  """The study as run for docs/RESULTS.md (a few hours on 2 CPU cores)."""
+  """The study as run for docs/RESULTS.md (about an hour on 2 CPU cores)."""
   config = ml_collections.ConfigDict()
-  config.seeds = 3
+  config.seeds = 5
+  config.seed_offset = 0              # main and control seeds 0..seeds-1
+  config.tuning_seeds = 3
+  config.tuning_seed_offset = 100     # tuning seeds differ from the main ones
   config.frames_per_update = 800
   config.hidden_size = 64
-  # Same for every system: the eLSTM's and the LSTM's initial forget-gate
-  # bias. At the r2ac default (1.0) the initial memory decays as 0.73^t and
-  # no system learned MemoryChain(30) in 3.2M frames; at 3.0 RTRL solves it
-  # in 0.5M (docs/RESULTS.md).
-  config.forget_bias = 3.0
-  config.updates_per_call = 50
-  config.eval_every_calls = 4      # greedy eval (64 episodes) + probe
-  config.final_eval_episodes = 100
+  config.updates_per_call = 125
+  config.eval_episodes = 1000         # sampled, per seed: the primary number
+  config.greedy_eval_episodes = 100   # per seed: a secondary column
+  config.solved_threshold = 0.8       # a memory task is solved at >= 0.8
+  config.learning_rates = [1e-3, 3e-3, 1e-2, 3e-2]
+  config.tuning_tasks = ["memorychain_L30", "cartpole"]
   config.tasks = ml_collections.ConfigDict(dict(
-      # MemoryChain (bsuite, gymnax): cue at t=0, reward ±1 for recalling it
-      # at t = L; episodes of L+1 steps.
-      # probe_steps = L + 1: with M = 10 the probe's last unroll holds the
-      # first episode's answer step, so the in-training probe's loss has the
-      # reward in it.
-      memorychain_L10=_task("gymnax:MemoryChain-bsuite", 500, 11, "memory",
-                            memory_length=10),
-      memorychain_L30=_task("gymnax:MemoryChain-bsuite", 1000, 31, "memory",
-                            memory_length=30),
-      memorychain_L100=_task("gymnax:MemoryChain-bsuite", 2500, 101,
-                             "memory", memory_length=100),
-      # xminigrid MiniGrid-MemoryS8: see a cue object, walk a corridor, pick
-      # the matching one; up to 320 steps.
-      minigrid_memory_S8=_task("xminigrid:MiniGrid-MemoryS8", 2000, 100,
-                               "memory",
-                               network=dict(encoder_sizes=[64], obs_scale=0.1)),
-      cartpole=_task("gymnax:CartPole-v1", 500, 100, "reactive"),
+      memorychain_L10=_memorychain(10, 625),       # 0.5M frames
+      memorychain_L30=_memorychain(30, 1250),      # 1M
+      memorychain_L50=_memorychain(50, 1875),      # 1.5M
+      memorychain_L100=_memorychain(100, 2500),    # 2M
+      cartpole=_task("gymnax:CartPole-v1", 1250, (0.0, 500.0), "reactive"),
   ))
-  config.systems = _systems(
-      ("elstm", "rtrl", 10), ("elstm", "tbptt", 10), ("elstm", "tbptt", 50),
-      ("elstm", "tbptt", 100), ("lstm", "tbptt", 10),
-      ("feedforward", "tbptt", 10))
+  config.systems = ml_collections.ConfigDict(dict(
+      elstm_rtrl_M10=_system("elstm", "rtrl", 10),
+      elstm_tbptt_M10=_system("elstm", "tbptt", 10),
+      # Architecture contrasts, not gradient controls.
+      lstm_tbptt_M10=_system("lstm", "tbptt", 10),
+      feedforward_M10=_system("feedforward", "tbptt", 10),
+      # The pair at M = 50, on the longest span only.
+      elstm_rtrl_M50=_system("elstm", "rtrl", 50, "elstm_rtrl_M10",
+                             ["memorychain_L100"]),
+      elstm_tbptt_M50=_system("elstm", "tbptt", 50, "elstm_tbptt_M10",
+                              ["memorychain_L100"]),
+  ))
+  config.tuned_systems = ["elstm_rtrl_M10", "elstm_tbptt_M10",
+                          "lstm_tbptt_M10", "feedforward_M10"]
+  pair = ["elstm_rtrl_M10", "elstm_tbptt_M10"]
+  config.controls = ml_collections.ConfigDict(dict(
+      # The default is chrono; constant biases: R2AC's earlier default (1.0)
+      # and the earlier study's (3.0).
+      forget_constant_1=dict(
+          systems=pair, tasks=["memorychain_L30"],
+          overrides={"forget_init": "constant", "forget_bias": 1.0}),
+      forget_constant_3=dict(
+          systems=pair, tasks=["memorychain_L30", "memorychain_L100"],
+          overrides={"forget_init": "constant", "forget_bias": 3.0}),
+      synchronised=dict(systems=pair, tasks=["memorychain_L30"],
+                        overrides={"desync_steps": 0}),
+  ))
   return config
 
 
 def quick():
-  """Seconds per run: the pipeline end to end (CI), not a result."""
+  """Seconds per cell: the pipeline end to end (CI), not a result."""
   config = default()
   config.seeds = 2
+  config.tuning_seeds = 2
   config.frames_per_update = 16
   config.hidden_size = 8
   config.updates_per_call = 5
-  config.eval_every_calls = 2
-  config.final_eval_episodes = 10
+  config.eval_episodes = 20
+  config.greedy_eval_episodes = 5
+  config.learning_rates = [3e-3, 1e-2]
+  config.tuning_tasks = ["memorychain_L4"]
   config.tasks = ml_collections.ConfigDict(dict(
-      memorychain_L4=_task("gymnax:MemoryChain-bsuite", 10, 6, "memory",
-                           memory_length=4),
-  ))
-  config.systems = _systems(("elstm", "rtrl", 2), ("elstm", "tbptt", 2),
-                            ("feedforward", "tbptt", 2))
-  return config
-
-
-def batch_control():
-  """MemoryChain(30), TBPTT(M=50) with 80 envs and TBPTT(M=100) with 40."""
-  config = default()
-  config.frames_per_update = 4000       # M=50: 80 envs; M=100: 40 envs
-  config.tasks = ml_collections.ConfigDict(dict(
-      memorychain_L30=config.tasks.memorychain_L30))
-  config.systems = _systems(("elstm", "tbptt", 50), ("elstm", "tbptt", 100))
-  return config
-
-
-def episode_bptt_control():
-  """MemoryChain(30) with full-episode BPTT: every unroll is one episode."""
-  config = default()
-  episode = 31
-  config.frames_per_update = 80 * episode
-  task = config.tasks.memorychain_L30
-  task.kwargs.max_steps_in_episode = episode   # gradient="bptt" checks it
-  config.tasks = ml_collections.ConfigDict(dict(memorychain_L30=task))
-  config.systems = _systems(("elstm", "bptt", episode))
+      memorychain_L4=_memorychain(4, 10)))
+  config.systems = ml_collections.ConfigDict(dict(
+      elstm_rtrl_M2=_system("elstm", "rtrl", 2),
+      elstm_tbptt_M2=_system("elstm", "tbptt", 2),
+      feedforward_M2=_system("feedforward", "tbptt", 2),
+      elstm_rtrl_M4=_system("elstm", "rtrl", 4, "elstm_rtrl_M2")))
+  config.tuned_systems = ["elstm_rtrl_M2", "elstm_tbptt_M2", "feedforward_M2"]
+  config.controls = ml_collections.ConfigDict(dict(
+      synchronised=dict(systems=["elstm_rtrl_M2"], tasks=["memorychain_L4"],
+                        overrides={"desync_steps": 0})))
   return config
 
 
 def paper():
   """The paper's scale (paper-notes §4.4) on the same tasks, for GPUs.
 
-  Untested: sized from the paper's DMLab settings (N = 512, batch 32 per M,
-  100M agent steps), not run here.
+  Untested: N = 512, 3200 frames per update, 100M frames per run, the
+  paper's optimizer (`r2ac.paper()`); no tuning stage (the paper's rate).
   """
   config = default()
+  config.preset = "paper"
   config.hidden_size = 512
   config.frames_per_update = 3200
   config.updates_per_call = 50
-  config.eval_every_calls = 10
+  config.learning_rates = [6e-4]
   for name in config.tasks:
     config.tasks[name].updates = 100_000_000 // config.frames_per_update
   # gymnax's default time limit (1000 steps) would cut the 1001-step episode
   # before its answer.
   config.tasks.memorychain_L1000 = _task(
       "gymnax:MemoryChain-bsuite", 100_000_000 // config.frames_per_update,
-      1001, "memory", memory_length=1000, max_steps_in_episode=1001)
+      (-1.0, 1.0), "memory", memory_length=1000, max_steps_in_episode=1001)
   return config
 
 
-CONFIGS = {"default": default, "quick": quick, "batch_control": batch_control,
-           "episode_bptt_control": episode_bptt_control, "paper": paper}
+CONFIGS = {"default": default, "quick": quick, "paper": paper}
 
 
 def get_config(name="default"):
@@ -152,47 +162,47 @@ def get_config(name="default"):
 
 
 def ordered_tasks(study):
-  """Task names, memory tasks first, then by environment and memory length."""
+  """Task names, memory tasks first (by span), then the others."""
   return sorted(study.tasks, key=lambda name: (
       study.tasks[name].kind != "memory", study.tasks[name].env,
       study.tasks[name].kwargs.get("memory_length", 0), name))
 
 
 def ordered_systems(study):
-  """System names: eLSTM RTRL, eLSTM TBPTT by M, LSTM, feed-forward."""
+  """System names: eLSTM RTRL and TBPTT by M, LSTM, feed-forward."""
   cores = ["elstm", "lstm", "feedforward"]
   def key(name):
     system = study.systems[name]
     core = cores.index(system.core) if system.core in cores else len(cores)
-    return (core, system.gradient != "rtrl", system.unroll_length, name)
+    return (core, system.unroll_length, system.gradient != "rtrl", name)
   return sorted(study.systems, key=key)
 
 
-def run_config(study, task_name, system_name, seed):
-  """The experiments/configs/r2ac.py config of one run of the study."""
+def run_config(study, task_name, system_name, learning_rate, overrides=None):
+  """The experiments/configs/r2ac.py config of one cell (seeds aside)."""
   from experiments.configs import r2ac  # pylint: disable=g-import-not-at-top
   task, system = study.tasks[task_name], study.systems[system_name]
-  core, gradient, unroll = system.core, system.gradient, system.unroll_length
+  core, unroll = system.core, system.unroll_length
   if study.frames_per_update % unroll:
     raise ValueError(f"frames_per_update={study.frames_per_update} is not a "
                      f"multiple of {system_name}'s M={unroll}")
-  config = r2ac.default()
-  config.seed = seed
+  config = (r2ac.paper() if study.get("preset") == "paper"
+            else r2ac.default())
   config.env.name = task.env
   config.env.kwargs = ml_collections.ConfigDict(task.kwargs.to_dict())
   config.network.core = core
   config.network.hidden_size = study.hidden_size
-  for key, value in task.network.items():
-    setattr(config.network, key, value)
-  config.network.core_kwargs = ml_collections.ConfigDict(
-      {} if core == "feedforward"
-      else {core: dict(forget_bias=study.forget_bias)})
-  config.gradient = gradient
+  config.gradient = system.gradient
   config.unroll_length = unroll
   config.num_envs = study.frames_per_update // unroll
   config.total_updates = task.updates
   config.updates_per_call = min(study.updates_per_call, task.updates)
-  config.eval.every_calls = study.eval_every_calls
+  config.optimizer.learning_rate = learning_rate
   config.run.progress = False
-  config.run.checkpoint_every_calls = study.eval_every_calls
+  for key, value in (overrides or {}).items():
+    if key in ("forget_init", "forget_bias", "chrono_t_max"):
+      if core in config.network.core_kwargs:
+        config.network.core_kwargs[core][key] = value
+    else:
+      config[key] = value
   return config
