@@ -19,9 +19,27 @@ key), a workdir in use, or a non-finite or diverging loss or gradient norm
 import json
 import math
 import os
+import signal
 import sys
 import time
 
+
+def _preempted_while_importing(signum, frame):
+  """SIGTERM/SIGINT before start_main installs rtrl_jax's handling (the
+  seconds JAX and orbax take to import): the same line and exit status."""
+  del frame
+  sys.stdout.write("\n" + json.dumps({
+      "status": "preempted", "signal": signal.Signals(signum).name,
+      "note": "during start-up, with nothing to save"}) + "\n")
+  sys.stdout.flush()
+  os._exit(0)  # pylint: disable=protected-access
+
+
+if __name__ == "__main__":
+  for _signum in (signal.SIGTERM, signal.SIGINT):
+    signal.signal(_signum, _preempted_while_importing)
+
+# pylint: disable=g-import-not-at-top,wrong-import-position
 import jax
 from absl import app, flags, logging
 
@@ -29,6 +47,7 @@ from experiments.configs import copy_task as copy_task_configs
 from rtrl_jax import copy_task
 from rtrl_jax import experiment
 from rtrl_jax.experiment.run_logger import write_json
+# pylint: enable=g-import-not-at-top,wrong-import-position
 
 _CONFIG = experiment.cli.define_config_flag(
     "experiments/configs/copy_task.py",
@@ -38,6 +57,11 @@ _WORKDIR = flags.DEFINE_string(
     "workdir", None, "Run folder (default runs/copy_task_<mode>_<time>).")
 _RESUME = flags.DEFINE_bool(
     "resume", False, "Continue from the latest checkpoint in --workdir.")
+
+
+# A training loss (cross-entropy per copied bit) this far above chance's
+# (log 2 = 0.69) means the parameters have blown up: the run stops there.
+DIVERGED_LOSS = 100.0
 
 
 def estimated_bytes(config):
@@ -162,6 +186,7 @@ def run(config, workdir, resume):
         evaluate=evaluate_valid,
         should_stop=lambda m: m["valid/accuracy"] >= config.train.stop_accuracy,
         progress_metric="valid/accuracy", progress=config.run.progress,
+        divergence_limits={"loss": DIVERGED_LOSS},
         checkpoint_metadata=lambda step, state: {
             "step": step, "data_position": int(state.data_position)})
     if result.status == "preempted":

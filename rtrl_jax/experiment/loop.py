@@ -16,7 +16,8 @@ Losses (and gradient norms) are fetched from the device only at
 log/checkpoint boundaries. The first one that is non-finite, or more than
 `divergence_factor` times its reference (the median of |value| over the
 first `DIVERGENCE_WINDOW` logged values of the run, read back from
-metrics.jsonl on a resume), raises `NonFiniteLossError` (`DivergenceError`)
+metrics.jsonl on a resume) or above a script's absolute `divergence_limits`,
+raises `NonFiniteLossError` (`DivergenceError`)
 naming the step, and the state is not saved, so the last checkpoint is from
 before it.
 
@@ -117,8 +118,10 @@ def _in_any_process(flag):
 class _Guard:
   """The non-finite and divergence checks of the pending metrics."""
 
-  def __init__(self, keys, factor, history):
-    self.keys = keys
+  def __init__(self, keys, factor, history, limits=None):
+    self.limits = dict(limits or {})
+    self.keys = tuple(keys) + tuple(k for k in self.limits if k not in keys)
+    keys = self.keys
     self.factor = factor
     # {key: [|value| of the first DIVERGENCE_WINDOW logged values]}
     self.early = {k: [abs(v) for v in history.get(k, [])
@@ -165,6 +168,10 @@ class _Guard:
         if not math.isfinite(value):
           error = NonFiniteLossError(f"non-finite {key} ({value}) at step "
                                      f"{step}")
+        elif key in self.limits and abs(value) > self.limits[key]:
+          error = DivergenceError(
+              f"{key} diverged at step {step}: {value:.4g} is above its "
+              f"limit {self.limits[key]:g}")
         elif reference and abs(value) > self.factor * reference:
           error = DivergenceError(
               f"{key} diverged at step {step}: {value:.4g} is more than "
@@ -182,7 +189,7 @@ def train_loop(state, train_step, *, start_step, num_steps, logger,
                progress_metric=None, progress=True, checkpoint_metadata=None,
                progress_train_metrics=(), progress_unit="step",
                progress_unit_scale=1, divergence_keys=None,
-               divergence_factor=DIVERGENCE_FACTOR):
+               divergence_factor=DIVERGENCE_FACTOR, divergence_limits=None):
   """Runs `train_step` from `start_step` to `num_steps`; see the module doc.
 
   Args:
@@ -210,7 +217,10 @@ def train_loop(state, train_step, *, start_step, num_steps, logger,
       "grad_norm", where the step returns them).
     divergence_factor: the factor over the reference that counts as
       diverged (default DIVERGENCE_FACTOR); None or 0: only non-finite
-      values stop the run.
+      values (and `divergence_limits`) stop the run.
+    divergence_limits: {train metric: bound on |value|}, checked from the
+      first step (an explosion within the reference's first logged values
+      has no reference to exceed), e.g. a cross-entropy far above chance's.
 
   Returns:
     (state, LoopResult).
@@ -223,7 +233,8 @@ def train_loop(state, train_step, *, start_step, num_steps, logger,
       loss_key, "grad_norm")
   history = {k: _logged_values(logger, f"train/{k}", DIVERGENCE_WINDOW)
              for k in keys} if start_step > 0 else {}
-  guard = _Guard(keys, divergence_factor, history)
+  guard = _Guard(keys, divergence_factor, history, divergence_limits)
+  keys = guard.keys
   pending = []
   eval_metrics = {}
   last_metrics = None
