@@ -155,7 +155,10 @@ def test_sigterm_inside_a_long_c_call_exits_at_once_as_preempted():
   time.sleep(0.5)
   sent = time.time()
   process.send_signal(signal.SIGTERM)
-  stdout, stderr = process.communicate(timeout=60)
+  try:
+    stdout, stderr = process.communicate(timeout=30)
+  finally:
+    process.kill()
   assert time.time() - sent < 10, "the signal waited for the C call"
   assert process.returncode == 0, stderr
   assert "the call returned" not in stdout
@@ -180,6 +183,35 @@ def test_second_ctrl_c_while_saving_aborts():
   assert process.returncode == 130
   assert stderr.strip().splitlines() == [
       "SIGINT again while saving: aborted without waiting for the checkpoint"]
+
+
+def test_signal_in_the_last_step_saves_it_then_exits_as_preempted(tmp_path):
+  """The script's final evaluation does not run (a resume redoes it, see
+  test_resume_after_the_last_checkpoint_redoes_the_final_evaluation)."""
+  process = _guarded_python(f"""
+      import jax.numpy as jnp, ml_collections
+      from rtrl_jax import experiment
+      def step(state):
+        if int(state["step"]) + 1 == 6:
+          os.kill(os.getpid(), signal.SIGTERM)
+          time.sleep(0.5)
+        return {{"step": state["step"] + 1}}, {{"loss": jnp.float32(1.0)}}
+      workdir = {str(tmp_path)!r}
+      logger = experiment.RunLogger(workdir, ml_collections.ConfigDict())
+      checkpointer = experiment.Checkpointer(workdir + "/checkpoints")
+      experiment.train_loop({{"step": jnp.zeros((), jnp.int32)}}, step,
+          start_step=0, num_steps=6, logger=logger,
+          checkpointer=checkpointer, log_every=1, eval_every=100,
+          checkpoint_every=4, progress=False)
+      print("the final evaluation ran", flush=True)
+  """)
+  stdout, stderr = process.communicate(timeout=TIMEOUT)
+  assert process.returncode == 0, stderr[-3000:]
+  assert "the final evaluation ran" not in stdout
+  line = preempted_line(stdout)
+  assert line["status"] == "preempted" and line["signal"] == "SIGTERM"
+  assert line["note"].startswith("saved the checkpoint of step 6 in ")
+  assert checkpoint_steps(str(tmp_path)) == [4, 6]
 
 
 def _start(workdir, *flags):

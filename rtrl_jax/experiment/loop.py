@@ -22,10 +22,10 @@ naming the step, and the state is not saved, so the last checkpoint is from
 before it.
 
 Signals: see `rtrl_jax.experiment.preemption` (installed by every script):
-a signal with nothing new to save (before the first step of this session,
-e.g. while it compiles) exits at once; one during the last step saves, then
-exits as preempted (a resume redoes the final evaluation); a second Ctrl-C
-aborts.
+a signal before this session's first step is done (e.g. while it compiles;
+single process only) exits at once; later ones save after the step in
+progress; one during the last step saves, then exits as preempted (a resume
+redoes the final evaluation); a second Ctrl-C aborts.
 """
 
 import contextlib
@@ -244,7 +244,6 @@ def train_loop(state, train_step, *, start_step, num_steps, logger,
   def save(step):
     guard.check(pending, checkpointer)
     checkpointer.save(step, state, metadata(step, state))
-    preemption.set_deferring(False)
 
   def run_evaluation(step):
     nonlocal eval_metrics
@@ -278,6 +277,11 @@ def train_loop(state, train_step, *, start_step, num_steps, logger,
       if run_evaluation(start_step):
         status = "stopped"
     tick, tick_step = time.perf_counter(), step
+    # A signal before this session's first step ends (e.g. while it
+    # compiles) has nothing new to save: the process exits at once. After
+    # it, the loop saves after the step in progress. Several processes must
+    # stop at one step together, so they always defer.
+    preemption.set_deferring(jax.process_count() > 1)
     while status == "finished" and step < num_steps:
       state, last_metrics = train_step(state)
       step += 1

@@ -4,9 +4,10 @@ something to save, else exit at once with the status a preempted run has.
 `install()` (called by `cli.start_main`, so by every script) replaces both
 signals' handlers for the whole process:
 
-  * inside `train_loop`, with steps done since the last checkpoint: the
-    signal is remembered (`requested()`), the loop saves after the step in
-    progress and the script prints {"status": "preempted", ...} and exits 0;
+  * inside `train_loop`, once this session's first step is done (with
+    several processes: from the loop's start): the signal is remembered
+    (`requested()`), the loop saves after the step in progress and the
+    script prints {"status": "preempted", ...} and exits 0;
   * anywhere else (start-up, compilation of the first step, an evaluation
     before any step, the final evaluation, writing results): nothing new
     would be saved, so the process prints one JSON line
@@ -151,8 +152,8 @@ def installed():
 
 
 def set_deferring(value):
-  """train_loop: True while a signal can be answered by a checkpoint (steps
-  done since the last save), False otherwise."""
+  """train_loop: True while a signal is answered by a checkpoint after the
+  step in progress, False while exiting at once loses nothing."""
   _STATE.deferring = bool(value)
 
 
