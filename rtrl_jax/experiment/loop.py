@@ -44,8 +44,10 @@ from absl import logging
 from rtrl_jax.experiment import preemption
 
 # Divergence guard: a checked metric above DIVERGENCE_FACTOR × the median
-# |value| of its first DIVERGENCE_WINDOW logged values stops the run.
-DIVERGENCE_FACTOR = 1e4
+# |value| of its first DIVERGENCE_WINDOW logged values stops the run. Large,
+# because RL losses legitimately grow by orders of magnitude as returns do
+# (a CartPole value loss from ~1e2 to ~1e5); a blown-up run goes far past.
+DIVERGENCE_FACTOR = 1e6
 DIVERGENCE_WINDOW = 5
 
 
