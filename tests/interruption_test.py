@@ -310,6 +310,7 @@ def test_resume_without_a_checkpoint_starts_tensorboard_over(tmp_path):
   logger = experiment.RunLogger(workdir, ml_collections.ConfigDict({"a": 1}))
   logger.write(1, {"train/loss": 5.0})
   logger.close()
+  time.sleep(1.1)     # event file names hold the second they were opened
   # --resume with no checkpoint: the run starts over, old events go too.
   logger = experiment.RunLogger(workdir, ml_collections.ConfigDict({"a": 1}))
   logger.write(1, {"train/loss": 3.0})
