@@ -24,10 +24,10 @@ $(STAMP): setup.py constraints.txt
 	$(PY) -m pip install -q -c constraints.txt -e ".[envs,tb,test]"
 	touch $(STAMP)
 
-# R2AC-RTRL on MemoryChain(memory_length=10): progress bar, then a plot of
-# return vs environment frames in runs/r2ac_rtrl_<time>/.
+# RTRL(10) vs TBPTT(10) on MemoryChain(30), 3 seeds each: both learning
+# curves in one plot, runs/r2ac_demo_<time>/demo.png (about 2 minutes).
 demo: $(STAMP)
-	$(PY) -m experiments.r2ac_anakin
+	$(PY) -m experiments.r2ac_demo
 
 # The eLSTM demo: online RTRL vs TBPTT on a cue-recall stream.
 demo-rtrl: $(STAMP)
@@ -54,7 +54,7 @@ bench-sebulba: $(STAMP)
 	for groups in 2 1; do $(PY) -m experiments.benchmark_sebulba --config=experiments/configs/sebulba.py:tiny_procgen $(SEBULBA_SMALL) --config.sebulba.env_groups=$$groups --threads=1,2 $(SEBULBA_TIME) || exit 1; done
 	XLA_FLAGS=--xla_force_host_platform_device_count=8 JAX_PLATFORMS=cpu $(PY) -m experiments.benchmark_sebulba --mode=learner --config=experiments/configs/sebulba.py --devices=1,2,4,8 --learner_envs=64
 
-# The reproduction study (docs/RESULTS.md): hours on 2 cores; resumable.
+# The reproduction study (docs/RESULTS.md): about an hour on 2 cores; resumable.
 study: $(STAMP)
 	$(PY) -m experiments.study --workers=2 --report_dir=docs/results
 

@@ -151,11 +151,12 @@ def plot_return_vs_frames(workdir, path, title="",
                           frames_key="train/frames",
                           return_key="train/episode_return_mean",
                           frames_label="environment frames"):
-  """Training (and any greedy-evaluation) returns vs frames, as a PNG.
+  """Training returns and evaluation returns vs frames, as a PNG.
 
   Reads the run's metrics.jsonl: `return_key` against `frames_key` (Anakin:
   the defaults; Sebulba: train/env_steps and
-  train/window/episode_return_mean), and eval/greedy_return where logged.
+  train/window/episode_return_mean), and eval/sampled_return (primary) and
+  eval/greedy_return (secondary) where logged.
   """
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use("Agg")
@@ -166,23 +167,27 @@ def plot_return_vs_frames(workdir, path, title="",
   frames_at.setdefault(0, 0.0)
   train = [(frames_at[row["step"]], row[return_key])
            for row in rows if return_key in row and row["step"] in frames_at]
-  greedy = [(frames_at[row["step"]], row["eval/greedy_return"])
-            for row in rows if "eval/greedy_return" in row
-            and row["step"] in frames_at]
+  evaluations = {kind: [(frames_at[row["step"]], row[f"eval/{kind}_return"])
+                         for row in rows if f"eval/{kind}_return" in row
+                         and row["step"] in frames_at]
+                  for kind in ("sampled", "greedy")}
+  sampled, greedy = evaluations["sampled"], evaluations["greedy"]
   figure, axes = plt.subplots(figsize=(7, 4.2))
-  for points, label, style in ((train, "training episodes (sampled)", "-"),
-                               (greedy, "greedy evaluation", "o-")):
+  for points, label, style in (
+      (train, "training episodes (sampled actions)", "-"),
+      (sampled, "evaluation, sampled actions", "o-"),
+      (greedy, "evaluation, greedy (argmax) actions", "x:")):
     if points:
       axes.plot(*zip(*points), style, label=label, markersize=3)
-  if not train and not greedy:
+  if not train and not greedy and not sampled:
     axes.text(0.5, 0.5, "no episode has ended yet", ha="center",
               va="center", transform=axes.transAxes)
   axes.set_xlabel(frames_label)
   axes.set_ylabel("episode return")
   axes.set_title(title, fontsize=9)
   axes.grid(alpha=0.3)
-  if train or greedy:
-    axes.legend()
+  if train or greedy or sampled:
+    axes.legend(fontsize=8)
   figure.tight_layout()
   figure.savefig(path, dpi=100)
   plt.close(figure)
@@ -207,9 +212,12 @@ def describe(config):
 def run(config, workdir, resume, make_extra_evaluation=None):
   """Trains; returns the results dict (also written to results.json).
 
+  Every `eval.every_calls` calls the run logs eval/sampled_return (the
+  primary number) and eval/greedy_return over `eval.episodes` episodes
+  each; at the end it evaluates `eval.final_episodes` episodes of each kind
+  (results.json: final/sampled_return, final/greedy_return).
   make_extra_evaluation: optional (config, train) -> (runner -> {name:
-  scalar}), logged with the greedy evaluation (e.g. experiments/study.py's
-  gradient-alignment probe).
+  scalar}), logged with the evaluation.
   """
   r2ac_configs.check(config)
   try:      # before prepare_workdir: a bad config leaves no run folder behind
@@ -230,10 +238,10 @@ def run(config, workdir, resume, make_extra_evaluation=None):
     runner, _ = checkpointer.restore(runner, resume_step)
     print(f"resumed {workdir} from call {resume_step} (update "
           f"{int(runner.update)})", flush=True)
-  evaluate = make_greedy_evaluation(config, train)
+  evaluate = make_evaluation(config, train)
   if make_extra_evaluation is not None:
-    greedy, extra = evaluate, make_extra_evaluation(config, train)
-    evaluate = lambda runner: {**greedy(runner), **extra(runner)}
+    standard, extra = evaluate, make_extra_evaluation(config, train)
+    evaluate = lambda runner: {**standard(runner), **extra(runner)}
   logger = experiment.RunLogger(workdir, config, resume_step=resume_step,
                                 use_wandb=config.run.wandb)
   frames_per_call = anakin.frames_per_update(config) * config.updates_per_call
@@ -248,7 +256,7 @@ def run(config, workdir, resume, make_extra_evaluation=None):
         log_every=1, eval_every=config.eval.every_calls,
         checkpoint_every=config.run.checkpoint_every_calls,
         evaluate=evaluate,
-        loss_key="loss/total", progress_metric="eval/greedy_return",
+        loss_key="loss/total", progress_metric="eval/sampled_return",
         progress=config.run.progress,
         progress_train_metrics=("episode_return_mean",),
         progress_unit="frame", progress_unit_scale=frames_per_call,
@@ -261,12 +269,17 @@ def run(config, workdir, resume, make_extra_evaluation=None):
     return {"status": "preempted", "call": result.step}
   rows = experiment.read_jsonl(os.path.join(workdir, "metrics.jsonl"))
   last_train = [row for row in rows if "train/frames" in row][-1]
+  final = jax.device_get(make_evaluation(
+      config, train, episodes=config.eval.final_episodes, prefix="final")(
+          runner))
   results = {"status": result.status, "call": result.step,
              "updates": int(runner.update), "frames": last_train["train/frames"],
              "train/episode_return_mean":
                  last_train["train/episode_return_mean"],
              "seconds_this_session": round(time.time() - started, 1),
-             **result.eval_metrics}
+             **result.eval_metrics,
+             **{key: float(value) for key, value in final.items()},
+             "final/episodes": config.eval.final_episodes}
   write_json(os.path.join(workdir, "results.json"),
              experiment.json_safe(results), indent=2)
   plot_path = os.path.join(workdir, RETURN_PLOT)

@@ -1,312 +1,262 @@
-"""Tables and plots of the reproduction study, rebuilt from its run folders only.
+"""The study's report, rebuilt from its cell folders alone (experiments/study.py).
 
-`write_report` reads each run's final_eval.json, results.json and
-metrics.jsonl (experiments/study.py writes them) and writes report.md,
-summary.csv, curves_<task>.png and alignment.png. Nothing here trains.
+Writes <report_dir>/report.md (the tables, with the command and commit),
+summary.csv (one row per cell), claim.png (seeds that solve each span, one
+curve per system, beside each system's cost per frame) and
+curves_<task>.png (sampled training return vs frames). Cells without a
+result yet show as "—", so a partial study gives a partial report.
 """
 
 import csv
-import datetime
-import json
 import os
-import platform
 import subprocess
-import warnings
+import time
 
 import numpy as np
 
-from rtrl_jax import experiment
+from experiments.configs import study as study_configs
 
-CURVE_BINS = 20
-
-
-def _read_json(path):
-  if not os.path.exists(path):
-    return None
-  with open(path) as f:
-    return json.load(f)
+DASH = "—"
 
 
 def _commit():
   try:
-    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"],
-                          capture_output=True, text=True, check=True).stdout
-    dirty = subprocess.run(["git", "status", "--porcelain", "--",
-                            "rtrl_jax", "experiments"],
-                           capture_output=True, text=True, check=True).stdout
-  except (OSError, subprocess.CalledProcessError):
+    return subprocess.run(["git", "rev-parse", "--short", "HEAD"],
+                          capture_output=True, text=True, check=True,
+                          timeout=10).stdout.strip()
+  except (OSError, subprocess.SubprocessError):
     return "unknown"
-  return head.strip() + (" (with uncommitted changes)" if dirty.strip() else "")
 
 
-def load_run(directory):
-  """A run's final evaluation, results and metric rows (None if unfinished)."""
-  final = _read_json(os.path.join(directory, "final_eval.json"))
-  if final is None:
-    return None
-  rows = experiment.read_jsonl(os.path.join(directory, "metrics.jsonl"))
-  frames_at = {row["step"]: row["train/frames"] for row in rows
-               if "train/frames" in row}
-  frames_at.setdefault(0, 0.0)
-  # Probes run at call 0 too (untrained θ, zero carried sensitivities);
-  # the tables and plots start after training has begun.
-  series = lambda key: [(frames_at.get(row["step"], np.nan), row[key])
-                        for row in rows if key in row and row["step"] > 0]
-  return {"final": final,
-          "results": _read_json(os.path.join(directory, "results.json")) or {},
-          "series": series}
+def cell_summary(study, result):
+  """Per-cell numbers over seeds: mean/std of the per-seed sampled means,
+  seeds solved (memory tasks: sampled >= solved_threshold), greedy mean,
+  microseconds per frame."""
+  sampled = np.asarray(result["sampled_mean"], float)
+  greedy = np.asarray(result["greedy_mean"], float)
+  memory = study.tasks[result["task"]].kind == "memory"
+  return dict(
+      sampled_mean=float(np.mean(sampled)), sampled_std=float(np.std(sampled)),
+      solved=(int(np.sum(sampled >= study.solved_threshold)) if memory
+              else None),
+      seeds=len(sampled), greedy_mean=float(np.mean(greedy)),
+      us_per_frame=1e6 * float(result["seconds_per_frame"]),
+      status=result["status"])
 
 
-def _mean_std(values, digits=2):
-  values = [v for v in values if v is not None and np.isfinite(v)]
-  if not values:
-    return "—"
-  return f"{np.mean(values):.{digits}f} ± {np.std(values):.{digits}f}"
+def _fmt(summary, digits=2, solved=True):
+  if summary is None:
+    return DASH
+  if summary["status"] != "finished":
+    return summary["status"]
+  text = (f"{summary['sampled_mean']:.{digits}f} ± "
+          f"{summary['sampled_std']:.{digits}f}")
+  if solved and summary["solved"] is not None:
+    text += f" ({summary['solved']}/{summary['seeds']})"
+  return text
 
 
-def _last(series):
-  return series[-1][1] if series else None
+def _digits(study, task):
+  return 0 if study.tasks[task].score_range[1] > 10 else 2
 
 
-def _binned_mean(points, edges):
-  """Mean of y per frames bin; NaN where a bin is empty."""
-  points = [(x, y) for x, y in points if np.isfinite(y)]
-  out = np.full(len(edges) - 1, np.nan)
-  if not points:
-    return out
-  x, y = map(np.asarray, zip(*points))
-  which = np.clip(np.digitize(x, edges) - 1, 0, len(edges) - 2)
-  for b in range(len(edges) - 1):
-    if np.any(which == b):
-      out[b] = y[which == b].mean()
-  return out
+def _task_label(study, task):
+  kwargs = study.tasks[task].kwargs
+  if "memory_length" in kwargs:
+    return f"MemoryChain L={kwargs.memory_length}"
+  return study.tasks[task].env.split(":")[-1]
 
 
-def _plot_curves(study, task, systems, runs_of, path):
-  """Training (sampled) and greedy-evaluation returns vs frames, per system."""
+def _system_label(study, name):
+  system = study.systems[name]
+  core = {"elstm": "eLSTM", "lstm": "LSTM",
+          "feedforward": "feed-forward"}.get(system.core, system.core)
+  if system.core == "feedforward":
+    return core
+  return f"{core} {system.gradient.upper()}({system.unroll_length})"
+
+
+def _plot_claim(study, main, systems, path):
+  """Seeds solved vs span L per system, and microseconds per frame."""
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
-  frames = study.tasks[task].updates * study.frames_per_update
-  calls = max(1, study.tasks[task].updates // study.updates_per_call)
-  # One point per logged call at most, so that no bin is empty.
-  edges = np.linspace(0, frames, min(CURVE_BINS, calls) + 1)
-  centres = (edges[:-1] + edges[1:]) / 2
-  figure, panels = plt.subplots(1, 2, figsize=(12, 4.2))
-  for axes, key, label in (
-      (panels[0], "train/episode_return_mean",
-       "training episode return (sampled actions)"),
-      (panels[1], "eval/greedy_return", "greedy evaluation return")):
-    for system in systems:
-      runs = runs_of(task, system)
-      if not runs:
-        continue
-      if key.startswith("eval/"):
-        # Evaluations happen at the same calls in every seed.
-        curves = [run["series"](key) for run in runs]
-        length = min(len(c) for c in curves)
-        x = np.asarray([p[0] for p in curves[0][:length]])
-        curves = np.asarray([[p[1] for p in c[:length]] for c in curves])
-      else:
-        x = centres
-        curves = np.stack([_binned_mean(run["series"](key), edges)
-                           for run in runs])
-      with warnings.catch_warnings():   # bins without a finished episode
-        warnings.simplefilter("ignore", RuntimeWarning)
-        mean, low, high = (np.nanmean(curves, 0), np.nanmin(curves, 0),
-                           np.nanmax(curves, 0))
-      line, = axes.plot(x, mean, ".-", label=f"{system} ({len(runs)} seeds)")
-      if len(runs) > 1:
-        axes.fill_between(x, low, high, color=line.get_color(), alpha=0.12)
-    axes.set_xlabel("environment frames")
-    axes.set_ylabel(label)
-    axes.grid(alpha=0.3)
-  panels[0].set_title(f"{task}: mean over seeds, band = min..max", fontsize=9)
-  panels[1].legend(fontsize=7)
+  memory = [task for task in study_configs.ordered_tasks(study)
+            if study.tasks[task].kind == "memory"]
+  figure, (left, right) = plt.subplots(
+      1, 2, figsize=(11, 4.3), gridspec_kw=dict(width_ratios=[1.6, 1]))
+  styles = ["o-", "s--", "^-.", "v:", "D-", "P--"]
+  for index, system in enumerate(systems):
+    points = [(study.tasks[task].kwargs.memory_length, main[task, system])
+              for task in memory if (task, system) in main]
+    points = [(length, s["solved"]) for length, s in points
+              if s["status"] == "finished"]
+    if points:
+      left.plot(*zip(*points), styles[index % len(styles)],
+                label=_system_label(study, system))
+  left.set_xscale("log")
+  lengths = [study.tasks[task].kwargs.memory_length for task in memory]
+  left.set_xticks(lengths)
+  left.set_xticklabels([str(length) for length in lengths])
+  left.set_ylim(-0.3, study.seeds + 0.3)
+  left.set_xlabel("memory span L (steps from cue to answer)")
+  left.set_ylabel(f"seeds solved (sampled return ≥ {study.solved_threshold}) "
+                  f"of {study.seeds}")
+  left.set_title("MemoryChain: who learns span L", fontsize=10)
+  left.grid(alpha=0.3)
+  left.legend(fontsize=8)
+  costs = []
+  for system in systems:
+    values = [main[task, system]["us_per_frame"]
+              for task in study.tasks if (task, system) in main
+              and np.isfinite(main[task, system]["us_per_frame"])]
+    if values:
+      costs.append((_system_label(study, system), float(np.median(values))))
+  if costs:
+    labels, values = zip(*costs)
+    right.barh(range(len(values)), values, color="tab:gray")
+    right.set_yticks(range(len(values)))
+    right.set_yticklabels(labels, fontsize=8)
+    right.invert_yaxis()
+  right.set_xlabel("µs of wall time per frame (median over tasks)")
+  right.set_title("cost on this 2-core CPU (training, all seeds)",
+                  fontsize=10)
+  right.grid(alpha=0.3, axis="x")
   figure.tight_layout()
-  figure.savefig(path, dpi=90)
+  figure.savefig(path, dpi=100)
   plt.close(figure)
 
 
-def _plot_alignment(tasks, systems, runs_of, path):
+def _plot_curves(study, task, systems, results, path):
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
-  figure, axes = plt.subplots(2, len(tasks), figsize=(4 * len(tasks), 6.5),
-                              squeeze=False)
-  for column, task in enumerate(tasks):
-    top, bottom = axes[0, column], axes[1, column]
-    for system in systems:
-      for run in runs_of(task, system):
-        for key, style in (("align/tbptt/recurrent/cosine", "-"),):
-          points = run["series"](key)
-          if points:
-            top.plot(*zip(*points), style, alpha=0.6, label=system)
-        points = run["series"]("sens/carried_norm_max")
-        if points:
-          bottom.semilogy(*zip(*points), alpha=0.6, label=system)
-    top.set_title(f"{task}\ncos(TBPTT θ_r grad, BPTT θ_r grad) at each run's θ",
-                  fontsize=8)
-    bottom.set_title("max over envs of ‖dh/dθ_r‖ the RTRL actor carries",
-                     fontsize=8)
-    bottom.set_xlabel("environment frames")
-    for ax in (top, bottom):
-      ax.grid(alpha=0.3)
-      handles, labels = ax.get_legend_handles_labels()
-      unique = dict(zip(labels, handles))
-      if unique:
-        ax.legend(unique.values(), unique.keys(), fontsize=6)
-  figure.tight_layout()
-  figure.savefig(path, dpi=90)
-  plt.close(figure)
-
-
-def write_report(study, workdir, report_dir, grid, run_dir, command):
-  """Writes report.md, summary.csv and the plots; returns report.md's path."""
-  os.makedirs(report_dir, exist_ok=True)
-  rebuild = command if "--report_only" in command else (
-      command + " --report_only")
-  loaded = {(task, system, seed): load_run(run_dir(workdir, task, system, seed))
-            for task, system, seed in grid}
-  tasks = list(dict.fromkeys(task for task, _, _ in grid))
-  systems = list(dict.fromkeys(system for _, system, _ in grid))
-
-  def runs_of(task, system):
-    return [run for (t, s, _), run in loaded.items()
-            if t == task and s == system and run is not None]
-
-  summary_rows = []
-  for (task, system, seed), run in loaded.items():
-    if run is None:
+  figure, axes = plt.subplots(figsize=(7.5, 4.3))
+  for system in systems:
+    result = results.get((task, system))
+    if result is None or not result["frames"]:
       continue
-    series = run["series"]
-    summary_rows.append({
-        "task": task, "system": system, "seed": seed,
-        "frames": run["results"].get("frames"),
-        "updates": run["final"]["update"],
-        "final_greedy_return": run["final"]["greedy_mean"],
-        "final_sampled_return": run["final"].get("sampled_mean"),
-        "final_eval_episodes": len(run["final"]["greedy_returns"]),
-        "tbptt_recurrent_cosine_end": _last(series("align/tbptt/recurrent/cosine")),
-        "rtrl_recurrent_cosine_min": min(
-            (v for _, v in series("align/rtrl/recurrent/cosine")), default=None),
-        "train_rtrl_recurrent_cosine_mean": (lambda v: float(np.mean(v)) if v
-                                             else None)(
-            [v for _, v in series("align_train/rtrl/recurrent/cosine")]),
-        "carried_sens_norm_max_end": _last(series("sens/carried_norm_max")),
-        "carried_sens_norm_max_peak": max(
-            (v for _, v in series("sens/carried_norm_max")), default=None),
-        "seconds": run["results"].get("seconds_this_session")})
-  with open(os.path.join(report_dir, "summary.csv"), "w", newline="") as f:
-    fields = list(summary_rows[0]) if summary_rows else ["task"]
-    writer = csv.DictWriter(f, fieldnames=fields)
+    curve = np.asarray(result["train_return"], float)
+    line, = axes.plot(result["frames"], np.nanmean(curve, 1),
+                      label=_system_label(study, system))
+    axes.fill_between(result["frames"], np.nanmin(curve, 1),
+                      np.nanmax(curve, 1), color=line.get_color(), alpha=0.15)
+  if study.tasks[task].kind == "memory":
+    axes.axhline(0.0, color="gray", linestyle="--", linewidth=1,
+                 label="chance")
+  axes.set_xlabel("environment frames (per seed)")
+  axes.set_ylabel("training return (sampled actions)")
+  axes.set_title(f"{_task_label(study, task)}: mean, min..max over "
+                 f"{study.seeds} seeds", fontsize=10)
+  axes.grid(alpha=0.3)
+  axes.legend(fontsize=8)
+  figure.tight_layout()
+  figure.savefig(path, dpi=100)
+  plt.close(figure)
+
+
+def write_report(study, workdir, report_dir, tuning, later, rates,
+                 load_result, command):
+  """Writes report.md, summary.csv and the figures; returns report.md's path."""
+  os.makedirs(report_dir, exist_ok=True)
+  loaded = [(spec, load_result(workdir, spec)) for spec in tuning + later]
+  rows, main, controls, tuned, results = [], {}, {}, {}, {}
+  for spec, result in loaded:
+    if result is None:
+      continue
+    summary = cell_summary(study, result)
+    rows.append({**spec, **summary})
+    key = (spec["task"], spec["system"])
+    if spec["stage"] == "main":
+      main[key], results[key] = summary, result
+    elif spec["stage"] == "controls":
+      controls[spec["control"], *key] = summary
+    else:
+      tuned[key + (spec["rate"],)] = summary
+  with open(os.path.join(report_dir, "summary.csv"), "w", newline="") as file:
+    fields = ["stage", "task", "system", "control", "rate", "status", "seeds",
+              "sampled_mean", "sampled_std", "solved", "greedy_mean",
+              "us_per_frame"]
+    writer = csv.DictWriter(file, fields, extrasaction="ignore")
     writer.writeheader()
-    writer.writerows(summary_rows)
+    writer.writerows(rows)
 
-  def cell(task, system, pick, digits=2):
-    values = [pick(run) for run in runs_of(task, system)]
-    text = _mean_std(values, digits)
-    # Seeds that contributed: finished runs with a finite value.
-    done = sum(1 for v in values if v is not None and np.isfinite(v))
-    return text if done == study.seeds or text == "—" else f"{text} ({done}/{study.seeds})"
-
-  header = "| task | frames | " + " | ".join(systems) + " |"
-  rule = "|---|---|" + "---|" * len(systems)
+  systems = study_configs.ordered_systems(study)
+  tasks = study_configs.ordered_tasks(study)
   lines = [
-      "# Reproduction study: report (generated)", "",
-      f"Generated {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC "
-      f"by `{command}` at commit {_commit()} on {platform.machine()} "
-      f"({os.cpu_count()} CPUs); rebuild with `{rebuild}`.", "",
-      f"Budget per run: {study.frames_per_update} frames per update "
-      f"(num_envs = {study.frames_per_update}/M), hidden size "
-      f"{study.hidden_size}, forget-gate bias {study.forget_bias}, "
-      f"{study.seeds} seeds; final evaluation: {study.final_eval_episodes} "
-      f"greedy and as many sampled episodes per seed. Frames per task below. "
-      f"± is the standard deviation over seeds (numpy's, ddof 0).", "",
-      "## Final greedy return (mean ± std over seeds)", "",
-      header, rule]
-  frames = lambda task: f"{study.tasks[task].updates * study.frames_per_update:,}"
+      "# Reproduction study: report", "",
+      f"Generated {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} at "
+      f"commit `{_commit()}` by", "", f"    {command}", "",
+      f"Cells finished: {len(rows)} of {len(tuning) + len(later)}. Seeds: "
+      f"{study.seeds} per main/control cell, {study.tuning_seeds} per tuning "
+      f"cell (other seeds). Returns are with **sampled** actions, "
+      f"{study.eval_episodes} episodes per seed after training: mean ± std "
+      "over seeds; (k/n) = seeds that solve a memory task (sampled ≥ "
+      f"{study.solved_threshold}).", "",
+      "## Tuning (learning rate; chosen rate in bold)", "",
+      "| system | rate | " + " | ".join(
+          _task_label(study, task) for task in study.tuning_tasks) + " |",
+      "|---|---|" + "---|" * len(study.tuning_tasks)]
+  for system in study.tuned_systems:
+    for rate in study.learning_rates:
+      mark = "**" if rates.get(system) == rate else ""
+      cells = [_fmt(tuned.get((task, system, rate)), _digits(study, task))
+               for task in study.tuning_tasks]
+      lines.append(f"| {_system_label(study, system)} | {mark}{rate:g}{mark} "
+                   f"| " + " | ".join(cells) + " |")
+  lines += ["", "Rates used: " + ", ".join(
+      f"{_system_label(study, system)} {rates[system]:g}"
+      for system in systems if system in rates) + ".", "",
+            "## Main grid: sampled return (seeds solved)", "",
+            "| task | frames | " + " | ".join(
+                _system_label(study, system) for system in systems) + " |",
+            "|---|---|" + "---|" * len(systems)]
   for task in tasks:
-    lines.append(f"| {task} | {frames(task)} | " + " | ".join(
-        cell(task, s, lambda run: run["final"]["greedy_mean"])
-        for s in systems) + " |")
-  lines += ["", "## Final sampled-action return (mean ± std over seeds)", "",
-            header, rule]
+    frames = study.tasks[task].updates * study.frames_per_update
+    cells = [_fmt(main.get((task, system)), _digits(study, task))
+             for system in systems]
+    lines.append(f"| {_task_label(study, task)} | {frames / 1e6:g}M | "
+                 + " | ".join(cells) + " |")
+  lines += ["", "Greedy (argmax) return, secondary:", "",
+            "| task | " + " | ".join(
+                _system_label(study, system) for system in systems) + " |",
+            "|---|" + "---|" * len(systems)]
   for task in tasks:
-    lines.append(f"| {task} | {frames(task)} | " + " | ".join(
-        cell(task, s, lambda run: run["final"].get("sampled_mean"))
-        for s in systems) + " |")
-  lines += ["", "## Gradient alignment with full BPTT at the end of training",
-            "", "cos(g, g*) of the recurrent parameters θ_r, g* = BPTT through "
-            "the probe's window, at each run's final θ (mean ± std over seeds). "
-            "RTRL rows give the minimum over all probes of the run (1 = exact).",
-            "", header, rule]
-  for method in ("tbptt", "rtrl"):
-    for task in tasks:
-      key = f"align/{method}/recurrent/cosine"
-      pick = (lambda run, key=key: _last(run["series"](key))) if method == "tbptt" \
-          else (lambda run, key=key: min((v for _, v in run["series"](key)),
-                                         default=None))
-      # Full-episode BPTT restarts episodes every unroll: no probe stream.
-      lines.append(f"| {task}: {method.upper()} | {frames(task)} | " + " | ".join(
-          "—" if study.systems[s].gradient == "bptt" else cell(task, s, pick, 4)
-          for s in systems) + " |")
-  lines += ["", "## RTRL in training: the learner's gradient with stale sensitivities",
-            "", "At every evaluation of an RTRL run: K real updates from fresh "
-            "episodes (the run's optimizer state and learning rate), then the "
-            "cosine of the last unroll's learner gradient for θ_r with the "
-            "true gradient at the current θ (BPTT from the episodes' start). "
-            "Mean over the run's probes, then mean ± std over seeds; the "
-            "worst probe of any seed in brackets; TBPTT on the same unroll for "
-            "comparison.", "",
-            "| task | system | RTRL cos | TBPTT cos | ‖Δθ‖/‖θ‖ over the K − 1 updates |",
+    digits = _digits(study, task)
+    cells = [f"{main[task, system]['greedy_mean']:.{digits}f}"
+             if (task, system) in main else DASH for system in systems]
+    lines.append(f"| {_task_label(study, task)} | " + " | ".join(cells) + " |")
+  lines += ["", "Cost: µs of wall time per frame (training, all seeds of a "
+            "cell together; median over the system's main cells; two cells "
+            "ran at once on 2 cores, so this is a ratio between systems, not "
+            "a throughput):", "", "| system | µs per frame |", "|---|---|"]
+  for system in systems:
+    values = [main[task, system]["us_per_frame"] for task in tasks
+              if (task, system) in main
+              and np.isfinite(main[task, system]["us_per_frame"])]
+    lines.append(f"| {_system_label(study, system)} | "
+                 + (f"{np.median(values):.2f}" if values else DASH) + " |")
+  lines += ["", "## Controls", "",
+            "| control | task | system | sampled (solved) | main grid |",
             "|---|---|---|---|---|"]
-  for task in tasks:
-    for system in systems:
-      runs = [run for run in runs_of(task, system)
-              if run["series"]("align_train/rtrl/recurrent/cosine")]
-      if not runs:
-        continue
-      values = lambda run, key: [v for _, v in run["series"](key)]
-      rtrl = [values(run, "align_train/rtrl/recurrent/cosine") for run in runs]
-      tbptt = [values(run, "align_train/tbptt/recurrent/cosine") for run in runs]
-      change = [values(run, "align_train/param_change") for run in runs]
-      lines.append(
-          f"| {task} | {system} | {_mean_std([np.mean(r) for r in rtrl], 4)} "
-          f"[{min(min(r) for r in rtrl):.4f}] | "
-          f"{_mean_std([np.mean(t) for t in tbptt], 3)} "
-          f"[{min(min(t) for t in tbptt):.3f}] | "
-          f"{_mean_std([np.mean(c) for c in change], 5)} |")
-  lines += ["", "## Sensitivities the RTRL actor carries", "",
-            "max over environments of ‖dh/dθ_r‖ (RTRL runs), at the first "
-            "evaluation after training starts, its peak, and at the end (mean ± std over seeds).", "",
-            "| task | system | first | peak | end |", "|---|---|---|---|---|"]
-  for task in tasks:
-    for system in systems:
-      runs = runs_of(task, system)
-      if not runs or not runs[0]["series"]("sens/carried_norm_max"):
-        continue
-      norms = [[v for _, v in run["series"]("sens/carried_norm_max")]
-               for run in runs]
-      lines.append(f"| {task} | {system} | "
-                   f"{_mean_std([n[0] for n in norms])} | "
-                   f"{_mean_std([max(n) for n in norms])} | "
-                   f"{_mean_std([n[-1] for n in norms])} |")
-  lines += ["", "## Wall time per run (s, this machine, includes compiling; "
-            "a resumed run counts its last session only)",
-            "", header, rule]
-  for task in tasks:
-    lines.append(f"| {task} | {frames(task)} | " + " | ".join(
-        cell(task, s, lambda run: run["results"].get("seconds_this_session"), 0)
-        for s in systems) + " |")
-  lines += ["", "## Plots", ""]
+  for name, control in study.controls.items():
+    for task in control.tasks:
+      for system in control.systems:
+        digits = _digits(study, task)
+        lines.append(
+            f"| {name} ({', '.join(f'{k}={v}' for k, v in control.overrides.items())}) "
+            f"| {_task_label(study, task)} | {_system_label(study, system)} | "
+            f"{_fmt(controls.get((name, task, system)), digits)} | "
+            f"{_fmt(main.get((task, system)), digits)} |")
+  claim = os.path.join(report_dir, "claim.png")
+  _plot_claim(study, main, systems, claim)
+  lines += ["", "## Figures", "", "![claim](claim.png)", ""]
   for task in tasks:
     name = f"curves_{task}.png"
-    _plot_curves(study, task, systems, runs_of, os.path.join(report_dir, name))
+    _plot_curves(study, task, systems, results,
+                 os.path.join(report_dir, name))
     lines.append(f"![{task}]({name})")
-  _plot_alignment(tasks, systems, runs_of, os.path.join(report_dir, "alignment.png"))
-  lines += ["", "![alignment and sensitivity norms](alignment.png)", ""]
   path = os.path.join(report_dir, "report.md")
-  with open(path, "w") as f:
-    f.write("\n".join(lines))
+  with open(path, "w") as file:
+    file.write("\n".join(lines) + "\n")
   return path

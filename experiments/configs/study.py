@@ -68,9 +68,9 @@ def default():
   config.learning_rates = [1e-3, 3e-3, 1e-2, 3e-2]
   config.tuning_tasks = ["memorychain_L30", "cartpole"]
   config.tasks = ml_collections.ConfigDict(dict(
-      memorychain_L10=_memorychain(10, 625),       # 0.5M frames
+      memorychain_L10=_memorychain(10, 500),       # 0.4M frames
       memorychain_L30=_memorychain(30, 1250),      # 1M
-      memorychain_L50=_memorychain(50, 1875),      # 1.5M
+      memorychain_L50=_memorychain(50, 1250),      # 1M
       memorychain_L100=_memorychain(100, 2500),    # 2M
       cartpole=_task("gymnax:CartPole-v1", 1250, (0.0, 500.0), "reactive"),
   ))
@@ -96,7 +96,7 @@ def default():
           systems=pair, tasks=["memorychain_L30"],
           overrides={"forget_init": "constant", "forget_bias": 1.0}),
       forget_constant_3=dict(
-          systems=pair, tasks=["memorychain_L30", "memorychain_L100"],
+          systems=pair, tasks=["memorychain_L30"],
           overrides={"forget_init": "constant", "forget_bias": 3.0}),
       synchronised=dict(systems=pair, tasks=["memorychain_L30"],
                         overrides={"desync_steps": 0}),
