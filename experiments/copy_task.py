@@ -80,22 +80,10 @@ def estimated_bytes(config):
   return 4 * max(train, evaluate)
 
 
-def available_bytes():
-  """The first device's memory limit, or the machine's physical memory."""
-  try:
-    stats = jax.devices()[0].memory_stats() or {}
-  except Exception:  # pylint: disable=broad-except
-    stats = {}
-  if stats.get("bytes_limit"):
-    return int(stats["bytes_limit"])
-  return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-
-
 def config_rules():
   """Value rules of the copy-task config, for `experiment.check_config`."""
   positive = experiment.config.positive
-  finite_positive = lambda v: math.isfinite(v) and v > 0
-  gib = lambda b: f"{b / 2**30:.3g} GiB"
+  finite_positive = experiment.config.finite_positive
   return [
       ("model.cell", *experiment.config.one_of("elstm")),
       ("model.hidden_size", positive, "a positive int"),
@@ -128,11 +116,9 @@ def config_rules():
       ("train.clip_norm", finite_positive, "positive and finite"),
       ("model.init_scale", math.isfinite, "finite"),
       ("model.forget_bias", math.isfinite, "finite"),
-      ("@model.hidden_size",
-       lambda c: estimated_bytes(c) <= available_bytes(),
-       f"small enough for memory ({gib(available_bytes())} here; with "
-       "train.batch_size, data.max_length and data.eval_batch_size it sets "
-       "the estimate)"),
+      ("@model.hidden_size", *experiment.config.fits_in_memory(
+          estimated_bytes, "train.batch_size, data.max_length and "
+          "data.eval_batch_size")),
       ("run.log_every", positive, "a positive int"),
       ("run.eval_every", positive, "a positive int"),
       ("run.checkpoint_every", positive, "a positive int"),

@@ -10,6 +10,8 @@ violation raises `ConfigError` with a one-line message naming the key, e.g.
 """
 
 import difflib
+import math
+import os
 from typing import Any, Callable, Iterable, Tuple
 
 import ml_collections
@@ -51,7 +53,8 @@ def check_config(config, reference, rules: Iterable[Rule] = ()):
     reference: a ConfigDict with the allowed keys and their types.
     rules: (dotted key, predicate on the value, "what it must be"); a key
       starting with "@" is a cross-field rule whose predicate gets the whole
-      config and is reported under the key after the "@".
+      config and is reported under the key after the "@". "what it must be"
+      may be a function of the config.
   """
   values, allowed = flatten(config), flatten(reference)
   for name, value in values.items():
@@ -75,6 +78,8 @@ def check_config(config, reference, rules: Iterable[Rule] = ()):
     except (TypeError, ValueError, ZeroDivisionError):
       ok = False
     if not ok:
+      if callable(requirement):
+        requirement = requirement(config)
       raise ConfigError(
           f"config.{key}: must be {requirement}, got {values[key]!r}")
 
@@ -85,3 +90,32 @@ def one_of(*choices):
 
 def positive(value):
   return value > 0
+
+
+def finite_positive(value):
+  return math.isfinite(value) and value > 0
+
+
+def available_bytes():
+  """Memory a run can use: the first JAX device's limit (accelerators), or
+  the machine's physical memory (CPU). For rules that check a config's
+  estimated size before anything is allocated."""
+  import jax  # pylint: disable=g-import-not-at-top
+  try:
+    stats = jax.devices()[0].memory_stats() or {}
+  except Exception:  # pylint: disable=broad-except
+    stats = {}
+  if stats.get("bytes_limit"):
+    return int(stats["bytes_limit"])
+  return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def fits_in_memory(estimate, sizes):
+  """(predicate, requirement) of a cross-field rule: `estimate` (config ->
+  bytes) at most `available_bytes()`; `sizes` names the keys it grows with,
+  for the message."""
+  limit = available_bytes()
+  gib = lambda b: f"{b / 2**30:.3g} GiB"
+  return (lambda config: estimate(config) <= limit,
+          lambda config: (f"small enough for memory (with {sizes}: about "
+                          f"{gib(estimate(config))}; {gib(limit)} here)"))
