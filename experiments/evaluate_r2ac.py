@@ -1,7 +1,11 @@
-r"""Evaluates a trained R2AC run: greedy and sampled returns over seeds.
+r"""Evaluates a trained R2AC run: sampled (primary) and greedy returns over seeds.
 
   python -m experiments.evaluate_r2ac --workdir=runs/r2ac_rtrl_... \
-      [--seeds=5] [--episodes=32] [--actions=greedy,sampled] [--call=N]
+      [--seeds=5] [--episodes=1000] [--actions=sampled,greedy] [--call=N]
+
+Sampled actions (drawn from the policy, as the agent acts) are the number
+that measures learning: a near-uniform policy can look good under greedy
+(argmax) actions while it still acts at chance. Greedy is a second row.
 
 Loads the run's config.json and its latest checkpoint (or --call), runs
 --episodes episodes per seed for each of --seeds seeds with the agent's
@@ -30,10 +34,11 @@ _WORKDIR = flags.DEFINE_string(
     "experiments/r2ac_sebulba.py.", required=True)
 _SEEDS = flags.DEFINE_integer("seeds", 5, "Number of evaluation seeds.",
                               lower_bound=1)
-_EPISODES = flags.DEFINE_integer("episodes", 32, "Episodes per seed.",
+_EPISODES = flags.DEFINE_integer("episodes", 1000, "Episodes per seed.",
                                  lower_bound=1)
-_ACTIONS = flags.DEFINE_list("actions", ["greedy", "sampled"],
-                             "greedy (argmax) and/or sampled.")
+_ACTIONS = flags.DEFINE_list("actions", ["sampled", "greedy"],
+                             "sampled (the primary number) and/or greedy "
+                             "(argmax).")
 _CALL = flags.DEFINE_integer(
     "call", None, "Checkpoint to load: Anakin call or Sebulba update "
     "(default: the latest).")

@@ -108,7 +108,7 @@ def tuned_rates(study, workdir):
           raise experiment.ConfigError(
               f"tuning cell {cell_name(cell('tuning', task, system, rate))} "
               "has no result yet")
-        sampled = np.nanmean(result["sampled_mean"])
+        sampled = np.nanmean(np.asarray(result["sampled_mean"], float))
         values.append(score(study, task, sampled)
                       if np.isfinite(sampled) else -np.inf)
       scores[rate] = float(np.mean(values))

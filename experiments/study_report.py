@@ -32,15 +32,17 @@ def cell_summary(study, result):
   """Per-cell numbers over seeds: mean/std of the per-seed sampled means,
   seeds solved (memory tasks: sampled >= solved_threshold), greedy mean,
   microseconds per frame."""
+  # json_safe wrote NaN (a diverged cell) as null.
   sampled = np.asarray(result["sampled_mean"], float)
   greedy = np.asarray(result["greedy_mean"], float)
+  seconds = result.get("seconds_per_frame")
   memory = study.tasks[result["task"]].kind == "memory"
   return dict(
       sampled_mean=float(np.mean(sampled)), sampled_std=float(np.std(sampled)),
       solved=(int(np.sum(sampled >= study.solved_threshold)) if memory
               else None),
       seeds=len(sampled), greedy_mean=float(np.mean(greedy)),
-      us_per_frame=1e6 * float(result["seconds_per_frame"]),
+      us_per_frame=1e6 * float("nan" if seconds is None else seconds),
       status=result["status"])
 
 

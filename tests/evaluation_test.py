@@ -274,3 +274,29 @@ def test_evaluate_policy_stacks_seeds():
   np.testing.assert_array_equal(summary.returns, summary.lengths * (kind + 1))
   # Each seed its own reset keys: different kinds per episode.
   assert not np.array_equal(summary.lengths[0], summary.lengths[1])
+
+
+def test_evaluate_seeds_equals_evaluate_policy_per_parameter_set():
+  """evaluate_seeds (one vmapped program over S parameter sets and keys)
+  gives each set what evaluate_policy gives it alone."""
+  # pylint: disable=g-import-not-at-top
+  from experiments.configs import r2ac as r2ac_configs
+  from rtrl_jax import anakin
+  # pylint: enable=g-import-not-at-top
+  config = r2ac_configs.tiny()
+  seeds = [0, 4]
+  train = anakin.make_train(config, num_seeds=len(seeds))
+  runner = train.init(anakin.seed_keys(seeds))
+  runner, _ = train.update(runner)
+  for greedy in (False, True):
+    summary = evaluation.evaluate_seeds(
+        train.agent, train.env, runner.params, anakin.seed_keys([7, 9]), 6,
+        greedy=greedy)
+    assert summary.returns.shape == (2, 6)
+    for index, key_seed in enumerate([7, 9]):
+      params = jax.tree.map(lambda leaf, i=index: leaf[i], runner.params)
+      alone = evaluation.evaluate_policy(
+          train.agent, train.env, params, seeds=[key_seed],
+          episodes_per_seed=6, greedy=greedy)
+      np.testing.assert_allclose(summary.returns[index], alone.returns[0])
+      np.testing.assert_array_equal(summary.lengths[index], alone.lengths[0])

@@ -96,9 +96,15 @@ def test_run_writes_logs_results_and_plot(uninterrupted):
   for name in ("train/episode_return_mean", "train/grad_norm",
                "train/loss/policy", "train/learning_rate"):
     assert all(np.isfinite(row[name]) for row in train), name
-  assert train[-1]["train/learning_rate"] == pytest.approx(6e-4 / NUM_UPDATES, rel=1e-4)
-  evals = [row["step"] for row in rows if "eval/greedy_return" in row]
-  assert evals == [0, 10, 20]
+  assert train[-1]["train/learning_rate"] == pytest.approx(
+      r2ac_configs.LEARNING_RATE / NUM_UPDATES, rel=1e-4)
+  for kind in ("sampled", "greedy"):
+    evals = [row["step"] for row in rows if f"eval/{kind}_return" in row]
+    assert evals == [0, 10, 20], kind
+  # The final evaluation: eval.final_episodes of each kind.
+  assert results["final/episodes"] == r2ac_configs.tiny().eval.final_episodes
+  for kind in ("sampled", "greedy"):
+    assert -1.0 <= results[f"final/{kind}_return"] <= 1.0
   assert os.listdir(os.path.join(workdir, "tensorboard"))
 
 
@@ -161,8 +167,9 @@ def test_evaluation_script_prints_the_table(uninterrupted, environment):
   assert result.returncode == 0, result.stderr[-3000:]
   lines = result.stdout.splitlines()
   assert f"checkpoint of call {NUM_CALLS} (update {NUM_UPDATES})" in lines[0]
+  # Sampled, the primary number, first.
   assert [line.split()[:3] for line in lines[3:5]] == [
-      ["greedy", "2", "4"], ["sampled", "2", "4"]]
+      ["sampled", "2", "4"], ["greedy", "2", "4"]]
   with open(os.path.join(workdir, "evaluation.json")) as f:
     evaluation = json.load(f)
   for actions in ("greedy", "sampled"):

@@ -44,14 +44,26 @@ from experiments.configs import r2ac
 
 # Keys added after Sebulba runs were made, with the value that behaves as
 # those runs did: `--resume` of such a run accepts exactly this value.
-ADDED_KEYS = {"sebulba.env_groups": 1}
+ADDED_KEYS = {"sebulba.env_groups": 1,
+              "network.core_kwargs.elstm.forget_init": "constant",
+              "network.core_kwargs.elstm.chrono_t_max": 100.0,
+              "network.core_kwargs.lstm.forget_init": "constant",
+              "network.core_kwargs.lstm.chrono_t_max": 100.0}
 
 
 def default():
   config = r2ac.default()
   with config.unlocked():
-    for key in ("num_envs", "updates_per_call", "num_devices", "eval"):
+    for key in ("num_envs", "updates_per_call", "num_devices", "eval",
+                "desync_steps"):
       del config[key]
+  # The Anakin CPU preset's optimizer and forget gates were tuned on
+  # gymnax tasks (docs/RESULTS.md); the envpool tasks keep the paper's
+  # rate and a constant forget bias (r2ac.paper()'s values) until a sweep
+  # of their own.
+  config.optimizer.learning_rate = 6e-4
+  for core in ("elstm", "lstm"):
+    config.network.core_kwargs[core].forget_init = "constant"
   config.env = ml_collections.ConfigDict(dict(
       suite="minigrid",           # minigrid | atari | procgen | vizdoom
       name="MiniGrid-MemoryS7-v0",

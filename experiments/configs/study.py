@@ -121,9 +121,8 @@ def quick():
   config.systems = ml_collections.ConfigDict(dict(
       elstm_rtrl_M2=_system("elstm", "rtrl", 2),
       elstm_tbptt_M2=_system("elstm", "tbptt", 2),
-      feedforward_M2=_system("feedforward", "tbptt", 2),
       elstm_rtrl_M4=_system("elstm", "rtrl", 4, "elstm_rtrl_M2")))
-  config.tuned_systems = ["elstm_rtrl_M2", "elstm_tbptt_M2", "feedforward_M2"]
+  config.tuned_systems = ["elstm_rtrl_M2", "elstm_tbptt_M2"]
   config.controls = ml_collections.ConfigDict(dict(
       synchronised=dict(systems=["elstm_rtrl_M2"], tasks=["memorychain_L4"],
                         overrides={"desync_steps": 0})))
