@@ -134,6 +134,10 @@ def later_cells(study, rates):
   for name, control in study.controls.items():
     cells += [cell("controls", task, system, rates[system], name)
               for task in control.tasks for system in control.systems]
+  for name, spec in study.get("defaults", {}).items():
+    config = study_configs.defaults_config(study, name)
+    cells.append(cell("defaults", spec.preset, name,
+                      config.optimizer.learning_rate))
   return cells
 
 
@@ -147,10 +151,13 @@ def run_cell(study_dict, workdir, spec):
   directory = cell_dir(workdir, spec)
   if os.path.exists(os.path.join(directory, RESULT)):
     return f"{cell_name(spec)}: done before"
-  overrides = (study.controls[spec["control"]].overrides.to_dict()
-               if spec["control"] else None)
-  config = study_configs.run_config(study, spec["task"], spec["system"],
-                                    spec["rate"], overrides)
+  if spec["stage"] == "defaults":
+    config = study_configs.defaults_config(study, spec["system"])
+  else:
+    overrides = (study.controls[spec["control"]].overrides.to_dict()
+                 if spec["control"] else None)
+    config = study_configs.run_config(study, spec["task"], spec["system"],
+                                      spec["rate"], overrides)
   offset = (study.tuning_seed_offset if spec["stage"] == "tuning"
             else study.seed_offset)
   count = study.tuning_seeds if spec["stage"] == "tuning" else study.seeds
@@ -224,7 +231,7 @@ def main(argv):
       print("tuned learning rates: " + ", ".join(
           f"{system} {rate:g}" for system, rate in rates.items()), flush=True)
       run_cells(study, workdir, later_cells(study, rates), _WORKERS.value,
-                "main and controls")
+                "main, controls and defaults")
     rates = tuned_rates(study, workdir)
     command = " ".join(["python -m experiments.study", *sys.argv[1:]])
     report = study_report.write_report(

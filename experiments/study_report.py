@@ -36,7 +36,8 @@ def cell_summary(study, result):
   sampled = np.asarray(result["sampled_mean"], float)
   greedy = np.asarray(result["greedy_mean"], float)
   seconds = result.get("seconds_per_frame")
-  memory = study.tasks[result["task"]].kind == "memory"
+  memory = (result["stage"] != "defaults"
+            and study.tasks[result["task"]].kind == "memory")
   return dict(
       sampled_mean=float(np.mean(sampled)), sampled_std=float(np.std(sampled)),
       solved=(int(np.sum(sampled >= study.solved_threshold)) if memory
@@ -162,7 +163,7 @@ def write_report(study, workdir, report_dir, tuning, later, rates,
   """Writes report.md, summary.csv and the figures; returns report.md's path."""
   os.makedirs(report_dir, exist_ok=True)
   loaded = [(spec, load_result(workdir, spec)) for spec in tuning + later]
-  rows, main, controls, tuned, results = [], {}, {}, {}, {}
+  rows, main, controls, tuned, results, defaults = [], {}, {}, {}, {}, {}
   for spec, result in loaded:
     if result is None:
       continue
@@ -173,6 +174,8 @@ def write_report(study, workdir, report_dir, tuning, later, rates,
       main[key], results[key] = summary, result
     elif spec["stage"] == "controls":
       controls[spec["control"], *key] = summary
+    elif spec["stage"] == "defaults":
+      defaults[spec["system"]] = (summary, result)
     else:
       tuned[key + (spec["rate"],)] = summary
   with open(os.path.join(report_dir, "summary.csv"), "w", newline="") as file:
@@ -250,6 +253,18 @@ def write_report(study, workdir, report_dir, tuning, later, rates,
             f"| {_task_label(study, task)} | {_system_label(study, system)} | "
             f"{_fmt(controls.get((name, task, system)), digits)} | "
             f"{_fmt(main.get((task, system)), digits)} |")
+  lines += ["", "## The CPU presets as shipped (experiments/configs/r2ac.py)",
+            "", "| name | preset + overrides | frames | sampled | greedy |",
+            "|---|---|---|---|---|"]
+  for name, spec in study.get("defaults", {}).items():
+    summary, result = defaults.get(name, (None, None))
+    changes = "".join(f" {k}={v}" for k, v in
+                      study_configs.flat_overrides(spec.overrides).items())
+    frames = (f"{result['frames'][-1] / 1e6:.2f}M"
+              if result and result["frames"] else DASH)
+    greedy = (f"{summary['greedy_mean']:.1f}" if summary else DASH)
+    lines.append(f"| {name} | `:{spec.preset}`{changes} | {frames} | "
+                 f"{_fmt(summary, 1)} | {greedy} |")
   claim = os.path.join(report_dir, "claim.png")
   _plot_claim(study, main, systems, claim)
   lines += ["", "## Figures", "", "![claim](claim.png)", ""]

@@ -35,6 +35,14 @@ def test_every_cell_of_every_study_config_passes_the_r2ac_checks(name):
   # pylint: enable=g-import-not-at-top
   config = study_configs.get_config(name)
   for spec in all_cells(config):
+    if spec["stage"] == "defaults":
+      run = study_configs.defaults_config(config, spec["system"])
+      r2ac_configs.check(run)
+      reference = r2ac_configs.get_config(config.defaults[spec["system"]]
+                                          .preset)
+      assert run.optimizer == reference.optimizer
+      assert run.num_envs == reference.num_envs
+      continue
     overrides = (config.controls[spec["control"]].overrides.to_dict()
                  if spec["control"] else None)
     run = study_configs.run_config(config, spec["task"], spec["system"],
@@ -131,8 +139,9 @@ def test_quick_study_runs_every_cell_and_writes_the_report(quick_study):
   cells = all_cells(config)
   with open(workdir / "summary.csv") as f:
     rows = list(csv.DictReader(f))
-  assert len(rows) == len(cells) == 8
-  assert {row["stage"] for row in rows} == {"tuning", "main", "controls"}
+  assert len(rows) == len(cells) == 9
+  assert {row["stage"] for row in rows} == {"tuning", "main", "controls",
+                                            "defaults"}
   for row in rows:
     seeds = config.tuning_seeds if row["stage"] == "tuning" else config.seeds
     spec = study_script.cell(row["stage"], row["task"], row["system"],
@@ -149,7 +158,7 @@ def test_quick_study_runs_every_cell_and_writes_the_report(quick_study):
         sum(cell["sampled_mean"]) / seeds)
   report = (workdir / "report.md").read_text()
   for section in ("## Tuning", "## Main grid", "Greedy (argmax)",
-                  "µs per frame", "## Controls"):
+                  "µs per frame", "## Controls", "## The CPU presets"):
     assert section in report
   assert "| MemoryChain L=4 | 0.00016M |" in report
   assert "python -m experiments.study --quick" in report
@@ -165,7 +174,8 @@ def test_rerun_skips_finished_cells_and_report_only_rebuilds(quick_study,
   result = study("--quick", f"--workdir={workdir}", env=environment)
   assert result.returncode == 0, result.stderr[-2000:]
   assert "tuning: 4 of 4 cells done before; running 0" in result.stdout
-  assert "main and controls: 4 of 4 cells done before" in result.stdout
+  assert "main, controls and defaults: 5 of 5 cells done before" in (
+      result.stdout)
   result = study("--quick", f"--workdir={workdir}", "--report_only",
                  f"--report_dir={tmp_path}", env=environment)
   assert result.returncode == 0, result.stderr[-2000:]

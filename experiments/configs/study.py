@@ -23,6 +23,9 @@ learning rate) trained for all its seeds in one jitted program
 3. `controls`: named variants (config overrides) of some systems on some
    tasks at their tuned rates: forget-gate initialisation, synchronised
    episode phases.
+4. `defaults`: the CPU presets of experiments/configs/r2ac.py exactly as a
+   user gets them (only `overrides` changed, e.g. the core), with `seeds`
+   seeds: do the shipped defaults learn?
 
 All systems of a task get the same updates and the same frames: each update
 sees `frames_per_update` frames, so num_envs = frames_per_update / M.
@@ -101,6 +104,12 @@ def default():
       synchronised=dict(systems=pair, tasks=["memorychain_L30"],
                         overrides={"desync_steps": 0}),
   ))
+  # Preset name and (nested) overrides of experiments/configs/r2ac.py.
+  config.defaults = ml_collections.ConfigDict(dict(
+      cartpole_feedforward=dict(preset="cartpole", overrides=dict(
+          network=dict(core="feedforward"), gradient="tbptt")),
+      cartpole_elstm_rtrl=dict(preset="cartpole", overrides={}),
+  ))
   return config
 
 
@@ -126,6 +135,9 @@ def quick():
   config.controls = ml_collections.ConfigDict(dict(
       synchronised=dict(systems=["elstm_rtrl_M2"], tasks=["memorychain_L4"],
                         overrides={"desync_steps": 0})))
+  config.defaults = ml_collections.ConfigDict(dict(
+      tiny_feedforward=dict(preset="tiny", overrides=dict(
+          network=dict(core="feedforward"), gradient="tbptt"))))
   return config
 
 
@@ -141,6 +153,7 @@ def paper():
   config.frames_per_update = 3200
   config.updates_per_call = 50
   config.learning_rates = [6e-4]
+  config.defaults = ml_collections.ConfigDict()
   for name in config.tasks:
     config.tasks[name].updates = 100_000_000 // config.frames_per_update
   # gymnax's default time limit (1000 steps) would cut the 1001-step episode
@@ -175,6 +188,32 @@ def ordered_systems(study):
     core = cores.index(system.core) if system.core in cores else len(cores)
     return (core, system.unroll_length, system.gradient != "rtrl", name)
   return sorted(study.systems, key=key)
+
+
+def flat_overrides(overrides, prefix=""):
+  """{"a": {"b": 1}} -> {"a.b": 1}."""
+  flat = {}
+  for key, value in overrides.items():
+    if isinstance(value, ml_collections.ConfigDict):
+      flat.update(flat_overrides(value, f"{prefix}{key}."))
+    else:
+      flat[prefix + key] = value
+  return flat
+
+
+def defaults_config(study, name):
+  """The r2ac preset of `study.defaults[name]` with its overrides."""
+  from experiments.configs import r2ac  # pylint: disable=g-import-not-at-top
+  spec = study.defaults[name]
+  config = r2ac.get_config(spec.preset)
+  for dotted, value in flat_overrides(spec.overrides).items():
+    *path, key = dotted.split(".")
+    node = config
+    for part in path:
+      node = node[part]
+    node[key] = value
+  config.run.progress = False
+  return config
 
 
 def run_config(study, task_name, system_name, learning_rate, overrides=None):
