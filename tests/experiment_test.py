@@ -525,6 +525,8 @@ def test_script_exits_nonzero_on_non_finite_loss(tmp_path, monkeypatch):
   def failing_run(config, workdir, resume):
     raise experiment.NonFiniteLossError("non-finite loss (nan) at step 3")
   monkeypatch.setattr(script_module, "run", failing_run)
+  # main() would take over this (pytest's) process's SIGTERM and SIGINT.
+  monkeypatch.setattr(experiment.preemption, "install", lambda: None)
   from absl import flags  # pylint: disable=g-import-not-at-top
   flags.FLAGS([sys.argv[0], TINY, f"--workdir={workdir}"])
   with pytest.raises(SystemExit) as exit_info:
