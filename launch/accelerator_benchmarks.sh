@@ -26,7 +26,7 @@
 #   --quick     run: the benchmark's seconds-long --quick sizes (a rehearsal
 #               of the whole script, e.g. on a CPU with Python 3.12)
 # Environment: PYTHON (default python3; `fetch` prefers .venv/bin/python).
-# The wheels' versions are setup.py's pins (tests/launch_test.py checks that
+# The wheels' versions are constraints.txt's pins (tests/launch_test.py checks that
 # they agree) plus those of their small dependencies; the machine's own JAX
 # (0.11 on the machines lent so far) is used as it is.
 set -euo pipefail

@@ -206,11 +206,11 @@ def test_accelerator_benchmarks_fetch_pins_python312_wheels():
 
 
 @pytest.mark.timeout(60)
-def test_accelerator_benchmarks_fetch_pins_agree_with_setup_py():
+def test_accelerator_benchmarks_fetch_pins_agree_with_constraints():
   _, line = dry_run("accelerator_benchmarks.sh", "fetch", "--dry-run")
   fetched = dict(pin.split("==") for pin in line.split() if "==" in pin)
-  with open(os.path.join(ROOT, "setup.py")) as f:
-    pinned = dict(re.findall(r'"([\w.-]+)==([^"]+)"', f.read()))
+  with open(os.path.join(ROOT, "constraints.txt")) as f:   # make's pins
+    pinned = dict(re.findall(r"^([\w.-]+)==(\S+)$", f.read(), re.M))
   normal = lambda name: re.sub(r"[-_.]+", "-", name).lower()
   pinned = {normal(name): version for name, version in pinned.items()}
   shared = [name for name in fetched if normal(name) in pinned]
