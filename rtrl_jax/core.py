@@ -84,33 +84,120 @@ def bptt(cell, params, state, inputs, resets):
 
 
 def _unroll(cell, params, state, inputs, resets):
+  """The forward pass of `rtrl` and `bptt`: one scan over the T steps.
+
+  Sensitivities, if tracked, are advanced outside autodiff: step by step
+  with `cell.update_sensitivities`, or, for a cell with
+  `sensitivity_factors` and T > 1, in one pass over S for the whole segment
+  after the scan (`_advance_in_one_pass`); the two are the same recursion.
+  """
   recurrent, readout = params["recurrent"], params["readout"]
   frozen_recurrent = jax.lax.stop_gradient(recurrent)
   initial_hidden = cell.initial_hidden(params)
   zero_sensitivities = cell.zero_sensitivities(params)
   track = state.sensitivities is not None
+  # One step (an actor's): the per-step update is already one pass over S.
+  factored = (track and inputs.shape[0] > 1
+              and _factors_of(cell) is not None)
 
   transition = jax.vmap(cell.transition, in_axes=(None, 0, 0))
   update_sensitivities = jax.vmap(cell.update_sensitivities,
                                   in_axes=(None, 0, 0, 0))
   read = jax.vmap(cell.readout, in_axes=(None, 0, 0))
+  if factored:
+    outer = {}   # {leaf: whether its term is a ⊗ x(t)}, static, set when traced
+
+    def factor_arrays(recurrent_params, hidden, x):
+      decay, terms = _factors_of(cell)(recurrent_params, hidden, x)
+      outer.update({k: bool(is_outer) for k, (_, is_outer) in terms.items()})
+      return decay, {k: a for k, (a, _) in terms.items()}
+
+    factors = jax.vmap(factor_arrays, in_axes=(None, 0, 0))
 
   def step(carry, step_inputs):
     hidden, sensitivities = carry
     x, reset = step_inputs
     hidden = reset_where(reset, initial_hidden, hidden)
     new_hidden = transition(recurrent, hidden, x)
+    output = read(readout, new_hidden, x)
+    if factored:
+      # A reset replaces S(t-1) by zero: the same as a zero decay.
+      decay, terms = factors(frozen_recurrent, jax.lax.stop_gradient(hidden),
+                             jax.lax.stop_gradient(x))
+      decay = jnp.where(reset[:, None], jnp.zeros_like(decay), decay)
+      return (new_hidden, sensitivities), (output, (decay, terms))
     if track:
       sensitivities = reset_where(reset, zero_sensitivities, sensitivities)
       sensitivities = update_sensitivities(
           frozen_recurrent, jax.lax.stop_gradient(hidden), x, sensitivities)
-    return (new_hidden, sensitivities), read(readout, new_hidden, x)
+    return (new_hidden, sensitivities), (output, None)
 
   sensitivities = (jax.lax.stop_gradient(state.sensitivities) if track
                    else None)
-  (hidden, sensitivities), outputs = jax.lax.scan(
+  (hidden, sensitivities), (outputs, per_step) = jax.lax.scan(
       step, (state.hidden, sensitivities), (inputs, resets))
+  if factored:
+    sensitivities = _advance_in_one_pass(
+        sensitivities, jax.lax.stop_gradient(inputs), *per_step, outer)
   return outputs, RecurrentState(hidden, sensitivities)
+
+
+def _factors_of(cell):
+  """`cell.sensitivity_factors` if it describes `cell.update_sensitivities`:
+  None when a subclass overrides `update_sensitivities` below the class that
+  defines the factors (its recursion is then another one)."""
+  mro = type(cell).__mro__
+  owner = lambda name: next((i for i, c in enumerate(mro) if name in vars(c)),
+                            None)
+  factors, update = owner("sensitivity_factors"), owner("update_sensitivities")
+  if factors is None or (update is not None and factors > update):
+    return None
+  return cell.sensitivity_factors
+
+
+def _advance_in_one_pass(sensitivities, inputs, decay, rows, outer):
+  r"""S(T) from S(0) and the T steps' factors, reading and writing S once.
+
+  For a recursion S_k(t) = d(t) ⊙ S_k(t-1) + a_k(t) ⊗ x(t) (or + a_k(t)
+  for a leaf that is not an outer product), d = 0 where a reset zeroes
+  S(t-1), unrolling gives
+
+      S_k(T) = P ⊙ S_k(0) + Σ_t R(t) ⊙ a_k(t) ⊗ x(t),
+      P = Π_{t=1..T} d(t),   R(t) = Π_{j=t+1..T} d(j)   (R(T) = 1),
+
+  exact in real arithmetic. The sum over t is one batched matrix product
+  ([K·N, T] x [T, D] per example, all outer-product leaves stacked), so S is
+  read and written once per segment instead of once per step; the products
+  R(t) take one reverse scan over [B, N] vectors.
+
+  Args:
+    sensitivities: S(0), {leaf: [B, N] or [B, N, D]}.
+    inputs: x, [T, B, D].
+    decay: d, [T, B, N].
+    rows: {leaf: a_k [T, B, N]}.
+    outer: {leaf: True for a_k ⊗ x(t), False for a_k}.
+  """
+  def backwards(product, d):          # R(t) = product, then R(t-1) = R(t)·d(t)
+    return product * d, product
+
+  total, after = jax.lax.scan(backwards, jnp.ones_like(decay[0]), decay,
+                              reverse=True)
+  out = {}
+  for k, s in sensitivities.items():
+    out[k] = total.reshape(total.shape + (1,) * (s.ndim - 2)) * s
+    if not outer[k]:
+      out[k] = out[k] + jnp.sum(after * rows[k], axis=0)
+  stacked = [k for k in sensitivities if outer[k]]
+  if stacked:
+    weighted = jnp.concatenate([after * rows[k] for k in stacked], axis=2)
+    summed = jnp.einsum("tbn,tbd->bnd", weighted, inputs,
+                        precision=jax.lax.Precision.HIGHEST)
+    start = 0
+    for k in stacked:
+      width = rows[k].shape[2]
+      out[k] = out[k] + summed[:, start:start + width]
+      start += width
+  return out
 
 
 def reset_where(reset, initial, batched):

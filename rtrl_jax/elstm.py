@@ -117,22 +117,35 @@ class ELSTM(ElementwiseCell):
     z, f = self._gates(recurrent_params, hidden, inputs)
     return f * hidden + (1 - f) * z
 
-  def update_sensitivities(self, recurrent_params, hidden, inputs,
-                           sensitivities):
-    p, s, c_prev, x = recurrent_params, sensitivities, hidden, inputs
+  def sensitivity_factors(self, recurrent_params, hidden, inputs):
+    """The recursion in factored form: S_k(t) = d ⊙ S_k(t-1) + a_k ⊗ x(t).
+
+    Returns (d [N], {leaf k: (a_k [N], outer_k)}): outer_k True for Z and F
+    (a_k ⊗ x(t), one row per unit), False for the vector leaves (S_k(t) =
+    d ⊙ S_k(t-1) + a_k). `rtrl_jax.core` uses it to advance S over a whole
+    segment in one pass (see `core._advance_in_one_pass`).
+    """
+    p, c_prev, x = recurrent_params, hidden, inputs
     z, f = self._gates(p, c_prev, x)
     z_hat = (1 - f) * (1 - z * z)
     f_hat = (c_prev - z) * f * (1 - f)
     decay = f + p["w_z"] * z_hat + p["w_f"] * f_hat
-    col = lambda v: v[:, None]
-    return {
-        "Z": col(decay) * s["Z"] + col(z_hat) * x[None, :],
-        "F": col(decay) * s["F"] + col(f_hat) * x[None, :],
-        "w_z": decay * s["w_z"] + z_hat * c_prev,
-        "w_f": decay * s["w_f"] + f_hat * c_prev,
-        "b_z": decay * s["b_z"] + z_hat,
-        "b_f": decay * s["b_f"] + f_hat,
-    }
+    return decay, {"Z": (z_hat, True), "F": (f_hat, True),
+                   "w_z": (z_hat * c_prev, False),
+                   "w_f": (f_hat * c_prev, False),
+                   "b_z": (z_hat, False), "b_f": (f_hat, False)}
+
+  def update_sensitivities(self, recurrent_params, hidden, inputs,
+                           sensitivities):
+    decay, terms = self.sensitivity_factors(recurrent_params, hidden, inputs)
+
+    def update(s, term):
+      a, outer = term
+      if outer:
+        return decay[:, None] * s + a[:, None] * inputs[None, :]
+      return decay * s + a
+
+    return {k: update(sensitivities[k], terms[k]) for k in sensitivities}
 
   def readout(self, readout_params, hidden, inputs):
     p = readout_params

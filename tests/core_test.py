@@ -529,3 +529,73 @@ class TestBadInput:
   def test_hidden_size(self):
     with pytest.raises(ValueError, match=r"hidden_size must be a positive int, got 0"):
       rtrl_jax.ELSTM(0)
+
+
+# ---- the eLSTM's sensitivities advanced in one pass per segment -----------
+
+def _step_by_step(cell, params, state, inputs, resets):
+  """S(T) by the per-step recursion, `cell.update_sensitivities` (numpy loop)."""
+  recurrent = params["recurrent"]
+  hidden, sens = state.hidden, state.sensitivities
+  zero = cell.zero_sensitivities(params)
+  step = jax.vmap(cell.update_sensitivities, in_axes=(None, 0, 0, 0))
+  transition = jax.vmap(cell.transition, in_axes=(None, 0, 0))
+  for t in range(inputs.shape[0]):
+    hidden = rtrl_jax.reset_where(resets[t], cell.initial_hidden(params),
+                                  hidden)
+    sens = rtrl_jax.reset_where(resets[t], zero, sens)
+    sens = step(recurrent, hidden, inputs[t], sens)
+    hidden = transition(recurrent, hidden, inputs[t])
+  return sens
+
+
+@pytest.mark.parametrize("steps", [1, 2, 7])
+def test_one_pass_advance_equals_the_per_step_recursion(steps):
+  """`rtrl`'s new_state.sensitivities (one pass over S, `sensitivity_factors`)
+  equal the per-step recursion from a random S(0), with resets at the first
+  and at a later step, in float64."""
+  cell = rtrl_jax.ELSTM(HIDDEN, forget_bias=1.0, init_scale=0.5)
+  with jax.enable_x64(True):
+    keys = jax.random.split(jax.random.PRNGKey(3), 4)
+    params = cell.init(keys[0], INPUT_SIZE, jnp.float64)
+    state = cell.initial_state(params, BATCH)
+    leaves, treedef = jax.tree.flatten(state.sensitivities)
+    state = state._replace(
+        hidden=jax.random.normal(keys[1], state.hidden.shape, jnp.float64),
+        sensitivities=treedef.unflatten([
+            jax.random.normal(k, l.shape, jnp.float64)
+            for k, l in zip(jax.random.split(keys[2], len(leaves)), leaves)]))
+    inputs = jax.random.normal(keys[3], (steps, BATCH, INPUT_SIZE),
+                               jnp.float64)
+    resets = jnp.zeros((steps, BATCH), bool).at[0, 0].set(True)
+    resets = resets.at[steps - 1, 1].set(steps > 1)
+    _, new_state = jax.jit(functools.partial(rtrl_jax.rtrl, cell))(
+        params, state, inputs, resets)
+    expected = _step_by_step(cell, params, state, inputs, resets)
+  for k in expected:
+    np.testing.assert_allclose(new_state.sensitivities[k], expected[k],
+                               rtol=1e-12, atol=1e-12, err_msg=k)
+
+
+def test_forward_loop_does_not_touch_the_sensitivities():
+  """The compiled `rtrl` forward of the eLSTM has no [B, N, D] operation
+  inside its time loop: S is read and written once per segment."""
+  cell = rtrl_jax.ELSTM(6)
+  params = cell.init(jax.random.PRNGKey(0), 7)
+  state = cell.initial_state(params, 5)
+  inputs, resets = jnp.zeros((4, 5, 7)), jnp.zeros((4, 5), bool)
+  hlo = jax.jit(functools.partial(rtrl_jax.rtrl, cell)).lower(
+      params, state, inputs, resets).compile().as_text()
+  bodies = [block for block in hlo.split("\n\n") if "while/body" in block
+            and "ENTRY" not in block]
+  assert bodies, "no while loop body found"
+  assert not any("f32[5,6,7]" in block for block in bodies), (
+      "a [B, N, D] operation inside the time loop")
+
+
+def test_a_subclass_with_its_own_recursion_is_advanced_step_by_step():
+  """A subclass that overrides update_sensitivities (not the factors) gets
+  its own recursion, not the parent's factored one."""
+  assert rtrl_jax.core._factors_of(rtrl_jax.ELSTM(3)) is not None
+  assert rtrl_jax.core._factors_of(PrintedEquationELSTM(3)) is None
+  assert rtrl_jax.core._factors_of(rtrl_jax.IndRNN(3)) is None
