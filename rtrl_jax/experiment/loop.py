@@ -82,6 +82,7 @@ def _signal_flag():
   decides; else (run() called from Python) this installs plain handlers."""
   flag = {"set": None}
   if preemption.installed():
+    preemption.reassert()
     try:
       yield flag
     finally:
@@ -320,8 +321,9 @@ def train_loop(state, train_step, *, start_step, num_steps, logger,
     if status != "preempted" and _in_any_process(bool(received)):
       received = received or "SIGTERM"     # (another process got it)
   if status == "preempted":
-    logging.warning("%s: saved the checkpoint of step %d in %s", received,
-                    step, checkpointer.directory)
+    logging.warning("%s: saved the checkpoint of step %d in %s",
+                    received or "a signal to another process", step,
+                    checkpointer.directory)
   elif received and preemption.installed():
     # A signal in the last step: the checkpoint is saved; exit now as
     # preempted rather than run the script's final evaluation, which a

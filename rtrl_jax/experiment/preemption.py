@@ -151,6 +151,20 @@ def installed():
   return _STATE.installed
 
 
+def reassert():
+  """Installs this module's handlers again (main thread, once installed).
+  Libraries may replace them at the C level: jax.distributed.initialize
+  sets a SIGTERM handler of its own (a "preemption notifier" that only logs),
+  so prepare_workdir and train_loop call this after it."""
+  if _STATE.installed and (threading.current_thread()
+                           is threading.main_thread()):
+    for signum in _SIGNALS:
+      signal.signal(signum, _python_handler)
+    current = signal.set_wakeup_fd(_STATE.wakeup_fd,
+                                   warn_on_full_buffer=False)
+    del current
+
+
 def set_deferring(value):
   """train_loop: True while a signal is answered by a checkpoint after the
   step in progress, False while exiting at once loses nothing."""

@@ -24,6 +24,7 @@ import sys
 import jax
 from jax.experimental import multihost_utils
 
+from rtrl_jax.experiment import preemption
 from rtrl_jax.experiment.checkpoint import Checkpointer
 from rtrl_jax.experiment.config import ConfigError, flatten
 
@@ -67,6 +68,7 @@ def prepare_workdir(workdir, config, resume, max_to_keep=2, added_keys=None,
   except OSError as error:
     raise ConfigError(f"--workdir: cannot use {workdir}: "
                       f"{error.strerror or error}") from error
+  preemption.reassert()     # after jax.distributed.initialize, if any
   lock = _lock(workdir)
   try:
     directory = os.path.join(workdir, "checkpoints")
