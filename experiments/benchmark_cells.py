@@ -12,7 +12,11 @@ For every hidden size N and segment length T it measures, in one process:
   no gradient between chunks;
 * `bare pass`: a scan that reads and writes every sensitivity byte once per
   step (S ← a·S + b, nothing else). Its time is the memory-bandwidth floor of
-  any RTRL step, so `bare / rtrl fwd` is RTRL's fraction of that roofline.
+  an RTRL step that updates S step by step (as an actor does, one step per
+  call), so `bare / rtrl fwd` is RTRL's fraction of that roofline. Over a
+  T-step segment the eLSTM's `rtrl` advances S in one pass per segment
+  (`core._advance_in_one_pass`), so there the ratio can exceed 1: the bare
+  pass is then a reference, no longer a floor.
 
 Memory is `jit(...).lower(...).compile().memory_analysis()`: arguments +
 outputs + temporaries of the compiled program, deterministic and

@@ -88,8 +88,9 @@ def _unroll(cell, params, state, inputs, resets):
 
   Sensitivities, if tracked, are advanced outside autodiff: step by step
   with `cell.update_sensitivities`, or, for a cell with
-  `sensitivity_factors` and T > 1, in one pass over S for the whole segment
-  after the scan (`_advance_in_one_pass`); the two are the same recursion.
+  `sensitivity_factors` and T > 1, in one pass over S per chunk of up to
+  ONE_PASS_STEPS steps (`_advance_in_one_pass`, after each chunk's scan);
+  the two are the same recursion.
   """
   recurrent, readout = params["recurrent"], params["readout"]
   frozen_recurrent = jax.lax.stop_gradient(recurrent)
@@ -134,12 +135,45 @@ def _unroll(cell, params, state, inputs, resets):
 
   sensitivities = (jax.lax.stop_gradient(state.sensitivities) if track
                    else None)
-  (hidden, sensitivities), (outputs, per_step) = jax.lax.scan(
-      step, (state.hidden, sensitivities), (inputs, resets))
-  if factored:
+  if not factored:
+    (hidden, sensitivities), (outputs, _) = jax.lax.scan(
+        step, (state.hidden, sensitivities), (inputs, resets))
+    return outputs, RecurrentState(hidden, sensitivities)
+
+  def chunk(carry, chunk_inputs):
+    """K steps, then S advanced over them in one pass."""
+    hidden, sensitivities = carry
+    (hidden, _), (outputs, per_step) = jax.lax.scan(
+        step, (hidden, None), chunk_inputs)
     sensitivities = _advance_in_one_pass(
-        sensitivities, jax.lax.stop_gradient(inputs), *per_step, outer)
-  return outputs, RecurrentState(hidden, sensitivities)
+        sensitivities, jax.lax.stop_gradient(chunk_inputs[0]), *per_step,
+        outer)
+    return (hidden, sensitivities), outputs
+
+  # Chunks of ONE_PASS_STEPS bound the per-step factors kept ([K, B, N]
+  # arrays, not [T, B, N]); the last chunk takes the remainder.
+  steps = inputs.shape[0]
+  full, rest = divmod(steps, ONE_PASS_STEPS)
+  carry, pieces = (state.hidden, sensitivities), []
+  if full:
+    split = lambda a: a[:full * ONE_PASS_STEPS].reshape(
+        (full, ONE_PASS_STEPS) + a.shape[1:])
+    carry, outputs = jax.lax.scan(chunk, carry, (split(inputs),
+                                                 split(resets)))
+    pieces.append(jax.tree.map(
+        lambda a: a.reshape((full * ONE_PASS_STEPS,) + a.shape[2:]), outputs))
+  if rest:
+    carry, outputs = chunk(carry, (inputs[full * ONE_PASS_STEPS:],
+                                   resets[full * ONE_PASS_STEPS:]))
+    pieces.append(outputs)
+  outputs = (pieces[0] if len(pieces) == 1 else
+             jax.tree.map(lambda *a: jnp.concatenate(a), *pieces))
+  return outputs, RecurrentState(*carry)
+
+
+# Steps per one-pass sensitivity advance (`_unroll`): S is read and written
+# once per chunk; the factors of one chunk ([K, B, N] arrays) are kept.
+ONE_PASS_STEPS = 64
 
 
 def _factors_of(cell):
