@@ -24,6 +24,8 @@ device-independent in meaning (peak live bytes as XLA plans them).
 
     python -m experiments.benchmark_cells            # full table (minutes)
     python -m experiments.benchmark_cells --quick    # seconds, for a smoke run
+    python -m experiments.benchmark_cells --hidden=512 --length=100 \
+        --trace_dir=/tmp/cells_trace    # + the longest XLA operations
 
 Prints a table and writes `benchmark_cells.csv` and `benchmark_cells.png`
 into --out_dir.
@@ -67,6 +69,11 @@ _OUT_DIR = flags.DEFINE_string(
     "out_dir", "docs/benchmarks",
     "Where CSV and PNG go (--quick: runs/quick_benchmarks unless given).")
 _QUICK = flags.DEFINE_bool("quick", False, "Tiny sizes, for a smoke run.")
+_TRACE_DIR = flags.DEFINE_string(
+    "trace_dir", None,
+    "If set: a jax.profiler trace of `rtrl fwd` and `bare pass` per size goes "
+    "to <trace_dir>/N<N>_T<T>_<method>/, and the XLA operations that take "
+    "longest are printed (ms per call).")
 _CONTRACTION = flags.DEFINE_bool(
     "contraction", False,
     "Time and check the past-gradient contraction instead (see the module "
@@ -128,7 +135,16 @@ def programs(cell, truncation):
           "bare pass": bare_pass}
 
 
-def run(hidden_sizes, lengths, batch, input_size, truncation, repeats):
+def print_top_operations(fn, args, trace_dir):
+  compiled = jax.jit(fn)
+  ops = timing.top_operations(lambda: compiled(*args), trace_dir)
+  print(f"{trace_dir}: longest XLA operations (ms per call, runs per call)")
+  for name, ms, runs in ops:
+    print(f"  {ms:9.2f} ms  x{runs:6.0f}  {name}")
+
+
+def run(hidden_sizes, lengths, batch, input_size, truncation, repeats,
+        trace_dir=None):
   rows = []
   for hidden in hidden_sizes:
     cell = rtrl_jax.ELSTM(hidden)
@@ -146,6 +162,12 @@ def run(hidden_sizes, lengths, batch, input_size, truncation, repeats):
                      "method": name, "ms_per_step": 1e3 * seconds / length,
                      "memory_MiB": memory / 2**20,
                      "sensitivity_MiB": sensitivity_bytes / 2**20})
+      if trace_dir:
+        for name in ("rtrl fwd", "bare pass"):
+          print_top_operations(
+              programs(cell, truncation)[name], (params, state, inputs, resets),
+              os.path.join(trace_dir,
+                           f"N{hidden}_T{length}_{name.replace(' ', '_')}"))
       roofline = results["bare pass"] / results["rtrl fwd"]
       for row in rows[-len(results):]:
         row["rtrl_fwd_fraction_of_roofline"] = roofline
@@ -272,7 +294,7 @@ def main(argv):
                f"{_TRUNCATION.value}")
   print(f"devices: {jax.devices()}  B={_BATCH.value} D={_INPUT.value}", flush=True)
   rows = run(hidden, lengths, _BATCH.value, _INPUT.value, _TRUNCATION.value,
-             repeats)
+             repeats, _TRACE_DIR.value)
   print_table(rows)
   out_dir = timing.output_dir(_OUT_DIR, _QUICK.value)
   csv_path = timing.write_csv(rows, out_dir, "benchmark_cells.csv")

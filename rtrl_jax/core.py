@@ -150,30 +150,43 @@ def _unroll(cell, params, state, inputs, resets):
         outer)
     return (hidden, sensitivities), outputs
 
-  # Chunks of ONE_PASS_STEPS bound the per-step factors kept ([K, B, N]
-  # arrays, not [T, B, N]); the last chunk takes the remainder.
+  # Chunks of K ≤ ONE_PASS_STEPS steps bound the per-step factors kept
+  # ([K, B, N] arrays, not [T, B, N]); the last chunk takes any remainder.
   steps = inputs.shape[0]
-  full, rest = divmod(steps, ONE_PASS_STEPS)
+  size = _chunk_steps(steps)
+  full, rest = divmod(steps, size)
   carry, pieces = (state.hidden, sensitivities), []
+  if full == 1 and not rest:
+    carry, outputs = chunk(carry, (inputs, resets))
+    return outputs, RecurrentState(*carry)
   if full:
-    split = lambda a: a[:full * ONE_PASS_STEPS].reshape(
-        (full, ONE_PASS_STEPS) + a.shape[1:])
+    split = lambda a: a[:full * size].reshape((full, size) + a.shape[1:])
     carry, outputs = jax.lax.scan(chunk, carry, (split(inputs),
                                                  split(resets)))
     pieces.append(jax.tree.map(
-        lambda a: a.reshape((full * ONE_PASS_STEPS,) + a.shape[2:]), outputs))
+        lambda a: a.reshape((full * size,) + a.shape[2:]), outputs))
   if rest:
-    carry, outputs = chunk(carry, (inputs[full * ONE_PASS_STEPS:],
-                                   resets[full * ONE_PASS_STEPS:]))
+    carry, outputs = chunk(carry, (inputs[full * size:],
+                                   resets[full * size:]))
     pieces.append(outputs)
   outputs = (pieces[0] if len(pieces) == 1 else
              jax.tree.map(lambda *a: jnp.concatenate(a), *pieces))
   return outputs, RecurrentState(*carry)
 
 
-# Steps per one-pass sensitivity advance (`_unroll`): S is read and written
-# once per chunk; the factors of one chunk ([K, B, N] arrays) are kept.
+# Most steps per one-pass sensitivity advance (`_unroll`): S is read and
+# written once per chunk; the factors of one chunk ([K, B, N] arrays) are kept.
 ONE_PASS_STEPS = 64
+
+
+def _chunk_steps(steps):
+  """K for `_unroll`: the largest divisor of T up to ONE_PASS_STEPS (no
+  remainder chunk: the outputs need no concatenation, the inputs no copy),
+  unless that is under a quarter of ONE_PASS_STEPS (T prime, say): then
+  ONE_PASS_STEPS, with a remainder chunk."""
+  limit = min(steps, ONE_PASS_STEPS)
+  divisor = next(k for k in range(limit, 0, -1) if steps % k == 0)
+  return divisor if 4 * divisor >= ONE_PASS_STEPS else limit
 
 
 def _factors_of(cell):

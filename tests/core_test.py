@@ -549,14 +549,16 @@ def _step_by_step(cell, params, state, inputs, resets):
   return sens
 
 
-@pytest.mark.parametrize("steps", [1, 2, 7, 9])
-def test_one_pass_advance_equals_the_per_step_recursion(steps, monkeypatch):
+@pytest.mark.parametrize("steps,most", [(1, 4), (2, 4), (7, 4), (9, 4),
+                                        (17, 16)])
+def test_one_pass_advance_equals_the_per_step_recursion(steps, most,
+                                                        monkeypatch):
   """`rtrl`'s new_state.sensitivities (one pass over S, `sensitivity_factors`)
   equal the per-step recursion from a random S(0), with resets at the first
   and at a later step, in float64."""
   cell = rtrl_jax.ELSTM(HIDDEN, forget_bias=1.0, init_scale=0.5)
-  # Chunks of 4 steps: 7 and 9 steps take full chunks and a remainder.
-  monkeypatch.setattr(rtrl_jax.core, "ONE_PASS_STEPS", 4)
+  # Chunks: 7 steps as 7 x 1, 9 as 3 x 3, 17 as 16 + a remainder of 1.
+  monkeypatch.setattr(rtrl_jax.core, "ONE_PASS_STEPS", most)
   with jax.enable_x64(True):
     keys = jax.random.split(jax.random.PRNGKey(3), 4)
     params = cell.init(keys[0], INPUT_SIZE, jnp.float64)
@@ -614,3 +616,9 @@ def test_rtrl_gradient_equals_bptt_with_the_advance_in_chunks(monkeypatch):
   with jax.enable_x64(True):
     errors = oracle_errors(8)
   assert max(max(jax.tree.leaves(per_leaf)) for per_leaf in errors) <= 1e-8
+
+
+def test_chunk_steps():
+  core = rtrl_jax.core
+  assert [core._chunk_steps(t) for t in (1, 7, 64, 100, 1000, 1024, 97)] == [
+      1, 7, 64, 50, 50, 64, 64]
