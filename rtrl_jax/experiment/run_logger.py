@@ -14,8 +14,9 @@ already logged at step s itself (an evaluation a resume repeats, a script's
 final test scalars) is not written again, so every step is logged once.
 Lines a kill left torn (a last line without its newline, or any line that
 does not parse) are dropped too, with a warning. TensorBoard's event files
-are rebuilt from metrics.jsonl on every resume (tensorboardX writes from a
-worker thread, so a kill can lose points it had not yet written) and removed
+are written in the calling thread and flushed with each row (tensorboardX's
+SummaryWriter writes from a worker thread, so a kill lost the points it had
+not dequeued yet), rebuilt from metrics.jsonl on every resume and removed
 when a run starts over, so TensorBoard shows exactly the JSONL's rows.
 
 Files a resume reads (the metrics files when rows are dropped, results.json,
@@ -30,9 +31,12 @@ import json
 import math
 import os
 import shutil
+import time
 
-import tensorboardX
 from absl import logging
+from tensorboardX.event_file_writer import EventsWriter
+from tensorboardX.proto import event_pb2
+from tensorboardX.proto import summary_pb2
 
 
 def json_safe(value):
@@ -128,6 +132,26 @@ def _csv_step(line):
   return int(fields[0])
 
 
+class _TensorBoardScalars:
+  """Scalar events written and flushed in the calling thread."""
+
+  def __init__(self, logdir):
+    os.makedirs(logdir, exist_ok=True)
+    self._writer = EventsWriter(os.path.join(logdir, "events"))
+
+  def add_scalar(self, tag, value, step):
+    self._writer.write_event(event_pb2.Event(
+        wall_time=time.time(), step=int(step),
+        summary=summary_pb2.Summary(value=[summary_pb2.Summary.Value(
+            tag=tag, simple_value=float(value))])))
+
+  def flush(self):
+    self._writer.flush()
+
+  def close(self):
+    self._writer.close()
+
+
 class RunLogger:
   """Writes scalars to TensorBoard, JSONL and CSV (and wandb if asked)."""
 
@@ -170,7 +194,7 @@ class RunLogger:
     tensorboard_dir = os.path.join(workdir, "tensorboard")
     if os.path.isdir(tensorboard_dir):
       shutil.rmtree(tensorboard_dir)
-    self._tensorboard = tensorboardX.SummaryWriter(tensorboard_dir)
+    self._tensorboard = _TensorBoardScalars(tensorboard_dir)
     self._first_values = {}
     for row in rows:
       self._remember(row)
