@@ -123,6 +123,7 @@ def config_rules():
       ("run.eval_every", positive, "a positive int"),
       ("run.checkpoint_every", positive, "a positive int"),
       ("run.max_checkpoints", positive, "a positive int"),
+      experiment.config.wandb_rule(),
   ]
 
 

@@ -570,6 +570,21 @@ def test_copy_task_range_errors(key, value, message):
   assert message in str(error.value) and "\n" not in str(error.value)
 
 
+def test_wandb_without_wandb_is_one_line(monkeypatch):
+  config = configs.tiny()
+  config.run.wandb = True
+  real = __import__("importlib.util").util.find_spec
+  monkeypatch.setattr("importlib.util.find_spec",
+                      lambda name, *a: None if name == "wandb" else real(name,
+                                                                         *a))
+  with pytest.raises(experiment.ConfigError) as error:
+    experiment.check_config(config, configs.get_config(),
+                            script_module.config_rules())
+  assert str(error.value) == (
+      'config.run.wandb: must be false: wandb is not installed (pip install '
+      '-e ".[wandb]"), got True')
+
+
 def test_unknown_preset_and_mistyped_key_are_one_line(tmp_path):
   preset = run_script("--config=experiments/configs/copy_task.py:tinyy",
                       workdir=str(tmp_path / "a"))

@@ -10,6 +10,7 @@ violation raises `ConfigError` with a one-line message naming the key, e.g.
 """
 
 import difflib
+import importlib.util
 import math
 import os
 from typing import Any, Callable, Iterable, Tuple
@@ -119,3 +120,10 @@ def fits_in_memory(estimate, sizes):
   return (lambda config: estimate(config) <= limit,
           lambda config: (f"small enough for memory (with {sizes}: about "
                           f"{gib(estimate(config))}; {gib(limit)} here)"))
+
+
+def wandb_rule(key="run.wandb"):
+  """A rule: `key` is false, or wandb is installed (the "wandb" extra)."""
+  return (key, lambda value: not value or importlib.util.find_spec("wandb")
+          is not None,
+          "false: wandb is not installed (pip install -e \".[wandb]\")")

@@ -207,7 +207,8 @@ class RunLogger:
       try:
         import wandb  # pylint: disable=g-import-not-at-top
       except ImportError:
-        logging.warning("run.wandb is set but wandb is not installed; skipped")
+        logging.warning("run.wandb is set but wandb is not installed "
+                        "(pip install -e \".[wandb]\"); skipped")
       else:
         self._wandb = wandb.init(dir=workdir, config=config.to_dict(),
                                  resume="allow",
