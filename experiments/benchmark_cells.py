@@ -3,6 +3,9 @@ r"""Benchmark: time per step and compiled memory of RTRL vs BPTT vs TBPTT.
 For every hidden size N and segment length T it measures, in one process:
 
 * `rtrl fwd`: the forward pass of `rtrl` (cell + sensitivity update);
+* `rtrl fwd per-step`: the same with S advanced step by step (the update
+  every step of an actor makes; `rtrl fwd` advances it once per chunk of up
+  to 64 steps);
 * `rtrl grad`: value and gradient through `rtrl` over the segment;
 * `rtrl(M) grad`: the same in chunks of M steps with the state (and
   sensitivities) carried: exact gradients, memory independent of T;
@@ -10,6 +13,8 @@ For every hidden size N and segment length T it measures, in one process:
   (full BPTT; state without sensitivities);
 * `tbptt grad`: gradients of the same segment cut into chunks of M steps,
   no gradient between chunks;
+* `fwd, no S`: the same forward pass without sensitivities (the cell and
+  read-out alone: the matrix work of `rtrl fwd`);
 * `bare pass`: a scan that reads and writes every sensitivity byte once per
   step (S ← a·S + b, nothing else). Its time is the memory-bandwidth floor of
   an RTRL step that updates S step by step (as an actor does, one step per
@@ -43,6 +48,7 @@ otherwise. GB/s = the sensitivity bytes (read once) over the time. Writes
 `contraction.csv` into --out_dir.
 """
 
+import dataclasses
 import functools
 import os
 import sys
@@ -84,11 +90,29 @@ def _loss(outputs):
   return jnp.sum(outputs ** 2)
 
 
+@dataclasses.dataclass(frozen=True)
+class PerStepELSTM(rtrl_jax.ELSTM):
+  """The eLSTM with its sensitivities advanced step by step, as before the
+  one-pass advance: overriding `update_sensitivities` (with the same
+  recursion) makes `rtrl_jax.core` use it at every step."""
+
+  def update_sensitivities(self, recurrent_params, hidden, inputs,
+                           sensitivities):
+    return super().update_sensitivities(recurrent_params, hidden, inputs,
+                                        sensitivities)
+
+
 def programs(cell, truncation):
   """The measured functions, each (params, state, inputs, resets) -> pytree."""
 
   def rtrl_forward(params, state, inputs, resets):
     return rtrl_jax.rtrl(cell, params, state, inputs, resets)
+
+  per_step_cell = PerStepELSTM(**{f.name: getattr(cell, f.name)
+                                  for f in dataclasses.fields(cell)})
+
+  def rtrl_forward_per_step(params, state, inputs, resets):
+    return rtrl_jax.rtrl(per_step_cell, params, state, inputs, resets)
 
   def rtrl_grad(params, state, inputs, resets):
     def loss(p):
@@ -124,14 +148,20 @@ def programs(cell, truncation):
     zeros = jax.tree.map(jnp.zeros_like, params)
     return jax.lax.scan(chunk, (state, zeros), (split(inputs), split(resets)))[0]
 
+  def forward_without_sensitivities(params, state, inputs, resets):
+    return rtrl_jax.bptt(cell, params, state._replace(sensitivities=None),
+                         inputs, resets)
+
   def bare_pass(params, state, inputs, resets):
     del params, resets
     return timing.bare_sensitivity_pass(state.sensitivities, inputs.shape[0])
 
-  return {"rtrl fwd": rtrl_forward, "rtrl grad": rtrl_grad,
+  return {"rtrl fwd": rtrl_forward, "rtrl fwd per-step": rtrl_forward_per_step,
+          "rtrl grad": rtrl_grad,
           f"rtrl({truncation}) grad": functools.partial(chunked_grad, "rtrl"),
           "bptt grad": bptt_grad,
           f"tbptt({truncation}) grad": functools.partial(chunked_grad, "tbptt"),
+          "fwd, no S": forward_without_sensitivities,
           "bare pass": bare_pass}
 
 
@@ -169,10 +199,12 @@ def run(hidden_sizes, lengths, batch, input_size, truncation, repeats,
               os.path.join(trace_dir,
                            f"N{hidden}_T{length}_{name.replace(' ', '_')}"))
       roofline = results["bare pass"] / results["rtrl fwd"]
+      per_step = results["bare pass"] / results["rtrl fwd per-step"]
       for row in rows[-len(results):]:
         row["rtrl_fwd_fraction_of_roofline"] = roofline
+        row["rtrl_fwd_per_step_fraction_of_roofline"] = per_step
       print(f"N={hidden} T={length}: rtrl fwd at {roofline:.0%} of the bare "
-            f"read+write pass", flush=True)
+            f"read+write pass (step by step: {per_step:.0%})", flush=True)
   return rows
 
 
