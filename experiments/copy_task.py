@@ -19,27 +19,9 @@ key), a workdir in use, or a non-finite or diverging loss or gradient norm
 import json
 import math
 import os
-import signal
 import sys
 import time
 
-
-def _preempted_while_importing(signum, frame):
-  """SIGTERM/SIGINT before start_main installs rtrl_jax's handling (the
-  seconds JAX and orbax take to import): the same line and exit status."""
-  del frame
-  sys.stdout.write("\n" + json.dumps({
-      "status": "preempted", "signal": signal.Signals(signum).name,
-      "note": "during start-up, with nothing to save"}) + "\n")
-  sys.stdout.flush()
-  os._exit(0)  # pylint: disable=protected-access
-
-
-if __name__ == "__main__":
-  for _signum in (signal.SIGTERM, signal.SIGINT):
-    signal.signal(_signum, _preempted_while_importing)
-
-# pylint: disable=g-import-not-at-top,wrong-import-position
 import jax
 from absl import app, flags, logging
 
@@ -47,7 +29,6 @@ from experiments.configs import copy_task as copy_task_configs
 from rtrl_jax import copy_task
 from rtrl_jax import experiment
 from rtrl_jax.experiment.run_logger import write_json
-# pylint: enable=g-import-not-at-top,wrong-import-position
 
 _CONFIG = experiment.cli.define_config_flag(
     "experiments/configs/copy_task.py",

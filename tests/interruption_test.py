@@ -254,6 +254,21 @@ def test_ctrl_c_mid_training_saves_and_exits_like_sigterm(tmp_path):
   assert preempted_line(stdout) == {"status": "preempted", "step": saved[0]}
 
 
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_signal_while_the_script_imports_exits_zero_as_preempted(tmp_path,
+                                                                 signum):
+  """experiments/__init__.py answers signals before JAX is even imported."""
+  process = _start(str(tmp_path / "importing"), TINY)
+  time.sleep(0.4)
+  assert process.poll() is None
+  process.send_signal(signum)
+  stdout, stderr = process.communicate(timeout=TIMEOUT)
+  assert process.returncode == 0, stderr[-3000:]
+  assert "Traceback" not in stderr
+  assert preempted_line(stdout)["signal"] == signum.name
+  assert not os.path.exists(tmp_path / "importing")
+
+
 def test_sigterm_at_start_up_exits_zero_as_preempted(tmp_path):
   workdir = str(tmp_path / "early")
   process = _start(workdir, TINY)
