@@ -83,6 +83,7 @@ def _signal_flag():
   flag = {"set": None}
   if preemption.installed():
     preemption.reassert()
+    preemption.clear()    # (a request answered by an earlier loop)
     try:
       yield flag
     finally:

@@ -177,6 +177,6 @@ def requested():
 
 
 def clear():
-  """Forgets a handled request (train_loop, after saving for it)."""
+  """Forgets an answered request (train_loop, when it starts)."""
   _STATE.requested = None
   _STATE.deferring = False
