@@ -13,7 +13,7 @@ from run_helpers import script_environment
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 # pylint: disable=g-import-not-at-top,wrong-import-position
-from experiments import study as study_script
+from experiments import study_cells as study_script
 from experiments.configs import study as study_configs
 from rtrl_jax import envs
 from rtrl_jax import experiment
@@ -196,11 +196,11 @@ def test_bad_flags_are_one_line_errors(args, message, environment, tmp_path):
   assert not (tmp_path / "cells").exists()
 
 
-# In its own process: the study script's absl flags must not meet another
-# script's in this test process.
+# In its own process: it patches the training function.
 DIVERGING_CELL = textwrap.dedent("""
     import json, sys
-    from experiments import r2ac_training, study
+    from experiments import r2ac_training
+    from experiments import study_cells as study
     from experiments.configs import study as study_configs
     from rtrl_jax import experiment
     def train_seeds(*args, **kwargs):
