@@ -48,11 +48,14 @@ def test_quickstart_notebook_runs(monkeypatch, capsys):
   assert len(history) == config.total_updates // config.updates_per_call
   assert np.all(np.isfinite([mean_return for _, mean_return in history]))
   assert int(namespace["runner"].update) == config.total_updates
-  summary = namespace["summary"]
-  assert summary.returns.shape == (3, 32)
-  # MemoryChain(memory_length=3): every episode is 4 steps, reward ±1 at the end.
-  assert np.all(summary.lengths == 4)
-  assert set(np.unique(summary.returns)) <= {-1.0, 1.0}
+  sampled, greedy = namespace["summaries"]
+  assert (sampled.greedy, greedy.greedy) == (False, True)
+  assert sampled.returns.shape == (3, 1000) and greedy.returns.shape == (3, 100)
+  for summary in (sampled, greedy):
+    # MemoryChain(memory_length=3): every episode is 4 steps, reward ±1 at
+    # the end.
+    assert np.all(summary.lengths == 4)
+    assert set(np.unique(summary.returns)) <= {-1.0, 1.0}
   printed = capsys.readouterr().out
   assert "call    4  update    40" in printed
-  assert "greedy" in printed
+  assert "sampled" in printed and "greedy" in printed
