@@ -60,20 +60,22 @@ def window_resets(config, train, params, key, num_unrolls):
 
 
 def float64_train(train):
-  """`train` whose `init` gives float64 parameters, optimizer state and core
-  state (so a float64 network; rewards stay the env's float32)."""
-  init = train.init
+  """`train` whose `init` and `start` give float64 parameters, optimizer
+  state and core state (so a float64 network; rewards stay the env's
+  float32)."""
   to64 = lambda tree: jax.tree.map(
       lambda x: x.astype(jnp.float64)
       if jnp.issubdtype(x.dtype, jnp.floating) else x, tree)
 
-  def init64(key):
-    runner = init(key)
-    return runner._replace(params=to64(runner.params),
-                           opt_state=to64(runner.opt_state),
-                           core_state=to64(runner.core_state))
+  def as64(make):
+    def make64(key):
+      runner = make(key)
+      return runner._replace(params=to64(runner.params),
+                             opt_state=to64(runner.opt_state),
+                             core_state=to64(runner.core_state))
+    return make64
 
-  return train._replace(init=init64)
+  return train._replace(init=as64(train.init), start=as64(train.start))
 
 
 def assert_boundary_and_inner_resets(resets):

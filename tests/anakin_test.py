@@ -27,7 +27,9 @@ def test_short_run_learns_a_memory_task(gradient, unroll_length):
   config.gradient = gradient
   config.num_envs, config.unroll_length = 32, unroll_length
   config.network.hidden_size = 32
-  config.total_updates, config.updates_per_call = 800, 100
+  # Short calls: at the CPU preset's rate the first 100 updates already
+  # learn it, so the first call must be shorter to see chance.
+  config.total_updates, config.updates_per_call = 400, 10
   train = anakin.make_train(config)
   runner = train.init(jax.random.PRNGKey(0))
   returns = []
@@ -233,6 +235,9 @@ def test_rollout_reward_input_and_truncation_bootstrap(env_key):
   config.num_envs, config.unroll_length = 8, unroll_length
   config.loss.reward_clip = clip
   config.desync_steps = 0      # every episode starts at step 0
+  # Constant forget bias: with chrono's slow gates one step barely moves the
+  # state, and control (3) could not tell the pre- and post-step states apart.
+  config.network.core_kwargs.elstm.forget_init = "constant"
   train = anakin.make_train(config)
   agent = train.agent
   runner = train.init(jax.random.PRNGKey(0))

@@ -74,3 +74,22 @@ def test_r2ac_config_exposes_the_choice():
   for core in ("elstm", "lstm"):
     assert config.network.core_kwargs[core].forget_init == "constant"
     assert config.network.core_kwargs[core].chrono_t_max == 100.0
+
+
+@pytest.mark.parametrize("name", ["default", "tiny", "cartpole", "minigrid",
+                                  "paper"])
+def test_every_r2ac_preset_passes_its_checks_and_says_which_scale(name):
+  """CPU presets carry the tuned rate and chrono gates; `paper` the paper's
+  6e-4 and constant biases (GPU scale)."""
+  from experiments.configs import r2ac  # pylint: disable=g-import-not-at-top
+  config = r2ac.get_config(name)
+  r2ac.check(config)
+  gates = {config.network.core_kwargs[core].forget_init
+           for core in ("elstm", "lstm")}
+  if name == "paper":
+    assert config.optimizer.learning_rate == 6e-4 and gates == {"constant"}
+    assert config.network.hidden_size == 512
+  else:
+    assert config.optimizer.learning_rate == r2ac.LEARNING_RATE
+    assert gates == {"chrono"}
+  assert ("paper" in r2ac.__doc__ and "CPU presets" in r2ac.__doc__)

@@ -377,7 +377,8 @@ def test_pytorch_rmsprop_semantics():
   grads = {"w": jnp.array([0.3, -0.1])}
   updates, _ = optimizer.update(grads, optimizer.init(params), params)
   nu = (1 - 0.99) * grads["w"] ** 2
-  expected = -6e-4 * grads["w"] / (jnp.sqrt(nu) + 0.01)
+  expected = (-config.optimizer.learning_rate * grads["w"]
+              / (jnp.sqrt(nu) + 0.01))
   np.testing.assert_allclose(updates["w"], expected, rtol=1e-6)
 
 
