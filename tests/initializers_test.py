@@ -72,7 +72,7 @@ def test_r2ac_config_exposes_the_choice():
   from experiments.configs import r2ac  # pylint: disable=g-import-not-at-top
   config = r2ac.default()
   for core in ("elstm", "lstm"):
-    assert config.network.core_kwargs[core].forget_init == "constant"
+    assert config.network.core_kwargs[core].forget_init == "chrono"
     assert config.network.core_kwargs[core].chrono_t_max == 100.0
 
 
