@@ -21,6 +21,17 @@ from rtrl_jax import experiment
 from rtrl_jax.experiment.run_logger import write_json
 
 RETURN_PLOT = "return_vs_frames.png"
+# What a --resume may change: cadence and output only, not what is trained.
+# total_updates is not among them: it is the learning-rate decay's horizon.
+RESUME_MAY_CHANGE = ("run.progress", "run.checkpoint_every_calls",
+                     "run.max_checkpoints", "run.wandb", "eval.every_calls",
+                     "eval.episodes", "eval.final_episodes")
+# |loss| beyond this stops a run at once (the divergence guard's relative
+# test needs 5 logged calls first). The loss is summed over the unroll:
+# M·B steps of value errors below ~1e2 (returns of γ = 0.99) and policy
+# terms keep it below ~1e7 on the CPU presets and :paper; a diverging run
+# (learning rate 10) reaches 5e9 in its first call.
+LOSS_LIMIT = 1e9
 
 
 def learning_rate(config, update):
@@ -225,14 +236,18 @@ def run(config, workdir, resume, make_extra_evaluation=None):
   except (TypeError, ValueError) as error:
     raise experiment.ConfigError(str(error).splitlines()[0]) from error
   checkpointer, resume_step = experiment.prepare_workdir(
-      workdir, config, resume, max_to_keep=config.run.max_checkpoints)
+      workdir, config, resume, max_to_keep=config.run.max_checkpoints,
+      resume_may_change=RESUME_MAY_CHANGE)
   num_calls = config.total_updates // config.updates_per_call
   done = experiment.finished_results(workdir, resume_step, num_calls)
   if done is not None:
     checkpointer.close()
     print(f"{workdir}: finished before (call {resume_step} of {num_calls}); "
           "nothing to resume", flush=True)
-    return {**done, "plot": os.path.join(workdir, RETURN_PLOT)}
+    plot_path = os.path.join(workdir, RETURN_PLOT)
+    if not os.path.exists(plot_path):     # killed before it was drawn
+      plot_return_vs_frames(workdir, plot_path, describe(config))
+    return {**done, "plot": plot_path}
   runner = train.init(jax.random.PRNGKey(config.seed))
   if resume_step is not None:
     runner, _ = checkpointer.restore(runner, resume_step)
@@ -257,6 +272,7 @@ def run(config, workdir, resume, make_extra_evaluation=None):
         checkpoint_every=config.run.checkpoint_every_calls,
         evaluate=evaluate,
         loss_key="loss/total", progress_metric="eval/sampled_return",
+        divergence_limits={"loss/total": LOSS_LIMIT},
         progress=config.run.progress,
         progress_train_metrics=("episode_return_mean",),
         progress_unit="frame", progress_unit_scale=frames_per_call,

@@ -203,6 +203,26 @@ def test_config_errors_are_one_line_naming_the_key():
   r2ac_configs.check(minigrid)
 
 
+@pytest.mark.parametrize("key,value,message", [
+    ("optimizer.learning_rate", float("inf"), "a finite positive number"),
+    ("optimizer.eps", -1.0, "a finite non-negative number"),
+    ("optimizer.decay", 1.0, r"in \[0, 1\)"),
+    ("optimizer.max_grad_norm", float("nan"), "a finite positive number"),
+    ("network.encoder_sizes", (0,), "a tuple of positive ints"),
+    ("network.encoder_sizes", "abc", "of type tuple"),
+])
+def test_bad_optimizer_and_encoder_values_are_one_line_errors(key, value,
+                                                              message):
+  config = r2ac_configs.get_config("tiny")
+  parent, _, name = key.rpartition(".")
+  with config[parent].ignore_type():
+    config[parent][name] = value
+  with pytest.raises(experiment.ConfigError,
+                     match=rf"^config\.{key}: must be {message}") as error:
+    r2ac_configs.check(config)
+  assert "\n" not in str(error.value)
+
+
 def test_a_config_the_system_rejects_leaves_no_run_folder(tmp_path):
   config = r2ac_configs.get_config("tiny")
   config.num_devices = len(jax.devices()) + 1
@@ -223,3 +243,30 @@ def test_each_restore_refuses_the_other_systems_run_folder(tmp_path):
       {"env": {"name": "gymnax:MemoryChain-bsuite"}}))
   with pytest.raises(ValueError, match="is an Anakin run"):
     evaluation.restore_sebulba_run(str(anakin))
+
+
+def test_a_diverging_run_stops_with_one_line(tmp_path):
+  """Learning rate 1e3: the summed loss (4.6e9 in the first call) passes
+  r2ac_training.LOSS_LIMIT; the run stops with one line instead of
+  finishing."""
+  config = r2ac_configs.get_config("tiny")
+  config.optimizer.learning_rate = 1e3
+  config.run.progress = False
+  with pytest.raises(experiment.NonFiniteLossError) as error:
+    r2ac_training.run(config, str(tmp_path / "run"), resume=False)
+  assert "\n" not in str(error.value)
+  assert not (tmp_path / "run" / "results.json").exists()
+
+
+def test_resume_may_change_cadence_but_not_the_run(tmp_path):
+  config = r2ac_configs.get_config("tiny")
+  config.total_updates, config.run.progress = 20, False
+  workdir = str(tmp_path / "run")
+  r2ac_training.run(config, workdir, resume=False)
+  os.remove(os.path.join(workdir, r2ac_training.RETURN_PLOT))
+  config.eval.every_calls = 1                        # cadence: allowed
+  results = r2ac_training.run(config, workdir, resume=True)
+  assert os.path.exists(results["plot"])             # redrawn
+  config.optimizer.learning_rate = 1e-3              # the run: refused
+  with pytest.raises(experiment.ConfigError, match="learning_rate"):
+    r2ac_training.run(config, workdir, resume=True)

@@ -32,6 +32,7 @@ field of the environment's EnvParams, also ones this file does not list).
 """
 
 import dataclasses
+import math
 
 import ml_collections
 
@@ -197,6 +198,7 @@ def agent_rules():
   from rtrl_jax.agents import r2ac
   # pylint: enable=g-import-not-at-top
   positive = experiment.config.positive
+  finite_positive = experiment.config.finite_positive
   return [
       ("gradient", *experiment.config.one_of(*r2ac.GRADIENTS)),
       ("network.core", *experiment.config.one_of(*r2ac.CORES)),
@@ -210,8 +212,16 @@ def agent_rules():
       ("total_updates", positive, "a positive int"),
       ("loss.discount", lambda v: 0 <= v <= 1, "in [0, 1]"),
       ("loss.reward_clip", positive, "positive"),
-      ("optimizer.learning_rate", positive, "positive"),
-      ("optimizer.max_grad_norm", positive, "positive"),
+      ("network.encoder_sizes",
+       lambda v: isinstance(v, (tuple, list)) and all(
+           isinstance(size, int) and not isinstance(size, bool) and size > 0
+           for size in v), "a tuple of positive ints, e.g. (32,)"),
+      ("optimizer.learning_rate", finite_positive, "a finite positive number"),
+      ("optimizer.max_grad_norm", finite_positive, "a finite positive number"),
+      ("optimizer.eps", lambda v: math.isfinite(v) and v >= 0,
+       "a finite non-negative number"),
+      ("optimizer.decay", lambda v: 0 <= v < 1, "in [0, 1)"),
+      experiment.config.wandb_rule(),
       ("run.max_checkpoints", positive, "a positive int"),
   ]
 
