@@ -60,7 +60,10 @@ def _replace_params(name, params, overrides):
   if unknown:
     raise ValueError(
         f"{name}: unknown env parameter(s) {unknown}; known: "
-        f"{sorted(params.__dataclass_fields__)}")
+        f"{sorted(params.__dataclass_fields__)} (env.kwargs may still hold "
+        "another environment's parameters, e.g. the default config's "
+        "MemoryChain ones: change env.kwargs with env.name, or start from a "
+        "preset for this environment such as :cartpole)")
   for key, value in overrides.items():
     default = getattr(params, key)
     if default is None or getattr(default, "ndim", 0):
@@ -91,6 +94,11 @@ def _gymnax(env_id, overrides):
     raise ValueError(f"gymnax:{env_id}: unknown gymnax id ({e})") from None
   params = _replace_params(f"gymnax:{env_id}", params, overrides)
   space = env.observation_space(params)
+  actions = env.action_space(params)
+  if not hasattr(actions, "n"):
+    raise ValueError(
+        f"gymnax:{env_id}: its action space is {type(actions).__name__}, "
+        "not discrete; the agents here need discrete actions")
 
   def reset(key):
     obs, state = env.reset(key, params)

@@ -88,3 +88,17 @@ def test_good_parameter_values_are_applied():
   env = make_env("gymnax:CartPole-v1", gravity=10, max_steps_in_episode=7)
   assert env.max_episode_steps == 7
   assert make_env("xminigrid:MiniGrid-MemoryS8", max_steps=11).max_episode_steps == 11
+
+
+def test_continuous_actions_are_refused_in_one_line():
+  with pytest.raises(ValueError, match=r"^gymnax:Pendulum-v1: its action "
+                     r"space is Box, not discrete") as error:
+    make_env("gymnax:Pendulum-v1")
+  assert "\n" not in str(error.value)
+
+
+def test_another_envs_parameters_are_explained():
+  # The default config's env.kwargs (MemoryChain's) on a new env.name.
+  with pytest.raises(ValueError, match=r"may still hold another "
+                     r"environment's parameters"):
+    make_env("gymnax:CartPole-v1", memory_length=30)
