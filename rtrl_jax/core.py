@@ -38,6 +38,7 @@ import math
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from rtrl_jax.cell import RecurrentState
 
@@ -61,6 +62,7 @@ def rtrl(cell, params, state, inputs, resets, advance_sensitivities=True):
     untruncated into the past through `state.sensitivities`; θ_o and `inputs`
     get ordinary backprop within the segment; `state` gets zero.
   """
+  inputs, resets = _as_arrays(inputs, resets)
   _check_arguments("rtrl", cell, params, state, inputs, resets)
   if state.sensitivities is None:
     raise ValueError(
@@ -79,8 +81,17 @@ def bptt(cell, params, state, inputs, resets):
   advanced too (outside autodiff) so the returned state stays valid for `rtrl`;
   pass a state made with `sensitivities=False` to skip that cost.
   """
+  inputs, resets = _as_arrays(inputs, resets)
   _check_arguments("bptt", cell, params, state, inputs, resets)
   return _unroll(cell, params, state, inputs, resets)
+
+
+def _as_arrays(inputs, resets):
+  """NumPy (or list) inputs and resets as JAX arrays, converted as JAX
+  converts them everywhere (float64 becomes float32 unless x64 is on)."""
+  convert = lambda x: (jnp.asarray(x) if isinstance(x, (np.ndarray, list))
+                       else x)
+  return convert(inputs), convert(resets)
 
 
 def _unroll(cell, params, state, inputs, resets):
@@ -385,6 +396,13 @@ def _check_arguments(name, cell, params, state, inputs, resets):
   _check_dtype(name, "state.hidden", state.hidden, inputs.dtype)
   _check_dtype(name, "state.sensitivities", state.sensitivities, inputs.dtype)
   _check_params_fit_cell(name, cell, params, input_size, inputs.dtype)
+  hidden_batch = {leaf.shape[0] for leaf in jax.tree.leaves(state.hidden)
+                  if getattr(leaf, "ndim", 0)}
+  if hidden_batch == {t} and t != b:
+    raise ValueError(
+        f"{name}: `inputs` of shape {tuple(inputs_shape)} looks batch-major "
+        f"[B={t}, T={b}, D]: the state's batch is {t}; rtrl and bptt take "
+        "time-major [T, B, D] inputs and [T, B] resets (jnp.swapaxes(x, 0, 1))")
   resets_shape = getattr(resets, "shape", None)
   if resets_shape is None or tuple(resets_shape) != (t, b):
     raise ValueError(

@@ -622,3 +622,31 @@ def test_chunk_steps():
   core = rtrl_jax.core
   assert [core._chunk_steps(t) for t in (1, 7, 64, 100, 1000, 1024, 97)] == [
       1, 7, 64, 50, 50, 64, 64]
+
+
+@pytest.mark.parametrize("method", [rtrl_jax.rtrl, rtrl_jax.bptt])
+def test_batch_major_inputs_are_named_as_such(method):
+  cell = rtrl_jax.ELSTM(8)
+  params = cell.init(jax.random.PRNGKey(0), 3)
+  state = cell.initial_state(params, 4)
+  with pytest.raises(ValueError, match=r"`inputs` of shape \(4, 5, 3\) looks "
+                     r"batch-major \[B=4, T=5, D\]") as error:
+    method(cell, params, state, jnp.zeros((4, 5, 3)), jnp.zeros((4, 5), bool))
+  assert "\n" not in str(error.value)
+
+
+def test_numpy_float64_inputs_are_converted_as_jax_converts_them():
+  """With x64 off, NumPy float64 inputs become float32 like everywhere in
+  JAX, and give the same outputs as float32 inputs."""
+  cell = rtrl_jax.ELSTM(8)
+  params = cell.init(jax.random.PRNGKey(0), 3)
+  state = cell.initial_state(params, 4)
+  inputs = np.random.default_rng(0).normal(size=(5, 4, 3))
+  resets = np.zeros((5, 4), bool)
+  with jax.enable_x64(False):
+    got, _ = rtrl_jax.rtrl(cell, params, state, inputs, resets)
+    want, _ = rtrl_jax.rtrl(cell, params, state,
+                            jnp.asarray(inputs, jnp.float32),
+                            jnp.asarray(resets))
+  assert got.dtype == jnp.float32
+  np.testing.assert_array_equal(got, want)
