@@ -29,7 +29,7 @@ from rtrl_jax import experiment
 
 _STEPS = flags.DEFINE_integer("steps", 3000, "Parameter updates per method.",
                               lower_bound=1)
-_EPISODE = flags.DEFINE_integer("episode", 8, "Steps from the cue to the query.",
+_EPISODE = flags.DEFINE_integer("episode", 8, "Steps per episode: the cue at step 0, the query at step episode-1.",
                                 lower_bound=1)
 _SEGMENT = flags.DEFINE_integer("segment", 2, "Steps per update (1 = fully online).",
                                 lower_bound=1)
@@ -112,12 +112,13 @@ def make_train(cell, optimizer, segment, episode, batch):
 
 
 def main(argv):
-  del argv
+  experiment.cli.start_main(argv)    # also quiets JAX's backend INFO lines
   cell = rtrl_jax.ELSTM(_HIDDEN.value, forget_bias=1.0)
   init, update = make_train(cell, optax.adam(_LR.value), _SEGMENT.value,
                             _EPISODE.value, _BATCH.value)
-  print(f"Recall a cue after {_EPISODE.value - 1} steps, updating every "
-        f"{_SEGMENT.value} step(s); chance = 50%.")
+  print(f"Recall a cue {_EPISODE.value - 1} steps later (episodes of "
+        f"{_EPISODE.value} steps), updating every {_SEGMENT.value} step(s); "
+        "chance = 50%.")
   results = {}
   for method in ("rtrl", "tbptt"):
     carry = init(jax.random.PRNGKey(_SEED.value))

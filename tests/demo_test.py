@@ -17,6 +17,9 @@ def demo(*flags):
 def test_short_run_reports_rtrl_and_tbptt():
   result = demo("--steps=20", "--hidden=8", "--batch=4")
   assert result.returncode == 0, result.stderr[-3000:]
+  # The flag's meaning, and no JAX backend INFO lines (start_main quiets them).
+  assert "Recall a cue 7 steps later (episodes of 8 steps)" in result.stdout
+  assert "Unable to initialize backend" not in result.stderr
   rows = result.stdout.strip().splitlines()[-2:]
   assert [row.split()[0] for row in rows] == ["rtrl", "tbptt"]
   for row in rows:
