@@ -219,24 +219,35 @@ def test_vectorised_contraction_is_one_op_per_leaf_for_the_elstm():
   assert text.count("stablehlo.multiply") == leaves
 
 
+CONTRACTION_CHECK = """
+from experiments import benchmark_cells
+rows = benchmark_cells.contraction_rows(batch=4, hidden=3, input_size=5,
+                                        repeats=1)
+assert [r["path"] for r in rows] == ["dispatched", "looped", "vectorised"]
+assert benchmark_cells.check_contraction(rows) == []
+# On CPU the dispatched program is the loop.
+assert [r["while_loops"] for r in rows] == [1, 1, 0]
+wrong = [dict(r, relative_error=1e-3) if r["path"] == "vectorised" else r
+         for r in rows]
+assert "vectorised" in benchmark_cells.check_contraction(wrong)[0]
+looping_gpu = [dict(r, backend="gpu") for r in rows]
+assert "while loop" in benchmark_cells.check_contraction(looping_gpu)[0]
+print("CHECKED")
+"""
+
+
 def test_benchmark_contraction_check_runs_and_can_fail():
   """benchmark_cells --contraction: every path agrees with the float64
-  reference; the check flags a wrong sum and a loop off CPU."""
-  import sys
-  from run_helpers import ROOT
-  sys.path.insert(0, ROOT)
-  from experiments import benchmark_cells  # pylint: disable=g-import-not-at-top
-  rows = benchmark_cells.contraction_rows(batch=4, hidden=3, input_size=5,
-                                          repeats=1)
-  assert [r["path"] for r in rows] == ["dispatched", "looped", "vectorised"]
-  assert benchmark_cells.check_contraction(rows) == []
-  # On CPU the dispatched program is the loop.
-  assert [r["while_loops"] for r in rows] == [1, 1, 0]
-  wrong = [dict(r, relative_error=1e-3) if r["path"] == "vectorised" else r
-           for r in rows]
-  assert "vectorised" in benchmark_cells.check_contraction(wrong)[0]
-  looping_gpu = [dict(r, backend="gpu") for r in rows]
-  assert "while loop" in benchmark_cells.check_contraction(looping_gpu)[0]
+  reference; the check flags a wrong sum and a loop off CPU. (In its own
+  process: the script's absl flags must not meet another script's.)"""
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  from run_helpers import ROOT, script_environment  # pylint: disable=g-import-not-at-top
+  result = subprocess.run([sys.executable, "-c", CONTRACTION_CHECK], cwd=ROOT,
+                          env=script_environment(), capture_output=True,
+                          text=True, timeout=300)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert "CHECKED" in result.stdout
 
 
 def lowered_anakin_update(num_envs, platform):
