@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from core_test import SHARDED_SCRIPT
 
 import rtrl_jax
 from rtrl_jax import core
@@ -282,37 +283,12 @@ def test_anakin_update_has_no_batch_loop_off_cpu():
   assert 64 in while_trip_counts(lowered_anakin_update(64, "cpu"))
 
 
-SHARDED_VECTORISED_SCRIPT = """
-import jax, jax.numpy as jnp, numpy as np, rtrl_jax
-from rtrl_jax import core
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
-assert jax.device_count() == 2
-# The accelerator branch, forced on these CPU devices.
-core._sum_over_batch = core._vectorised_sum
-mesh = Mesh(jax.devices(), ("data",))
-cell = rtrl_jax.ELSTM(16)
-params = cell.init(jax.random.PRNGKey(0), 33)
-state = cell.initial_state(params, 8)
-state = state._replace(sensitivities=jax.tree.map(
-    lambda s: jax.random.normal(jax.random.PRNGKey(1), s.shape),
-    state.sensitivities))
-inputs = jax.random.normal(jax.random.PRNGKey(2), (3, 8, 33))
-resets = jnp.zeros((3, 8), bool)
-loss = lambda p, s, x, r: jnp.sum(rtrl_jax.rtrl(cell, p, s, x, r)[0] ** 2)
-grad = jax.jit(jax.grad(loss))
-batch = lambda axis: NamedSharding(mesh, P(*[None] * axis, "data"))
-sharded = (jax.device_put(params, NamedSharding(mesh, P())),
-           jax.device_put(state, jax.tree.map(lambda _: batch(0), state)),
-           jax.device_put(inputs, batch(1)), jax.device_put(resets, batch(1)))
-hlo = grad.lower(*sharded).compile().as_text()
-print("ALL_GATHERS", hlo.count("all-gather("), "ALL_REDUCES",
-      hlo.count("all-reduce("))
-expected = grad(params, state, inputs, resets)
-got = grad(*sharded)
-print("WORST", max(float(np.max(np.abs(a - b)) / np.max(np.abs(b)))
-                   for a, b in zip(jax.tree.leaves(got),
-                                   jax.tree.leaves(expected))))
-"""
+# core_test's sharded-gradient script with the accelerator branch forced on
+# these CPU devices.
+SHARDED_VECTORISED_SCRIPT = SHARDED_SCRIPT.replace(
+    "mesh = Mesh(", "from rtrl_jax import core\n"
+    "core._sum_over_batch = core._vectorised_sum\nmesh = Mesh(", 1)
+assert "core._vectorised_sum" in SHARDED_VECTORISED_SCRIPT
 
 
 def test_vectorised_contraction_keeps_a_sharded_batch_sharded():
