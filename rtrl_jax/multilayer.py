@@ -178,27 +178,26 @@ class ExactTwoLayer(ElementwiseCell):
                    "upper": s22}}
 
   def contract_sensitivities(self, hidden_cotangent, sensitivities):
-    g1, g2, s = hidden_cotangent["h1"], hidden_cotangent["h2"], sensitivities
-    across = lambda c: jnp.tensordot(g2, c, axes=1)
-    own = self.lower.contract_sensitivities(g1, s["h1"])
-    cross = s["h2"]["lower"]
-    return {
-        "lower": {
-            "recurrent": jax.tree.map(lambda o, c: o + across(c), own,
-                                      cross["recurrent"]),
-            "readout": jax.tree.map(across, cross["readout"]),
-        },
-        "upper": self.upper.contract_sensitivities(g2, s["h2"]["upper"]),
-    }
+    return self._contract(hidden_cotangent, sensitivities, batched=False)
 
   def contract_sensitivities_batch(self, hidden_cotangent, sensitivities):
     """`contract_sensitivities` summed over the batch axis, vectorised: each
     layer's own batched contraction, and Σ_b Σ_n g²_bn S²¹_b[n] as one
     contraction over (b, n) per leaf."""
+    return self._contract(hidden_cotangent, sensitivities, batched=True)
+
+  def _contract(self, hidden_cotangent, sensitivities, batched):
+    """One example (batched=False) or the sum over the batch axis."""
     g1, g2, s = hidden_cotangent["h1"], hidden_cotangent["h2"], sensitivities
-    across = lambda c: jnp.tensordot(g2, c, axes=2,
-                                     precision=jax.lax.Precision.HIGHEST)
-    own = self.lower.contract_sensitivities_batch(g1, s["h1"])
+    if batched:
+      across = lambda c: jnp.tensordot(g2, c, axes=2,
+                                       precision=jax.lax.Precision.HIGHEST)
+      own = self.lower.contract_sensitivities_batch(g1, s["h1"])
+      upper = self.upper.contract_sensitivities_batch(g2, s["h2"]["upper"])
+    else:
+      across = lambda c: jnp.tensordot(g2, c, axes=1)
+      own = self.lower.contract_sensitivities(g1, s["h1"])
+      upper = self.upper.contract_sensitivities(g2, s["h2"]["upper"])
     cross = s["h2"]["lower"]
     return {
         "lower": {
@@ -206,8 +205,7 @@ class ExactTwoLayer(ElementwiseCell):
                                       cross["recurrent"]),
             "readout": jax.tree.map(across, cross["readout"]),
         },
-        "upper": self.upper.contract_sensitivities_batch(g2,
-                                                         s["h2"]["upper"]),
+        "upper": upper,
     }
 
   def readout(self, readout_params, hidden, inputs):

@@ -28,6 +28,8 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
+from experiment_test import assert_same_state
+from experiment_test import final_params as final_state
 from run_helpers import checkpoint_steps, script_environment
 
 from rtrl_jax import copy_task
@@ -98,21 +100,6 @@ def without_timing(rows):
 def csv_without_timing(workdir):
   with open(os.path.join(workdir, "metrics.csv")) as f:
     return [line for line in f if ",train/steps_per_second," not in line]
-
-
-def final_state(workdir):
-  config = ml_collections.ConfigDict(
-      json.load(open(os.path.join(workdir, "config.json"))))
-  checkpointer = experiment.Checkpointer(os.path.join(workdir, "checkpoints"))
-  state, metadata = checkpointer.restore(copy_task.init_train_state(config))
-  checkpointer.close()
-  return state, metadata
-
-
-def assert_same_state(a, b):
-  for leaf_a, leaf_b in zip(jax.tree.leaves(a), jax.tree.leaves(b),
-                            strict=True):
-    np.testing.assert_array_equal(np.asarray(leaf_a), np.asarray(leaf_b))
 
 
 def results(workdir):
