@@ -1,8 +1,10 @@
-"""R2AC Anakin training as a function: `run(config, workdir, resume)`.
+"""R2AC Anakin training as functions: `run(config, workdir, resume)` (one
+run with logs, checkpoints and evaluations) and `train_seeds(config, seeds,
+...)` (several seeds in one program, for the study and the demo).
 
 The library half of experiments/r2ac_anakin.py (which adds the absl flags),
-so that other scripts (experiments/study.py) can train runs in-process
-without defining the script's flags twice.
+so that other scripts (experiments/study.py, experiments/r2ac_demo.py) can
+train in-process without defining the script's flags twice.
 """
 
 import os
@@ -220,15 +222,13 @@ def describe(config):
           f"{config.gradient.upper()} (M={config.unroll_length}) on {env}")
 
 
-def run(config, workdir, resume, make_extra_evaluation=None):
+def run(config, workdir, resume):
   """Trains; returns the results dict (also written to results.json).
 
   Every `eval.every_calls` calls the run logs eval/sampled_return (the
   primary number) and eval/greedy_return over `eval.episodes` episodes
   each; at the end it evaluates `eval.final_episodes` episodes of each kind
   (results.json: final/sampled_return, final/greedy_return).
-  make_extra_evaluation: optional (config, train) -> (runner -> {name:
-  scalar}), logged with the evaluation.
   """
   r2ac_configs.check(config)
   try:      # before prepare_workdir: a bad config leaves no run folder behind
@@ -254,9 +254,6 @@ def run(config, workdir, resume, make_extra_evaluation=None):
     print(f"resumed {workdir} from call {resume_step} (update "
           f"{int(runner.update)})", flush=True)
   evaluate = make_evaluation(config, train)
-  if make_extra_evaluation is not None:
-    standard, extra = evaluate, make_extra_evaluation(config, train)
-    evaluate = lambda runner: {**standard(runner), **extra(runner)}
   logger = experiment.RunLogger(workdir, config, resume_step=resume_step,
                                 use_wandb=config.run.wandb)
   frames_per_call = anakin.frames_per_update(config) * config.updates_per_call
