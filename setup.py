@@ -10,7 +10,7 @@ from setuptools import find_packages, setup
 
 # What `import rtrl_jax` (rtrl, bptt, the cells, oracle, multilayer,
 # diagnostics, copy_task) needs; optax because the README's example and
-# rtrl_jax.copy_task use it.
+# rtrl_jax.tasks.copy_task use it.
 CORE = [
     "jax>=0.10.2",
     "jaxlib>=0.10.2",
@@ -31,7 +31,7 @@ EXPERIMENTS = [
 
 EXTRAS = {
     "experiments": EXPERIMENTS,
-    # R2AC (rtrl_jax.agents, anakin, sebulba, evaluation) and its JAX
+    # R2AC (rtrl_jax.rl.agents, anakin, sebulba, evaluation) and its JAX
     # environments: V-trace from rlax, which needs distrax and through it
     # TensorFlow Probability (only a nightly installs with this jax).
     "rl": EXPERIMENTS + [

@@ -1,6 +1,6 @@
 r"""Benchmark: environment steps/s of the Anakin loop, RTRL vs TBPTT cores.
 
-For every hidden size N it builds the Anakin system (rtrl_jax/anakin.py) of
+For every hidden size N it builds the Anakin system (rtrl_jax/rl/anakin.py) of
 experiments/configs/r2ac.py (MemoryChain, eLSTM) twice, with gradient="rtrl"
 and gradient="tbptt" (same network, M = unroll length), and times one jitted
 call of `updates_per_call` updates (acting in `num_envs` environments for M
@@ -45,7 +45,7 @@ import jax
 
 from experiments import timing
 from experiments.configs import r2ac as r2ac_configs
-from rtrl_jax import anakin
+from rtrl_jax.rl import anakin
 from rtrl_jax import experiment
 
 _HIDDEN = flags.DEFINE_list("hidden", ["64", "256"], "eLSTM hidden sizes N.")

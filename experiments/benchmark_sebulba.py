@@ -49,9 +49,9 @@ from absl import app, flags
 
 from experiments import timing
 from experiments.configs import sebulba as sebulba_configs
-from rtrl_jax import envpool_envs
+from rtrl_jax.rl import envpool_envs
 from rtrl_jax import experiment
-from rtrl_jax import sebulba
+from rtrl_jax.rl import sebulba
 
 _CONFIG = experiment.cli.define_config_flag(
     "experiments/configs/sebulba.py:tiny", "Sebulba config.",

@@ -26,7 +26,7 @@ import jax
 from absl import app, flags, logging
 
 from experiments.configs import copy_task as copy_task_configs
-from rtrl_jax import copy_task
+from rtrl_jax.tasks import copy_task
 from rtrl_jax import experiment
 from rtrl_jax.experiment.run_logger import write_json
 

@@ -13,8 +13,8 @@ import jax
 import numpy as np
 from absl import app, flags
 
-from rtrl_jax import copy_task
-from rtrl_jax import evaluation
+from rtrl_jax.tasks import copy_task
+from rtrl_jax.rl import evaluation
 from rtrl_jax import experiment
 
 _RUNS = flags.DEFINE_list("runs", None, "Run folders.", required=True)

@@ -26,7 +26,7 @@ import sys
 
 from absl import app, flags
 
-from rtrl_jax import evaluation
+from rtrl_jax.rl import evaluation
 from rtrl_jax import experiment
 
 _WORKDIR = flags.DEFINE_string(

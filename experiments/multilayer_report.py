@@ -36,7 +36,7 @@ import numpy as np
 
 import rtrl_jax
 from rtrl_jax import diagnostics, oracle
-from rtrl_jax.multilayer import ExactTwoLayer, LayerStack
+from rtrl_jax.cells.multilayer import ExactTwoLayer, LayerStack
 
 # Fast compiling for the alignment part only (not for the timings).
 FAST_COMPILE = oracle.FAST_CPU_COMPILE

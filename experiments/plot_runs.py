@@ -20,9 +20,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top,wrong-import-position
 from absl import app, flags  # pylint: disable=g-import-not-at-top,wrong-import-position
 
-from rtrl_jax import evaluation  # pylint: disable=wrong-import-position
+from rtrl_jax.rl import evaluation  # pylint: disable=wrong-import-position
 from rtrl_jax import experiment  # pylint: disable=wrong-import-position
-from rtrl_jax.copy_task import describe_training  # pylint: disable=wrong-import-position
+from rtrl_jax.tasks.copy_task import describe_training  # pylint: disable=wrong-import-position
 
 _RUNS = flags.DEFINE_list("runs", None, "Run folders.", required=True)
 _LABELS = flags.DEFINE_list("labels", None, "One label per run (optional).")

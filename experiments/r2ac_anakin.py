@@ -5,11 +5,11 @@ r"""R2AC with the Anakin system: act and learn in one jitted program on JAX envs
       --config.gradient=tbptt --workdir=runs/r2ac_tbptt [--resume]
 
 One "call" is `config.updates_per_call` learner updates in one jitted
-program (rtrl_jax/anakin.py); the loop (rtrl_jax/experiment) logs after every
-call, runs a greedy evaluation every `eval.every_calls` calls and saves the
+program (rtrl_jax/rl/anakin.py); the loop (rtrl_jax/experiment) logs after every
+call, runs a greedy evaluation every `eval.every` calls and saves the
 whole RunnerState (parameters, optimizer state, environment states, core
 states with their RTRL sensitivities, RNG key, update counter) every
-`run.checkpoint_every_calls`, so that `--resume` continues bit-exactly.
+`run.checkpoint_every`, so that `--resume` continues bit-exactly.
 
 The run folder gets config.json, metrics.jsonl/.csv and TensorBoard events
 (x-axis: calls; `train/frames` is the number of environment frames),
@@ -23,8 +23,8 @@ import sys
 
 from absl import app, flags
 
-from experiments.r2ac_training import run
-from experiments.r2ac_training import where_to_look
+from rtrl_jax.experiment.r2ac_training import run
+from rtrl_jax.experiment.r2ac_training import where_to_look
 from rtrl_jax import experiment
 
 _CONFIG = experiment.cli.define_config_flag(

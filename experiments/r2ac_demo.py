@@ -27,7 +27,7 @@ import time
 from absl import app, flags
 import numpy as np
 
-from experiments import r2ac_training
+from rtrl_jax.experiment import r2ac_training
 from experiments.configs import r2ac as r2ac_configs
 from rtrl_jax import experiment
 from rtrl_jax.experiment.run_logger import write_json

@@ -11,8 +11,8 @@ Multi-host (one process per host; see launch/):
 
 (`--distributed` alone lets JAX detect SLURM / TPU-pod settings.)
 
-One loop step is one learner update (rtrl_jax/sebulba.py). Every
-`log_every` updates the run logs the learner metrics, policy lag, episode
+One loop step is one learner update (rtrl_jax/rl/sebulba.py). Every
+`run.log_every` updates the run logs the learner metrics, policy lag, episode
 statistics, per-phase timings (`time/actor/*`, `time/learner/*`: mean
 seconds per call) and env steps/s (`sps`). Checkpoints (every
 `run.checkpoint_every` updates, and on SIGTERM, which then exits 0) hold the
@@ -30,9 +30,9 @@ import time
 from absl import app, flags
 
 from experiments.configs import sebulba as sebulba_configs
-from experiments.r2ac_training import RETURN_PLOT
-from experiments.r2ac_training import plot_return_vs_frames
-from experiments.r2ac_training import where_to_look
+from rtrl_jax.experiment.r2ac_training import RETURN_PLOT
+from rtrl_jax.experiment.r2ac_training import plot_return_vs_frames
+from rtrl_jax.experiment.r2ac_training import where_to_look
 from rtrl_jax import experiment
 from rtrl_jax.experiment.run_logger import write_json
 
@@ -85,7 +85,7 @@ def run(config, workdir, resume):
   """Trains; returns the results dict (also written to results.json)."""
   # pylint: disable=g-import-not-at-top
   import jax
-  from rtrl_jax import sebulba
+  from rtrl_jax.rl import sebulba
   # pylint: enable=g-import-not-at-top
   check_config(config)
   try:      # before prepare_workdir: a bad config leaves no run folder behind
@@ -119,7 +119,7 @@ def run(config, workdir, resume):
 
   def train_step(state):
     state, metrics = system.train_step(state)
-    if int(state.update) % config.log_every == 0:
+    if int(state.update) % config.run.log_every == 0:
       metrics.update(timing_metrics(reset=True))
     return state, metrics
 
@@ -129,7 +129,7 @@ def run(config, workdir, resume):
     state, result = experiment.train_loop(
         state, train_step, start_step=resume_step or 0,
         num_steps=config.total_updates, logger=logger,
-        checkpointer=checkpointer, log_every=config.log_every,
+        checkpointer=checkpointer, log_every=config.run.log_every,
         eval_every=config.total_updates + 1,
         checkpoint_every=config.run.checkpoint_every, loss_key="loss/total",
         progress=config.run.progress and main_process,
@@ -173,7 +173,7 @@ def run(config, workdir, resume):
 
 def main(argv):
   # pylint: disable=g-import-not-at-top
-  from rtrl_jax import sebulba
+  from rtrl_jax.rl import sebulba
   # pylint: enable=g-import-not-at-top
   experiment.cli.start_main(argv)
   if _DISTRIBUTED.value or _COORDINATOR.value:

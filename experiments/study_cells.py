@@ -109,7 +109,7 @@ def run_cell(study_dict, workdir, spec):
   """Trains and evaluates one cell in this process; returns a summary line."""
   # pylint: disable=g-import-not-at-top
   import jax
-  from experiments import r2ac_training
+  from rtrl_jax.experiment import r2ac_training
   # pylint: enable=g-import-not-at-top
   study = ml_collections.ConfigDict(study_dict)
   directory = cell_dir(workdir, spec)

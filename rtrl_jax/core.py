@@ -40,7 +40,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rtrl_jax.cell import RecurrentState
+from rtrl_jax.cells.base import RecurrentState
 
 
 def rtrl(cell, params, state, inputs, resets, advance_sensitivities=True):
@@ -106,8 +106,8 @@ def _unroll(cell, params, state, inputs, resets):
   recurrent, readout = params["recurrent"], params["readout"]
   frozen_recurrent = jax.lax.stop_gradient(recurrent)
   initial_hidden = cell.initial_hidden(params)
-  zero_sensitivities = cell.zero_sensitivities(params)
   track = state.sensitivities is not None
+  zero_sensitivities = cell.zero_sensitivities(params) if track else None
   # One step (an actor's): the per-step update is already one pass over S.
   factored = (track and inputs.shape[0] > 1
               and _factors_of(cell) is not None)

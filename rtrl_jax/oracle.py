@@ -17,7 +17,7 @@ functions.
 The model is a cell, or more generally a *runner*: a hashable callable
 `run(method, params, state, inputs, resets) -> (outputs, new_state)` with
 method "rtrl" or "bptt" (a cell is wrapped in `CellRunner`; a stack of layers
-is `rtrl_jax.multilayer.LayerStack`). Each function is one compiled program
+is `rtrl_jax.cells.multilayer.LayerStack`). Each function is one compiled program
 (segments run under `lax.scan`, the true gradients of all segments are one
 reverse-mode Jacobian), cached on the runner, `loss_fn` and the shapes.
 """
@@ -29,7 +29,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from rtrl_jax.cell import RecurrentState
+from rtrl_jax.cells.base import RecurrentState
 from rtrl_jax.core import bptt, rtrl
 
 

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from experiments.configs import r2ac as r2ac_configs
-from rtrl_jax import anakin
-from rtrl_jax.agents import alignment
+from rtrl_jax.rl import anakin
+from rtrl_jax.rl.agents import alignment
 
 
 # The float64 window: 5-step episodes (memory_length 4) over 7 unrolls of 3

@@ -11,7 +11,7 @@ import optax
 import pytest
 
 from experiments.configs import r2ac as r2ac_configs
-from rtrl_jax import anakin
+from rtrl_jax.rl import anakin
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -113,7 +113,7 @@ DEVICE_SCRIPT = textwrap.dedent("""
     import re
     import jax, numpy as np
     from experiments.configs import r2ac
-    from rtrl_jax import anakin
+    from rtrl_jax.rl import anakin
     assert jax.device_count() == 8, jax.devices()
     config = r2ac.tiny()
     config.updates_per_call = 5

@@ -23,11 +23,11 @@ import pytest
 
 import rtrl_jax
 from rtrl_jax import oracle
-from rtrl_jax.indrnn import IndRNN
-from rtrl_jax.linear_transformer import LinearTransformer
-from rtrl_jax.lru import DiagonalLRU
-from rtrl_jax.multilayer import ExactTwoLayer
-from rtrl_jax.qrnn import QRNN
+from rtrl_jax.cells.indrnn import IndRNN
+from rtrl_jax.cells.linear_transformer import LinearTransformer
+from rtrl_jax.cells.lru import DiagonalLRU
+from rtrl_jax.cells.multilayer import ExactTwoLayer
+from rtrl_jax.cells.qrnn import QRNN
 
 TOTAL, BATCH, INPUT_SIZE = 48, 3, 3
 SEGMENT_LENGTHS = (1, 2, 3, 5, 8, 16)

@@ -24,7 +24,7 @@ from core_test import SHARDED_SCRIPT
 
 import rtrl_jax
 from rtrl_jax import core
-from rtrl_jax.multilayer import ExactTwoLayer
+from rtrl_jax.cells.multilayer import ExactTwoLayer
 
 INPUT_SIZE, STEPS = 3, 3
 CELL_KWARGS = {
@@ -258,7 +258,7 @@ def lowered_anakin_update(num_envs, platform):
   sys.path.insert(0, ROOT)
   # pylint: disable=g-import-not-at-top
   from experiments.configs import r2ac as r2ac_configs
-  from rtrl_jax import anakin
+  from rtrl_jax.rl import anakin
   config = r2ac_configs.get_config("default")
   config.network.hidden_size = 8
   config.network.encoder_sizes = [8]

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from rtrl_jax import copy_task
+from rtrl_jax.tasks import copy_task
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from rtrl_jax.envs import make_env
+from rtrl_jax.rl.envs import make_env
 
 
 def run_episode_steps(env, steps, action=0, seed=0):

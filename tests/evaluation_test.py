@@ -1,4 +1,4 @@
-"""rtrl_jax/evaluation.py against scripted fake environments and agents.
+"""rtrl_jax/rl/evaluation.py against scripted fake environments and agents.
 
 JAX environments (`make_episode_returns`): a fake `envs.Env` with known
 episodes and an agent that logs every input it is fed. Envpool
@@ -15,9 +15,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from rtrl_jax import envpool_envs
-from rtrl_jax import envs
-from rtrl_jax import evaluation
+from rtrl_jax.rl import envpool_envs
+from rtrl_jax.rl import envs
+from rtrl_jax.rl import evaluation
 
 LIMIT = 6          # the time limit in agent steps
 CLIP = 0.5         # reward clip of the agent's previous-reward input
@@ -281,7 +281,7 @@ def test_evaluate_seeds_equals_evaluate_policy_per_parameter_set():
   gives each set what evaluate_policy gives it alone."""
   # pylint: disable=g-import-not-at-top
   from experiments.configs import r2ac as r2ac_configs
-  from rtrl_jax import anakin
+  from rtrl_jax.rl import anakin
   # pylint: enable=g-import-not-at-top
   config = r2ac_configs.tiny()
   seeds = [0, 4]

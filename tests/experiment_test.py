@@ -20,7 +20,7 @@ import pytest
 from run_helpers import (checkpoint_steps, script_environment,
                          signal_after_checkpoint, strict_json_loads)
 
-from rtrl_jax import copy_task
+from rtrl_jax.tasks import copy_task
 from rtrl_jax import experiment
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -6,7 +6,7 @@ import pytest
 from scipy import stats
 
 import rtrl_jax
-from rtrl_jax.lstm import LSTM
+from rtrl_jax.cells.lstm import LSTM
 
 N, D, T_MAX = 4096, 3, 50.0
 

@@ -92,8 +92,8 @@ def test_wheel_installs_with_core_requirements_and_runs_readme_example(
                                             resets, targets)
       assert all(bool(jnp.all(jnp.isfinite(x)))
                  for x in jax.tree.leaves(params))
-      import rtrl_jax.oracle, rtrl_jax.diagnostics, rtrl_jax.copy_task
-      import rtrl_jax.multilayer
+      import rtrl_jax.oracle, rtrl_jax.diagnostics, rtrl_jax.tasks.copy_task
+      import rtrl_jax.cells.multilayer
       assert rtrl_jax.__file__.startswith({str(venv)!r}), rtrl_jax.__file__
       loaded = [m for m in {OPTIONAL_MODULES!r} if m in sys.modules]
       assert not loaded, loaded

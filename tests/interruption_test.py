@@ -32,7 +32,7 @@ from experiment_test import assert_same_state
 from experiment_test import final_params as final_state
 from run_helpers import checkpoint_steps, script_environment
 
-from rtrl_jax import copy_task
+from rtrl_jax.tasks import copy_task
 from rtrl_jax import experiment
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -17,7 +17,7 @@ from run_helpers import ROOT, script_environment
 
 import rtrl_jax
 from rtrl_jax import oracle
-from rtrl_jax.multilayer import DIAGONAL_CELLS, ExactTwoLayer, LayerStack
+from rtrl_jax.cells.multilayer import DIAGONAL_CELLS, ExactTwoLayer, LayerStack
 
 TOTAL, BATCH, INPUT_SIZE, HIDDEN, SEGMENT = 24, 3, 3, 3, 4
 

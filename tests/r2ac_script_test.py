@@ -21,9 +21,9 @@ from run_helpers import (checkpoint_steps, script_environment,
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 # pylint: disable=g-import-not-at-top,wrong-import-position
-from experiments import r2ac_training
+from rtrl_jax.experiment import r2ac_training
 from experiments.configs import r2ac as r2ac_configs
-from rtrl_jax import evaluation
+from rtrl_jax.rl import evaluation
 from rtrl_jax import experiment
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
@@ -33,8 +33,8 @@ NUM_UPDATES = NUM_CALLS * UPDATES_PER_CALL
 RUN_FLAGS = ["--config=experiments/configs/r2ac.py:tiny",
              f"--config.total_updates={NUM_UPDATES}",
              f"--config.updates_per_call={UPDATES_PER_CALL}",
-             "--config.eval.every_calls=10",
-             "--config.run.checkpoint_every_calls=2",
+             "--config.eval.every=10",
+             "--config.run.checkpoint_every=2",
              "--config.run.progress=false"]
 SIGNAL_AFTER_CALL = 4
 TIMEOUT = 300
@@ -264,7 +264,7 @@ def test_resume_may_change_cadence_but_not_the_run(tmp_path):
   workdir = str(tmp_path / "run")
   r2ac_training.run(config, workdir, resume=False)
   os.remove(os.path.join(workdir, r2ac_training.RETURN_PLOT))
-  config.eval.every_calls = 1                        # cadence: allowed
+  config.eval.every = 1                        # cadence: allowed
   results = r2ac_training.run(config, workdir, resume=True)
   assert os.path.exists(results["plot"])             # redrawn
   config.optimizer.learning_rate = 1e-3              # the run: refused

@@ -7,8 +7,8 @@ import pytest
 
 from experiments.configs import r2ac as r2ac_configs
 import rtrl_jax
-from rtrl_jax import anakin
-from rtrl_jax.agents import r2ac
+from rtrl_jax.rl import anakin
+from rtrl_jax.rl.agents import r2ac
 
 
 def numpy_vtrace(values, bootstrap, rewards, discounts, rhos, lambda_,
@@ -410,7 +410,7 @@ def test_ignored_steps_leave_the_loss_of_the_trajectory_without_them(
   step's action (the Sebulba actor ships valid = False there). The loss and
   its gradient (float64) must equal those of the same data without that
   step, where the next episode starts right after the end, as in
-  rtrl_jax.envs. The ignored step is inside the unroll (the episode ends at
+  rtrl_jax.rl.envs. The ignored step is inside the unroll (the episode ends at
   step 2), its first step (the episode ended in the previous unroll) or its
   last (the next episode starts at the bootstrap step). Without the mask
   they differ. truncated_learner_bootstrap: Sebulba's truncation_value=None,

@@ -30,7 +30,7 @@ WORKER = textwrap.dedent("""
     import hashlib, pickle, sys
     import numpy as np
     process_id, port, out = int(sys.argv[1]), sys.argv[2], sys.argv[3]
-    from rtrl_jax import sebulba
+    from rtrl_jax.rl import sebulba
     sebulba.initialize_distributed(f"127.0.0.1:{port}", 2, process_id)
     import jax
     from experiments.configs import sebulba as configs
@@ -99,7 +99,7 @@ def test_two_processes_make_identical_updates(tmp_path):
   # The second update equals one on a single device over both unrolls.
   # pylint: disable=g-import-not-at-top
   from experiments.configs import sebulba as configs
-  from rtrl_jax import sebulba
+  from rtrl_jax.rl import sebulba
   # pylint: enable=g-import-not-at-top
   saved = []
   for i in range(2):

@@ -23,7 +23,7 @@ pytest.importorskip("envpool")
 UPDATES = 300
 FLAGS = ["--config=experiments/configs/sebulba.py:tiny",
          f"--config.total_updates={UPDATES}", "--config.run.checkpoint_every=25",
-         "--config.log_every=5"]
+         "--config.run.log_every=5"]
 TIMEOUT = 240
 
 

@@ -21,10 +21,10 @@ sys.path.insert(0, ROOT)
 # pylint: disable=g-import-not-at-top,wrong-import-position
 from experiments.configs import r2ac as r2ac_configs
 from experiments.configs import sebulba as sebulba_configs
-from rtrl_jax import anakin
-from rtrl_jax import envpool_envs
-from rtrl_jax import sebulba
-from rtrl_jax.agents.r2ac import Trajectory
+from rtrl_jax.rl import anakin
+from rtrl_jax.rl import envpool_envs
+from rtrl_jax.rl import sebulba
+from rtrl_jax.rl.agents.r2ac import Trajectory
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
 pytest.importorskip("envpool")
@@ -371,7 +371,7 @@ def test_short_pong_run_on_one_device():
 EIGHT_DEVICES = textwrap.dedent("""
     import jax, numpy as np
     from experiments.configs import sebulba as configs
-    from rtrl_jax import sebulba
+    from rtrl_jax.rl import sebulba
     from tests import sebulba_test
     assert jax.device_count() == 8, jax.devices()
 
@@ -502,7 +502,7 @@ def test_an_option_the_environment_lacks_is_named_with_the_known_ones():
 
 
 VIZDOOM = textwrap.dedent("""
-    from rtrl_jax import envpool_envs
+    from rtrl_jax.rl import envpool_envs
     suite = envpool_envs.make_suite("vizdoom", "MyWayHome-v1")
     assert suite.obs_shape == (84, 84, 12) and suite.num_actions > 1
     env = suite.make(2, 0)

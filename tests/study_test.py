@@ -15,7 +15,7 @@ sys.path.insert(0, ROOT)
 # pylint: disable=g-import-not-at-top,wrong-import-position
 from experiments import study_cells as study_script
 from experiments.configs import study as study_configs
-from rtrl_jax import envs
+from rtrl_jax.rl import envs
 from rtrl_jax import experiment
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
@@ -199,7 +199,7 @@ def test_bad_flags_are_one_line_errors(args, message, environment, tmp_path):
 # In its own process: it patches the training function.
 DIVERGING_CELL = textwrap.dedent("""
     import json, sys
-    from experiments import r2ac_training
+    from rtrl_jax.experiment import r2ac_training
     from experiments import study_cells as study
     from experiments.configs import study as study_configs
     from rtrl_jax import experiment

@@ -31,40 +31,13 @@ Full-episode BPTT, e.g. on MemoryChain(30)'s 31-step episodes:
 field of the environment's EnvParams, also ones this file does not list).
 """
 
-import dataclasses
-import math
-
 import ml_collections
+
+from experiments.configs import parts
 
 # The CPU presets' learning rate (RMSProp, decayed linearly to 0): the
 # study's tuning stage (docs/RESULTS.md) chose it.
 LEARNING_RATE = 1e-2
-
-
-def core_kwargs():
-  """{core name: its constructor's keyword arguments}, defaults included.
-
-  Read from the cores themselves (dataclass fields) so that the command line
-  can set any of them; R2AC raises the initial forget-gate bias to 1.0 where
-  a core has one.
-  """
-  # pylint: disable=g-import-not-at-top
-  from rtrl_jax.agents.r2ac import CORES
-  # pylint: enable=g-import-not-at-top
-  out = {}
-  for name, core in CORES.items():
-    kwargs = {}
-    for field in dataclasses.fields(core):
-      if field.name == "hidden_size" or field.default is dataclasses.MISSING:
-        continue
-      # A None default still takes a value of the annotated type.
-      kwargs[field.name] = (
-          ml_collections.FieldReference(None, field_type=field.type)
-          if field.default is None else field.default)
-    if "forget_bias" in kwargs:
-      kwargs["forget_bias"] = 1.0
-    out[name] = ml_collections.ConfigDict(kwargs)
-  return ml_collections.ConfigDict(out)
 
 
 def default():
@@ -77,19 +50,10 @@ def default():
       kwargs=ml_collections.ConfigDict(dict(memory_length=30,
                                             max_steps_in_episode=1000)),
   ))
-  config.network = ml_collections.ConfigDict(dict(
-      encoder="mlp",            # mlp | impala (pixels)
-      encoder_sizes=(32,),
-      feature_size=256,         # impala only
-      obs_scale=1.0,
-      core="elstm",
-      hidden_size=64,
-      core_kwargs=core_kwargs(),   # per core: its constructor's arguments
-  ))
-  # Chrono forget-gate biases (rtrl_jax/initializers.py): memory time scales
+  config.network = parts.network()
+  # Chrono forget-gate biases (rtrl_jax/cells/initializers.py): memory time scales
   # spread over [2, 100] steps (the study's forget-gate control).
-  for core in ("elstm", "lstm"):
-    config.network.core_kwargs[core].forget_init = "chrono"
+  parts.set_forget_init(config, "chrono")
   # rtrl | tbptt (M = unroll_length) | bptt (whole episodes: every unroll
   # starts fresh episodes; unroll_length >= the env's max_episode_steps)
   config.gradient = "rtrl"
@@ -97,40 +61,19 @@ def default():
   config.unroll_length = 10     # M
   # Before update 0, environment b takes u_b ~ U{0..W-1} steps (W =
   # desync_steps) so that episodes are at random phases; 0: all start at
-  # once (synchronised). rtrl_jax/anakin.py.
+  # once (synchronised). rtrl_jax/rl/anakin.py.
   config.desync_steps = 128
   config.total_updates = 1500   # ~1M frames; also the LR-decay horizon
   config.updates_per_call = 50
   config.num_devices = 0        # 0: all local devices
-  config.loss = ml_collections.ConfigDict(dict(
-      discount=0.99,
-      baseline_cost=0.5,
-      entropy_cost=0.01,
-      reward_clip=1.0,
-      clip_rho=1.0,
-      clip_pg_rho=1.0,
-      lambda_=1.0,
-      bootstrap_truncated=True,
-  ))
-  config.optimizer = ml_collections.ConfigDict(dict(
-      learning_rate=LEARNING_RATE,
-      decay=0.99,
-      eps=0.01,
-      max_grad_norm=40.0,
-      anneal_lr=True,
-      freeze_encoder=False,
-  ))
+  config.loss = parts.loss()
+  config.optimizer = parts.optimizer(LEARNING_RATE)
   config.eval = ml_collections.ConfigDict(dict(
-      every_calls=10,
+      every=10,              # loop steps (calls)
       episodes=64,           # per kind (sampled, greedy) during training
       final_episodes=1000,   # per kind at the end: results.json "final/*"
   ))
-  config.run = ml_collections.ConfigDict(dict(
-      checkpoint_every_calls=10,
-      max_checkpoints=2,
-      progress=True,
-      wandb=False,
-  ))
+  config.run = parts.run(checkpoint_every=10)
   return config
 
 
@@ -144,8 +87,7 @@ def paper():
   """
   config = default()
   config.network.hidden_size = 512
-  for core in ("elstm", "lstm"):
-    config.network.core_kwargs[core].forget_init = "constant"
+  parts.set_forget_init(config, "constant")
   config.num_envs = 32
   config.unroll_length = 100
   config.total_updates = 31_250      # 100M frames
@@ -165,9 +107,9 @@ def tiny():
   config.desync_steps = 0
   config.total_updates = 40
   config.updates_per_call = 10
-  config.eval.every_calls = 2
+  config.eval.every = 2
   config.eval.episodes = 8
-  config.run.checkpoint_every_calls = 1
+  config.run.checkpoint_every = 1
   return config
 
 
@@ -190,87 +132,28 @@ def cartpole():
   return config
 
 
-def agent_rules():
-  """Value rules of the agent and learner keys, shared with the Sebulba config."""
-  # pylint: disable=g-import-not-at-top
-  import rtrl_jax
-  from rtrl_jax import experiment
-  from rtrl_jax.agents import r2ac
-  # pylint: enable=g-import-not-at-top
-  positive = experiment.config.positive
-  finite_positive = experiment.config.finite_positive
-  return [
-      ("gradient", *experiment.config.one_of(*r2ac.GRADIENTS)),
-      ("network.core", *experiment.config.one_of(*r2ac.CORES)),
-      ("@network.core",
-       lambda c: c.gradient != "rtrl" or c.network.core in rtrl_jax.CELLS,
-       f"a cell with exact RTRL {sorted(rtrl_jax.CELLS)} when gradient "
-       "is 'rtrl'"),
-      ("network.encoder", *experiment.config.one_of("mlp", "impala")),
-      ("network.hidden_size", positive, "a positive int"),
-      ("unroll_length", positive, "a positive int"),
-      ("total_updates", positive, "a positive int"),
-      ("loss.discount", lambda v: 0 <= v <= 1, "in [0, 1]"),
-      ("loss.reward_clip", positive, "positive"),
-      ("network.encoder_sizes",
-       lambda v: isinstance(v, (tuple, list)) and all(
-           isinstance(size, int) and not isinstance(size, bool) and size > 0
-           for size in v), "a tuple of positive ints, e.g. (32,)"),
-      ("optimizer.learning_rate", finite_positive, "a finite positive number"),
-      ("optimizer.max_grad_norm", finite_positive, "a finite positive number"),
-      ("optimizer.eps", lambda v: math.isfinite(v) and v >= 0,
-       "a finite non-negative number"),
-      ("optimizer.decay", lambda v: 0 <= v < 1, "in [0, 1)"),
-      experiment.config.wandb_rule(),
-      ("run.max_checkpoints", positive, "a positive int"),
-  ]
-
-
 def config_rules():
   """Value rules of the R2AC Anakin config, for `experiment.check_config`."""
   from rtrl_jax import experiment  # pylint: disable=g-import-not-at-top
   positive = experiment.config.positive
-  return agent_rules() + [
+  return parts.agent_rules() + [
       ("num_envs", positive, "a positive int"),
       ("desync_steps", lambda v: v >= 0, "a non-negative int"),
       ("updates_per_call", positive, "a positive int"),
       ("@total_updates", lambda c: c.total_updates % c.updates_per_call == 0,
        "a multiple of updates_per_call"),
       ("num_devices", lambda v: v >= 0, "a non-negative int"),
-      ("eval.every_calls", positive, "a positive int"),
+      ("eval.every", positive, "a positive int"),
       ("eval.episodes", positive, "a positive int"),
       ("eval.final_episodes", positive, "a positive int"),
-      ("run.checkpoint_every_calls", positive, "a positive int"),
+      ("run.checkpoint_every", positive, "a positive int"),
+      ("run.log_every", positive, "a positive int"),
   ]
-
-
-# Keys whose contents depend on the environment or the core: make_env and the
-# core's constructor check them, the reference config does not.
-FREE_KEYS = ("env.kwargs", "network.core_kwargs")
-
-
-def check_against(config, reference, rules, free_keys=FREE_KEYS):
-  """Raises ConfigError unless `config` fits `reference` and `rules`.
-
-  The dotted `free_keys` are taken from `config` as they are (any contents).
-  Shared with the Sebulba config.
-  """
-  from rtrl_jax import experiment  # pylint: disable=g-import-not-at-top
-  def node(tree, dotted):
-    for part in dotted.split("."):
-      tree = tree[part]
-    return tree
-
-  with reference.unlocked():
-    for key in free_keys:
-      parent, _, name = key.rpartition(".")
-      node(reference, parent)[name] = node(config, parent)[name]
-  experiment.check_config(config, reference, rules)
 
 
 def check(config):
   """Raises ConfigError for a bad config (one line naming the key)."""
-  check_against(config, get_config(), config_rules())
+  parts.check_against(config, get_config(), config_rules())
 
 
 def get_config(name="default"):

@@ -9,7 +9,7 @@
   --config=experiments/configs/sebulba.py:procgen_memory  MazeMemory
   --config=experiments/configs/sebulba.py:vizdoom      MyWayHome
 
-Environment preprocessing is envpool options (rtrl_jax/envpool_envs.py has
+Environment preprocessing is envpool options (rtrl_jax/rl/envpool_envs.py has
 the suite defaults; `env.kwargs` overrides them, also with options this file
 does not list, e.g. `--config.env.kwargs.max_episode_steps=100`). Options
 the system sets itself (num_envs, seed, ...) are refused there.
@@ -40,7 +40,7 @@ environments × unroll_length steps.
 
 import ml_collections
 
-from experiments.configs import r2ac
+from experiments.configs import parts
 
 # Keys added after Sebulba runs were made, with the value that behaves as
 # those runs did: `--resume` of such a run accepts exactly this value.
@@ -52,27 +52,24 @@ ADDED_KEYS = {"sebulba.env_groups": 1,
 
 
 def default():
-  config = r2ac.default()
-  with config.unlocked():
-    for key in ("num_envs", "updates_per_call", "num_devices", "eval",
-                "desync_steps"):
-      del config[key]
-  # The Anakin CPU preset's optimizer and forget gates were tuned on
-  # gymnax tasks (docs/RESULTS.md); the envpool tasks keep the paper's
-  # rate and a constant forget bias (r2ac.paper()'s values) until a sweep
-  # of their own.
-  config.optimizer.learning_rate = 6e-4
-  for core in ("elstm", "lstm"):
-    config.network.core_kwargs[core].forget_init = "constant"
+  config = ml_collections.ConfigDict()
+  config.seed = 0
   config.env = ml_collections.ConfigDict(dict(
       suite="minigrid",           # minigrid | atari | procgen | vizdoom
       name="MiniGrid-MemoryS7-v0",
       kwargs=ml_collections.ConfigDict(),
   ))
-  config.network.encoder_sizes = (64,)
-  config.network.obs_scale = 0.1
-  config.unroll_length = 20
-  config.total_updates = 2000
+  config.network = parts.network(encoder_sizes=(64,), obs_scale=0.1)
+  # The Anakin CPU preset's optimizer and forget gates were tuned on
+  # gymnax tasks (docs/RESULTS.md); the envpool tasks keep the paper's
+  # rate and a constant forget bias (r2ac.paper()'s values) until a sweep
+  # of their own.
+  parts.set_forget_init(config, "constant")
+  config.gradient = "rtrl"      # rtrl | tbptt (M = unroll_length)
+  config.unroll_length = 20     # M
+  config.total_updates = 2000   # also the LR-decay horizon
+  config.loss = parts.loss()
+  config.optimizer = parts.optimizer(learning_rate=6e-4)
   config.sebulba = ml_collections.ConfigDict(dict(
       num_actor_threads=2,
       num_envs_per_thread=16,
@@ -83,10 +80,7 @@ def default():
       synchronous=False,
       queue_size=1,
   ))
-  config.log_every = 10
-  config.run.checkpoint_every = 100
-  with config.run.unlocked():
-    del config.run["checkpoint_every_calls"]
+  config.run = parts.run(checkpoint_every=100, log_every=10)
   return config
 
 
@@ -98,7 +92,7 @@ def tiny():
   config.total_updates = 6
   config.sebulba.num_actor_threads = 1
   config.sebulba.num_envs_per_thread = 8
-  config.log_every = 2
+  config.run.log_every = 2
   config.run.checkpoint_every = 3
   config.run.progress = False
   return config
@@ -168,16 +162,16 @@ def vizdoom():
 def config_rules():
   """Value rules of the Sebulba config, for `experiment.check_config`."""
   # pylint: disable=g-import-not-at-top
-  from rtrl_jax import envpool_envs
+  from rtrl_jax.rl import envpool_envs
   from rtrl_jax import experiment
   # pylint: enable=g-import-not-at-top
   positive = experiment.config.positive
-  return r2ac.agent_rules() + [
+  return parts.agent_rules() + [
       ("gradient", lambda v: v != "bptt",
        "'rtrl' or 'tbptt' (full-episode 'bptt' needs unrolls aligned to "
        "episodes: Anakin only)"),
       ("env.suite", *experiment.config.one_of(*envpool_envs.SUITE_DEFAULTS)),
-      ("log_every", positive, "a positive int"),
+      ("run.log_every", positive, "a positive int"),
       ("sebulba.num_actor_threads", positive, "a positive int"),
       ("sebulba.num_envs_per_thread", positive, "a positive int"),
       ("sebulba.envpool_threads", lambda v: v >= 0, "a non-negative int"),
@@ -189,7 +183,7 @@ def config_rules():
 
 def check(config):
   """Raises ConfigError for a bad config (one line naming the key)."""
-  r2ac.check_against(config, get_config(), config_rules(), r2ac.FREE_KEYS + (
+  parts.check_against(config, get_config(), config_rules(), parts.FREE_KEYS + (
       "sebulba.actor_device_ids", "sebulba.learner_device_ids"))
 
 

@@ -53,7 +53,7 @@ import math
 import jax
 import jax.numpy as jnp
 
-from rtrl_jax.cell import ElementwiseCell
+from rtrl_jax.cells.base import ElementwiseCell
 from rtrl_jax.checks import check_number_in, check_positive_int
 
 

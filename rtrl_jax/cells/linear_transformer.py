@@ -44,7 +44,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from rtrl_jax.cell import ElementwiseCell
+from rtrl_jax.cells.base import ElementwiseCell
 from rtrl_jax.checks import check_choice, check_positive_int
 
 FEATURE_MAPS = ("elu_plus_one", "relu")

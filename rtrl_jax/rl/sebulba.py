@@ -70,8 +70,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from rtrl_jax import envpool_envs
-from rtrl_jax.agents.r2ac import (Trajectory, make_agent, make_learner_step,
+from rtrl_jax.rl import envpool_envs
+from rtrl_jax.rl.agents.r2ac import (Trajectory, make_agent, make_learner_step,
                                   make_optimizer)
 
 POLL_SECONDS = 0.05

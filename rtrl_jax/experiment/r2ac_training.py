@@ -17,16 +17,16 @@ import numpy as np
 import optax
 
 from experiments.configs import r2ac as r2ac_configs
-from rtrl_jax import anakin
-from rtrl_jax import evaluation
+from rtrl_jax.rl import anakin
+from rtrl_jax.rl import evaluation
 from rtrl_jax import experiment
 from rtrl_jax.experiment.run_logger import write_json
 
 RETURN_PLOT = "return_vs_frames.png"
 # What a --resume may change: cadence and output only, not what is trained.
 # total_updates is not among them: it is the learning-rate decay's horizon.
-RESUME_MAY_CHANGE = ("run.progress", "run.checkpoint_every_calls",
-                     "run.max_checkpoints", "run.wandb", "eval.every_calls",
+RESUME_MAY_CHANGE = ("run.progress", "run.checkpoint_every", "run.log_every",
+                     "run.max_checkpoints", "run.wandb", "eval.every",
                      "eval.episodes", "eval.final_episodes")
 # |loss| beyond this stops a run at once (the divergence guard's relative
 # test needs 5 logged calls first). The loss is summed over the unroll:
@@ -225,7 +225,7 @@ def describe(config):
 def run(config, workdir, resume):
   """Trains; returns the results dict (also written to results.json).
 
-  Every `eval.every_calls` calls the run logs eval/sampled_return (the
+  Every `eval.every` calls the run logs eval/sampled_return (the
   primary number) and eval/greedy_return over `eval.episodes` episodes
   each; at the end it evaluates `eval.final_episodes` episodes of each kind
   (results.json: final/sampled_return, final/greedy_return).
@@ -265,8 +265,8 @@ def run(config, workdir, resume):
     runner, result = experiment.train_loop(
         runner, make_train_step(config, train), start_step=resume_step or 0,
         num_steps=num_calls, logger=logger, checkpointer=checkpointer,
-        log_every=1, eval_every=config.eval.every_calls,
-        checkpoint_every=config.run.checkpoint_every_calls,
+        log_every=config.run.log_every, eval_every=config.eval.every,
+        checkpoint_every=config.run.checkpoint_every,
         evaluate=evaluate,
         loss_key="loss/total", progress_metric="eval/sampled_return",
         divergence_limits={"loss/total": LOSS_LIMIT},

@@ -48,10 +48,10 @@ from typing import Any, Tuple
 import jax
 import jax.numpy as jnp
 
-from rtrl_jax.cell import ElementwiseCell
+from rtrl_jax.cells.base import Cell
 from rtrl_jax.core import bptt, rtrl
-from rtrl_jax.elstm import ELSTM
-from rtrl_jax.indrnn import IndRNN
+from rtrl_jax.cells.elstm import ELSTM
+from rtrl_jax.cells.indrnn import IndRNN
 
 # Cells whose hidden is one vector [N], whose ∂h(t)/∂h(t-1) is diagonal and
 # whose sensitivities are shaped like θ_r: what `ExactTwoLayer` relies on.
@@ -75,7 +75,7 @@ def _per_unit(column, leaf):
 
 
 @dataclasses.dataclass(frozen=True)
-class ExactTwoLayer(ElementwiseCell):
+class ExactTwoLayer(Cell):
   """Exact RTRL through two stacked element-wise layers (see module docstring).
 
   Params: {"recurrent": {"lower": lower's full params {"recurrent",

@@ -14,12 +14,16 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
-from rtrl_jax.cell import ElementwiseCell
-from rtrl_jax.initializers import check_forget_init, chrono_bias
+from rtrl_jax.cells.base import Cell
+from rtrl_jax.cells.initializers import check_forget_init, chrono_bias
+
+_NO_RTRL = ("LSTM has full recurrence (O(N^3) sensitivities): use bptt/TBPTT, "
+            "or a cell from rtrl_jax.CELLS for RTRL (initial_state(..., "
+            "sensitivities=False) makes a state for bptt)")
 
 
 @dataclasses.dataclass(frozen=True)
-class LSTM(ElementwiseCell):
+class LSTM(Cell):
   """LSTM with hidden size N; the output is h(t) (no separate read-out).
 
   Attributes:
@@ -28,7 +32,7 @@ class LSTM(ElementwiseCell):
       biases 0).
     forget_init: "constant" or "chrono" (b_f = log u, u ~ U[1, chrono_t_max
       − 1], and b_i = −b_f; forget_bias is not used):
-      rtrl_jax/initializers.py.
+      rtrl_jax/cells/initializers.py.
     chrono_t_max: T_max of the chrono initialisation (> 2).
   """
 
@@ -71,9 +75,13 @@ class LSTM(ElementwiseCell):
 
   def update_sensitivities(self, recurrent_params, hidden, inputs,
                            sensitivities):
-    raise NotImplementedError(
-        "LSTM has full recurrence (O(N^3) sensitivities): use bptt/TBPTT, or "
-        "a cell from rtrl_jax.CELLS for RTRL")
+    raise NotImplementedError(_NO_RTRL)
+
+  def zero_sensitivities(self, params):
+    raise NotImplementedError(_NO_RTRL)
+
+  def contract_sensitivities(self, hidden_cotangent, sensitivities):
+    raise NotImplementedError(_NO_RTRL)
 
   def readout(self, readout_params, hidden, inputs):
     del readout_params, inputs

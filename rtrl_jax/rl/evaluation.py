@@ -32,7 +32,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from rtrl_jax import anakin
+from rtrl_jax.rl import anakin
 from rtrl_jax.experiment.checkpoint import Checkpointer
 
 
@@ -59,9 +59,9 @@ def make_episode_returns(agent, env, episodes, greedy, reward_clip):
   """A jitted (params, key) -> (returns [episodes], lengths [episodes]).
 
   Args:
-    agent: an `rtrl_jax.agents.r2ac.Agent` (uses `initial_core_state` and
+    agent: an `rtrl_jax.rl.agents.r2ac.Agent` (uses `initial_core_state` and
       `act`).
-    env: an `rtrl_jax.envs.Env`.
+    env: an `rtrl_jax.rl.envs.Env`.
     episodes: episodes run in parallel, one per environment.
     greedy: argmax actions if True, else sampled from the policy.
     reward_clip: the previous reward fed to the core is clipped to
@@ -151,7 +151,7 @@ def evaluate_envpool_policy(agent, suite, params, *, seeds, episodes_per_seed,
   episodic life, an episode is a life, as in the training logs.
   """
   # pylint: disable=g-import-not-at-top
-  from rtrl_jax.sebulba import recv_step
+  from rtrl_jax.rl.sebulba import recv_step
   # pylint: enable=g-import-not-at-top
   n = episodes_per_seed
 
@@ -265,8 +265,8 @@ def restore_sebulba_run(workdir, update=None):
   The state is restored on the default device whatever mesh trained it.
   """
   # pylint: disable=g-import-not-at-top
-  from rtrl_jax import envpool_envs
-  from rtrl_jax import sebulba
+  from rtrl_jax.rl import envpool_envs
+  from rtrl_jax.rl import sebulba
   # pylint: enable=g-import-not-at-top
   config = load_run_config(workdir)
   if not is_sebulba_run(config):

@@ -18,7 +18,7 @@ Data flow (as the paper's torchbeast code):
   With gradient="tbptt" the whole network gets backprop within the unroll
   (TBPTT with M = unroll length).
 * gradient="bptt" is full-episode BPTT: the system starts every unroll with
-  fresh episodes (rtrl_jax/anakin.py resets all environments; the unroll must
+  fresh episodes (rtrl_jax/rl/anakin.py resets all environments; the unroll must
   hold a whole episode), so backprop within the unroll reaches every step of
   each episode back to its start. Any core.
 
@@ -59,9 +59,9 @@ import optax
 import rlax
 
 import rtrl_jax
-from rtrl_jax.agents.networks import FeedForward, ImpalaEncoder, MLPEncoder
-from rtrl_jax.cell import RecurrentState
-from rtrl_jax.lstm import LSTM
+from rtrl_jax.rl.agents.networks import FeedForward, ImpalaEncoder, MLPEncoder
+from rtrl_jax.cells.base import RecurrentState
+from rtrl_jax.cells.lstm import LSTM
 
 CORES = {**rtrl_jax.CELLS, "lstm": LSTM, "feedforward": FeedForward}
 # rtrl: untruncated across unrolls; tbptt: cut at each unroll's start;
@@ -92,7 +92,7 @@ class Trajectory(NamedTuple):
   truncation_value: Optional[jax.Array]
   # [M, B] False where the environment ignored the action (envpool's
   # next-step auto-reset: the step after an episode's end only resets).
-  # None: every step is an agent step (rtrl_jax.envs resets in the same step).
+  # None: every step is an agent step (rtrl_jax.rl.envs resets in the same step).
   valid: Optional[jax.Array] = None
 
 

@@ -46,13 +46,15 @@ class RecurrentState(NamedTuple):
 
 
 @dataclasses.dataclass(frozen=True)
-class ElementwiseCell:
-  """Base class: the protocol plus what element-wise cells share.
+class Cell:
+  """The protocol every cell follows, whatever the shape of its sensitivities.
 
   Subclasses implement `init`, `initial_hidden`, `transition`,
-  `update_sensitivities`, `readout` and `input_size`. Cells whose sensitivities
-  are not the shape of their parameters override `contract_sensitivities` and
-  `zero_sensitivities`.
+  `update_sensitivities`, `zero_sensitivities`, `contract_sensitivities`,
+  `readout` and `input_size`. Element-wise cells derive from
+  `ElementwiseCell`, which implements the two sensitivity methods for
+  sensitivities shaped like θ_r; `ExactTwoLayer` (cross-layer sensitivities)
+  and `LSTM` (no RTRL at all) derive from `Cell` directly.
   """
 
   hidden_size: int
@@ -90,22 +92,16 @@ class ElementwiseCell:
   def input_size(self, params: PyTree) -> int:
     raise NotImplementedError
 
-  # ---- shared by element-wise cells -------------------------------------
   def zero_sensitivities(self, params: PyTree) -> PyTree:
-    """Sensitivities of one example at h = initial: zeros shaped like θ_r."""
-    return jax.tree.map(jnp.zeros_like, params["recurrent"])
+    """Sensitivities S = dh/dθ_r of one example at h = initial (zeros)."""
+    raise NotImplementedError
 
   def contract_sensitivities(self, hidden_cotangent: PyTree,
                              sensitivities: PyTree) -> PyTree:
-    """dL/dθ_r = (dL/dh)ᵀ dh/dθ_r for one example.
+    """dL/dθ_r = (dL/dh)ᵀ dh/dθ_r for one example."""
+    raise NotImplementedError
 
-    For element-wise cells dh_i/dθ[j, ...] = 0 for i != j, so the product is
-    the unit-wise scaling (dL/dh)[i] * S[i, ...].
-    """
-    return jax.tree.map(
-        lambda s: hidden_cotangent.reshape(
-            hidden_cotangent.shape + (1,) * (s.ndim - 1)) * s,
-        sensitivities)
+  # ---- shared by every cell -----------------------------------------------
 
   def contract_sensitivities_batch(self, hidden_cotangent: PyTree,
                                    sensitivities: PyTree) -> PyTree:
@@ -143,3 +139,25 @@ class ElementwiseCell:
     sens = (jax.tree.map(batch, self.zero_sensitivities(params))
             if sensitivities else None)
     return RecurrentState(hidden=hidden, sensitivities=sens)
+
+
+@dataclasses.dataclass(frozen=True)
+class ElementwiseCell(Cell):
+  """A cell whose unit i depends on no other unit's parameters.
+
+  Then dh_i/dθ[j, ...] = 0 for i ≠ j, so the sensitivities are shaped like
+  θ_r (S[i, ...] = dh_i/dθ[i, ...]) and contracting them is a unit-wise
+  scaling.
+  """
+
+  def zero_sensitivities(self, params: PyTree) -> PyTree:
+    """Sensitivities of one example at h = initial: zeros shaped like θ_r."""
+    return jax.tree.map(jnp.zeros_like, params["recurrent"])
+
+  def contract_sensitivities(self, hidden_cotangent: PyTree,
+                             sensitivities: PyTree) -> PyTree:
+    """dL/dθ_r = (dL/dh)ᵀ dh/dθ_r for one example: (dL/dh)[i] · S[i, ...]."""
+    return jax.tree.map(
+        lambda s: hidden_cotangent.reshape(
+            hidden_cotangent.shape + (1,) * (s.ndim - 1)) * s,
+        sensitivities)

@@ -36,7 +36,7 @@ import math
 import jax
 import jax.numpy as jnp
 
-from rtrl_jax.cell import ElementwiseCell
+from rtrl_jax.cells.base import ElementwiseCell
 from rtrl_jax.checks import check_choice, check_number_in, check_positive_int
 
 ACTIVATIONS = ("tanh", "relu")

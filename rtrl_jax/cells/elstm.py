@@ -38,9 +38,9 @@ import math
 import jax
 import jax.numpy as jnp
 
-from rtrl_jax.cell import ElementwiseCell
+from rtrl_jax.cells.base import ElementwiseCell
 from rtrl_jax.checks import check_number_in, check_positive_int
-from rtrl_jax.initializers import check_forget_init, chrono_bias
+from rtrl_jax.cells.initializers import check_forget_init, chrono_bias
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,7 +55,7 @@ class ELSTM(ElementwiseCell):
       (normal with std init_scale); > 0 starts with longer memory.
     forget_init: "constant" (b_f ~ N(forget_bias, init_scale²)) or "chrono"
       (b_f = log u, u ~ U[1, chrono_t_max − 1]; forget_bias is not used):
-      rtrl_jax/initializers.py.
+      rtrl_jax/cells/initializers.py.
     chrono_t_max: T_max of the chrono initialisation (> 2): the longest
       initial memory time scale, in steps.
   """

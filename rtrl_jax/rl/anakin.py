@@ -56,9 +56,9 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from rtrl_jax.agents.r2ac import (Trajectory, make_agent, make_learner_step,
+from rtrl_jax.rl.agents.r2ac import (Trajectory, make_agent, make_learner_step,
                                   make_optimizer)
-from rtrl_jax.envs import make_env
+from rtrl_jax.rl.envs import make_env
 
 
 class RunnerState(NamedTuple):

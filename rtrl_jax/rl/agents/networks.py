@@ -2,7 +2,7 @@
 
 The R2AC network is encoder → recurrent core → policy and value heads. The
 encoders here are ordinary flax modules; the core is any cell of the cell
-protocol (`rtrl_jax.cell`), run by `rtrl` or `bptt`.
+protocol (`rtrl_jax.cells.base`), run by `rtrl` or `bptt`.
 """
 
 import dataclasses
@@ -12,7 +12,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from rtrl_jax.cell import ElementwiseCell
+from rtrl_jax.cells.base import ElementwiseCell
 
 
 class MLPEncoder(nn.Module):

@@ -46,7 +46,7 @@ import ml_collections
 
 import rtrl_jax
 from rtrl_jax import oracle
-from rtrl_jax.agents.r2ac import make_agent
+from rtrl_jax.rl.agents.r2ac import make_agent
 
 
 def _window_outputs(agent, params, trajectories):
@@ -108,7 +108,7 @@ def make_alignment_probe(config, train, num_unrolls):
 
   Args:
     config: the run's R2AC config (experiments/configs/r2ac.py).
-    train: `rtrl_jax.anakin.make_train(config)`; its `rollout` acts with the
+    train: `rtrl_jax.rl.anakin.make_train(config)`; its `rollout` acts with the
       run's own agent and `config.num_envs` environments.
     num_unrolls: K, unrolls of `config.unroll_length` steps in the window.
 

@@ -1,0 +1,1 @@
+"""Supervised sequence tasks: `copy_task`, the paper's copy task."""
