@@ -45,6 +45,7 @@ import jax
 
 from experiments import timing
 from experiments.configs import r2ac as r2ac_configs
+from rtrl_jax.rl import from_config
 from rtrl_jax.rl import anakin
 from rtrl_jax import experiment
 
@@ -90,13 +91,13 @@ def benchmark_config(hidden, gradient, num_envs, unroll_length,
 
 
 def time_calls(train, runner, repeats):
-  """(seconds of one call of train.update (min over repeats), runner)."""
-  runner, metrics = train.update(runner)          # compiles
+  """(seconds of one call of train.step (min over repeats), runner)."""
+  runner, metrics = train.step(runner)          # compiles
   jax.block_until_ready(metrics)
   times = []
   for _ in range(repeats):
     start = time.perf_counter()
-    runner, metrics = train.update(runner)
+    runner, metrics = train.step(runner)
     jax.block_until_ready((runner, metrics))
     times.append(time.perf_counter() - start)
   return min(times), runner
@@ -116,7 +117,7 @@ def run(sizes, num_envs, unroll_length, updates_per_call, memory_length,
     for gradient in ("rtrl", "tbptt"):
       config = benchmark_config(hidden, gradient, num_envs, unroll_length,
                                 updates_per_call, memory_length, features)
-      train = anakin.make_train(config)
+      train = from_config.anakin_system(config)
       runner = train.init(jax.random.PRNGKey(0))
       seconds[gradient], runner = time_calls(train, runner, repeats)
       if trace_dir:
@@ -160,7 +161,7 @@ def run(sizes, num_envs, unroll_length, updates_per_call, memory_length,
 
 def print_top_operations(train, runner, trace_dir):
   # Without donation the runner stays valid across the traced calls.
-  update = jax.jit(train.update.__wrapped__)
+  update = jax.jit(train.step.__wrapped__)
   ops = timing.top_operations(lambda: update(runner), trace_dir)
   print(f"{trace_dir}: longest XLA operations (ms per call, runs per call)")
   for name, ms, runs in ops:

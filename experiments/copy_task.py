@@ -146,15 +146,20 @@ def run(config, workdir, resume):
   started = time.time()
   try:
     state, result = experiment.train_loop(
-        state, train_step, start_step=resume_step or 0,
-        num_steps=config.train.num_steps, logger=logger,
-        checkpointer=checkpointer, log_every=config.run.log_every,
-        eval_every=config.run.eval_every,
-        checkpoint_every=config.run.checkpoint_every,
+        state, train_step,
+        experiment.LoopOptions(
+            num_steps=config.train.num_steps,
+            log_every=config.run.log_every,
+            eval_every=config.run.eval_every,
+            checkpoint_every=config.run.checkpoint_every,
+            progress_metric="valid/accuracy",
+            progress=config.run.progress,
+            divergence_limits={"loss": DIVERGED_LOSS}),
+        start_step=resume_step or 0,
+        logger=logger,
+        checkpointer=checkpointer,
         evaluate=evaluate_valid,
         should_stop=lambda m: m["valid/accuracy"] >= config.train.stop_accuracy,
-        progress_metric="valid/accuracy", progress=config.run.progress,
-        divergence_limits={"loss": DIVERGED_LOSS},
         checkpoint_metadata=lambda step, state: {
             "step": step, "data_position": int(state.data_position)})
     if result.status == "preempted":

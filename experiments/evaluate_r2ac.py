@@ -73,8 +73,7 @@ def main(argv):
   summaries = []
   for action_kind in actions:
     options = dict(seeds=range(_SEEDS.value), episodes_per_seed=_EPISODES.value,
-                   greedy=action_kind == "greedy",
-                   reward_clip=config.loss.reward_clip)
+                   greedy=action_kind == "greedy")
     summaries.append(
         evaluation.evaluate_envpool_policy(agent, suite, params, **options)
         if sebulba_run else

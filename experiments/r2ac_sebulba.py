@@ -127,16 +127,21 @@ def run(config, workdir, resume):
   system.start(state)
   try:
     state, result = experiment.train_loop(
-        state, train_step, start_step=resume_step or 0,
-        num_steps=config.total_updates, logger=logger,
-        checkpointer=checkpointer, log_every=config.run.log_every,
-        eval_every=config.total_updates + 1,
-        checkpoint_every=config.run.checkpoint_every, loss_key="loss/total",
-        progress=config.run.progress and main_process,
-        progress_train_metrics=("episode_return_mean", "policy_lag_mean"),
-        progress_unit="frame",
-        progress_unit_scale=(system.info["num_envs_per_step"]
+        state, train_step,
+        experiment.LoopOptions(
+            num_steps=config.total_updates,
+            log_every=config.run.log_every,
+            eval_every=config.total_updates + 1,
+            checkpoint_every=config.run.checkpoint_every,
+            loss_key="loss/total",
+            progress=config.run.progress and main_process,
+            progress_train_metrics=("episode_return_mean", "policy_lag_mean"),
+            progress_unit="frame",
+            progress_unit_scale=system.info["num_envs_per_step"]
                              * config.unroll_length),
+        start_step=resume_step or 0,
+        logger=logger,
+        checkpointer=checkpointer,
         checkpoint_metadata=lambda step, state: {"update": step})
   finally:
     system.stop()

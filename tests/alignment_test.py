@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from experiments.configs import r2ac as r2ac_configs
+from rtrl_jax.rl import from_config
 from rtrl_jax.rl import anakin
 from rtrl_jax.rl.agents import alignment
 
@@ -35,13 +36,13 @@ def probe_config(**changes):
 def run_probe(config, num_unrolls=4, seed=0, float64=False):
   """The probe's scalars and the window's resets [K, M+1, B] it acted on."""
   with jax.enable_x64(float64):
-    train = anakin.make_train(config)
+    train = from_config.anakin_system(config)
     if float64:
       train = float64_train(train)
     params = train.init(jax.random.PRNGKey(seed)).params
     # Larger random weights so that the policy depends on its memory.
     params = jax.tree.map(lambda x: 3.0 * x, params)
-    probe = alignment.make_alignment_probe(config, train, num_unrolls)
+    probe = alignment.make_alignment_probe(train, num_unrolls)
     key = jax.random.PRNGKey(1)
     out = {k: float(v) for k, v in probe(params, key).items()}
     return out, window_resets(config, train, params, key, num_unrolls)
@@ -75,7 +76,7 @@ def float64_train(train):
                              core_state=to64(runner.core_state))
     return make64
 
-  return train._replace(init=as64(train.init), start=as64(train.start))
+  return train._replace(init=as64(train.init), init_synchronised=as64(train.init_synchronised))
 
 
 def assert_boundary_and_inner_resets(resets):
@@ -126,7 +127,7 @@ def test_lstm_core_measures_tbptt_only():
 def test_bad_window_is_rejected():
   config = probe_config()
   with pytest.raises(ValueError, match="num_unrolls must be >= 1, got 0"):
-    alignment.make_alignment_probe(config, anakin.make_train(config), 0)
+    alignment.make_alignment_probe(from_config.anakin_system(config), 0)
 
 
 def run_training_probe(learning_rate, num_unrolls=4):
@@ -136,9 +137,9 @@ def run_training_probe(learning_rate, num_unrolls=4):
   config.optimizer.learning_rate = learning_rate
   config.optimizer.anneal_lr = False
   with jax.enable_x64(True):
-    train = float64_train(anakin.make_train(config))
+    train = float64_train(from_config.anakin_system(config))
     runner = train.init(jax.random.PRNGKey(0))
-    probe = alignment.make_training_alignment_probe(config, train, num_unrolls)
+    probe = alignment.make_training_alignment_probe(train, num_unrolls)
     out = probe(runner.params, runner.opt_state, jax.random.PRNGKey(1))
     return {k: float(v) for k, v in out.items()}
 
@@ -163,7 +164,7 @@ def test_training_probe_sees_stale_sensitivities_only_when_params_move():
 def test_training_probe_needs_an_rtrl_run():
   config = probe_config(gradient="tbptt")
   with pytest.raises(ValueError, match="needs gradient='rtrl'"):
-    alignment.make_training_alignment_probe(config, anakin.make_train(config),
+    alignment.make_training_alignment_probe(from_config.anakin_system(config),
                                             3)
 
 
@@ -171,4 +172,4 @@ def test_probe_refuses_full_episode_bptt_runs():
   config = probe_config(gradient="bptt", unroll_length=5)
   config.env.kwargs.max_steps_in_episode = 5
   with pytest.raises(ValueError, match="restarts episodes every unroll"):
-    alignment.make_alignment_probe(config, anakin.make_train(config), 2)
+    alignment.make_alignment_probe(from_config.anakin_system(config), 2)

@@ -11,6 +11,7 @@ import optax
 import pytest
 
 from experiments.configs import r2ac as r2ac_configs
+from rtrl_jax.rl import from_config
 from rtrl_jax.rl import anakin
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -30,11 +31,11 @@ def test_short_run_learns_a_memory_task(gradient, unroll_length):
   # Short calls: at the CPU preset's rate the first 100 updates already
   # learn it, so the first call must be shorter to see chance.
   config.total_updates, config.updates_per_call = 400, 10
-  train = anakin.make_train(config)
+  train = from_config.anakin_system(config)
   runner = train.init(jax.random.PRNGKey(0))
   returns = []
   for _ in range(config.total_updates // config.updates_per_call):
-    runner, metrics = train.update(runner)
+    runner, metrics = train.step(runner)
     metrics = jax.device_get(metrics)
     returns.append(metrics["episode_return_sum"] / metrics["episodes"])
   assert int(runner.update) == config.total_updates
@@ -53,7 +54,7 @@ def bptt_config(**changes):
 
 def test_full_episode_bptt_unrolls_are_whole_fresh_episodes():
   config = bptt_config()
-  train = anakin.make_train(config)
+  train = from_config.anakin_system(config)
   runner = train.init(jax.random.PRNGKey(0))
   rollout = jax.jit(train.rollout)
   for _ in range(3):
@@ -61,7 +62,7 @@ def test_full_episode_bptt_unrolls_are_whole_fresh_episodes():
     assert trajectory.reset[0].all() and not trajectory.reset[1:-1].any()
     assert trajectory.terminated[-1].all()
     assert not trajectory.terminated[:-1].any()
-    assert int(stats["episodes"]) == config.num_envs
+    assert int(stats.episodes) == config.num_envs
     fresh = train.agent.initial_core_state(runner.params, config.num_envs)
     for got, want in zip(jax.tree.leaves(trajectory.initial_state),
                          jax.tree.leaves(fresh)):
@@ -77,11 +78,11 @@ def test_full_episode_bptt_gradient_equals_rtrl_over_the_episode():
   past-gradient path itself is checked against BPTT in r2ac_test.py's
   test_rtrl_over_two_unrolls_equals_bptt_over_their_concatenation.)"""
   config = bptt_config()
-  train = anakin.make_train(config)
+  train = from_config.anakin_system(config)
   runner = train.init(jax.random.PRNGKey(1))
   runner, trajectory, _ = jax.jit(train.rollout)(runner)
   rtrl_config = bptt_config(gradient="rtrl")
-  rtrl_agent = anakin.make_train(rtrl_config).agent
+  rtrl_agent = from_config.anakin_system(rtrl_config).agent
   rtrl_trajectory = trajectory._replace(
       initial_state=rtrl_agent.initial_core_state(runner.params,
                                                   config.num_envs))
@@ -98,7 +99,7 @@ def test_full_episode_bptt_gradient_equals_rtrl_over_the_episode():
 def test_full_episode_bptt_needs_whole_episodes_in_an_unroll():
   with pytest.raises(ValueError, match=r"unroll_length=3 is shorter than the "
                      r"environment's max_episode_steps=4"):
-    anakin.make_train(bptt_config(unroll_length=3))
+    from_config.anakin_system(bptt_config(unroll_length=3))
 
 
 def test_more_devices_than_there_are_is_an_error():
@@ -113,7 +114,7 @@ DEVICE_SCRIPT = textwrap.dedent("""
     import re
     import jax, numpy as np
     from experiments.configs import r2ac
-    from rtrl_jax.rl import anakin
+    from rtrl_jax.rl import anakin, from_config
     assert jax.device_count() == 8, jax.devices()
     config = r2ac.tiny()
     config.updates_per_call = 5
@@ -123,15 +124,15 @@ DEVICE_SCRIPT = textwrap.dedent("""
     config.env.kwargs.memory_length = 4
     params = {}
     for devices in (1, 8):
-      train = anakin.make_train(config, mesh=anakin.make_mesh(devices))
+      train = from_config.anakin_system(config, mesh=anakin.make_mesh(devices))
       runner = train.init(jax.random.PRNGKey(3))
       for _ in range(2):
-        runner, _ = train.update(runner)
+        runner, _ = train.step(runner)
       assert len(runner.obs.sharding.device_set) == devices
       params[devices] = jax.device_get(runner.params)
     # Data parallelism moves only the gradient sum between devices: no
     # device gathers another's observations or sensitivities.
-    hlo = jax.jit(train.update).lower(runner).compile().as_text()
+    hlo = jax.jit(train.step).lower(runner).compile().as_text()
     print("GATHERS", len(re.findall(r" all-(?:gather|to-all)[a-z-]*\\(", hlo)),
           "REDUCES", len(re.findall(r" all-reduce[a-z-]*\\(", hlo)))
     flat = [jax.tree.leaves(params[d]) for d in (1, 8)]
@@ -169,7 +170,7 @@ def test_num_envs_must_divide_over_devices():
 
   with pytest.raises(ValueError, match=r"num_envs=3 must be a multiple of the "
                      r"number of devices \(2\)"):
-    anakin.make_train(config, mesh=TwoDeviceMesh())
+    from_config.anakin_system(config, mesh=TwoDeviceMesh())
 
 
 def _cartpole_final_obs(trajectory):
@@ -238,7 +239,7 @@ def test_rollout_reward_input_and_truncation_bootstrap(env_key):
   # Constant forget bias: with chrono's slow gates one step barely moves the
   # state, and control (3) could not tell the pre- and post-step states apart.
   config.network.core_kwargs.elstm.forget_init = "constant"
-  train = anakin.make_train(config)
+  train = from_config.anakin_system(config)
   agent = train.agent
   runner = train.init(jax.random.PRNGKey(0))
   runner, trajectory, _ = jax.jit(train.rollout)(runner)
@@ -310,17 +311,17 @@ def test_seeds_in_one_program_equal_separate_runs():
   config = r2ac_configs.tiny()
   config.updates_per_call = 5
   seeds = [0, 3, 5]
-  multi = anakin.make_train(config, num_seeds=len(seeds))
+  multi = from_config.anakin_system(config, num_seeds=len(seeds))
   runner = multi.init(anakin.seed_keys(seeds))
   for _ in range(2):
-    runner, metrics = multi.update(runner)
+    runner, metrics = multi.step(runner)
   metrics = jax.device_get(metrics)
   assert metrics["loss/total"].shape == (len(seeds),)
-  single = anakin.make_train(config)
+  single = from_config.anakin_system(config)
   for index, seed in enumerate(seeds):
     alone = single.init(jax.random.PRNGKey(seed))
     for _ in range(2):
-      alone, alone_metrics = single.update(alone)
+      alone, alone_metrics = single.step(alone)
     for got, want in zip(jax.tree.leaves(runner.params),
                          jax.tree.leaves(alone.params)):
       np.testing.assert_allclose(got[index], want, rtol=1e-5, atol=1e-6)
@@ -336,14 +337,14 @@ def test_num_seeds_must_divide_over_devices():
     size = 2
   with pytest.raises(ValueError, match=r"num_seeds=3 must be a positive "
                      r"multiple of the number of devices \(2\)"):
-    anakin.make_train(r2ac_configs.tiny(), mesh=TwoDeviceMesh(), num_seeds=3)
+    from_config.anakin_system(r2ac_configs.tiny(), mesh=TwoDeviceMesh(), num_seeds=3)
 
 
 def _first_unroll(desync_steps):
   config = r2ac_configs.tiny()      # MemoryChain(3): 4-step episodes
   config.desync_steps = desync_steps
   config.num_envs = 16
-  train = anakin.make_train(config)
+  train = from_config.anakin_system(config)
   runner = train.init(jax.random.PRNGKey(0))
   _, trajectory, _ = jax.jit(train.rollout)(runner)
   return jax.device_get(runner), jax.device_get(trajectory)

@@ -258,6 +258,7 @@ def lowered_anakin_update(num_envs, platform):
   sys.path.insert(0, ROOT)
   # pylint: disable=g-import-not-at-top
   from experiments.configs import r2ac as r2ac_configs
+  from rtrl_jax.rl import from_config
   from rtrl_jax.rl import anakin
   config = r2ac_configs.get_config("default")
   config.network.hidden_size = 8
@@ -267,9 +268,9 @@ def lowered_anakin_update(num_envs, platform):
   config.unroll_length = 3
   config.updates_per_call = 2
   config.total_updates = 100
-  train = anakin.make_train(config)
+  train = from_config.anakin_system(config)
   example = jax.eval_shape(train.init, jax.random.PRNGKey(0))
-  return jax.jit(train.update.__wrapped__).trace(example).lower(
+  return jax.jit(train.step.__wrapped__).trace(example).lower(
       lowering_platforms=(platform,)).as_text()
 
 

@@ -16,8 +16,10 @@ import numpy as np
 import pytest
 
 from rtrl_jax.rl import envpool_envs
+from rtrl_jax.rl import from_config
 from rtrl_jax.rl import envs
 from rtrl_jax.rl import evaluation
+from rtrl_jax.rl.agents import r2ac
 
 LIMIT = 6          # the time limit in agent steps
 CLIP = 0.5         # reward clip of the agent's previous-reward input
@@ -83,6 +85,7 @@ class ScriptedAgent:
   rewards here are >= 1 -- else 0), the observed elapsed step and env_id, and
   the core state: a step counter that starts at 0 and counts every act call,
   so it reads t at step t only if the state is carried. Sampled action 2."""
+  loss_params = r2ac.LossParams(reward_clip=CLIP)
 
   def initial_core_state(self, params, num_envs, sensitivities=True):
     del params, sensitivities
@@ -115,7 +118,7 @@ def test_returns_and_lengths_count_each_first_episode_only(greedy):
   envs = []
   summary = evaluation.evaluate_envpool_policy(
       ScriptedAgent(), make_fake_suite(envs), params=None, seeds=[3, 7],
-      episodes_per_seed=4, greedy=greedy, reward_clip=CLIP)
+      episodes_per_seed=4, greedy=greedy)
   # Envs 0-2 terminate after 2, 3, 4 steps; env 3 is cut at the limit (6).
   lengths = np.array([2, 3, 4, LIMIT])
   np.testing.assert_array_equal(summary.lengths, [lengths, lengths])
@@ -146,7 +149,7 @@ def test_returns_and_lengths_count_each_first_episode_only(greedy):
 def test_summary_statistics():
   summary = evaluation.evaluate_envpool_policy(
       ScriptedAgent(), make_fake_suite([]), params=None, seeds=[0, 1],
-      episodes_per_seed=4, greedy=True, reward_clip=CLIP)
+      episodes_per_seed=4, greedy=True)
   returns = np.array([2, 6, 12, 24], float)
   assert summary.mean == pytest.approx(returns.mean())
   assert summary.std_over_seeds == 0.0
@@ -204,6 +207,7 @@ FAKE_ENV = envs.Env(_fake_reset, _fake_step, num_actions=4, obs_shape=(3,),
 class RecordingAgent:
   """Logs every input of every act call (in call order); greedy action
   GREEDY, sampled action SAMPLED; its core state counts act calls."""
+  loss_params = r2ac.LossParams(reward_clip=JAX_CLIP)
 
   def __init__(self):
     self.inputs = []
@@ -231,7 +235,7 @@ class RecordingAgent:
 def test_make_episode_returns_counts_each_first_episode_only(greedy):
   agent = RecordingAgent()
   run = evaluation.make_episode_returns(agent, FAKE_ENV, episodes=12,
-                                        greedy=greedy, reward_clip=JAX_CLIP)
+                                        greedy=greedy)
   returns, lengths = jax.device_get(run(None, jax.random.PRNGKey(0)))
   jax.effects_barrier()
   assert agent.sensitivities == [False]
@@ -267,7 +271,7 @@ def test_make_episode_returns_counts_each_first_episode_only(greedy):
 def test_evaluate_policy_stacks_seeds():
   summary = evaluation.evaluate_policy(RecordingAgent(), FAKE_ENV, None,
                                        seeds=[0, 1], episodes_per_seed=12,
-                                       greedy=True, reward_clip=JAX_CLIP)
+                                       greedy=True)
   assert summary.greedy is True
   assert summary.returns.shape == summary.lengths.shape == (2, 12)
   kind = np.where(summary.lengths == LIMIT, KINDS - 1, summary.lengths - 2)
@@ -285,9 +289,9 @@ def test_evaluate_seeds_equals_evaluate_policy_per_parameter_set():
   # pylint: enable=g-import-not-at-top
   config = r2ac_configs.tiny()
   seeds = [0, 4]
-  train = anakin.make_train(config, num_seeds=len(seeds))
+  train = from_config.anakin_system(config, num_seeds=len(seeds))
   runner = train.init(anakin.seed_keys(seeds))
-  runner, _ = train.update(runner)
+  runner, _ = train.step(runner)
   for greedy in (False, True):
     summary = evaluation.evaluate_seeds(
         train.agent, train.env, runner.params, anakin.seed_keys([7, 9]), 6,

@@ -187,9 +187,9 @@ def test_signal_in_the_last_step_saves_it_then_exits_as_preempted(tmp_path):
       logger = experiment.RunLogger(workdir, ml_collections.ConfigDict())
       checkpointer = experiment.Checkpointer(workdir + "/checkpoints")
       experiment.train_loop({{"step": jnp.zeros((), jnp.int32)}}, step,
-          start_step=0, num_steps=6, logger=logger,
-          checkpointer=checkpointer, log_every=1, eval_every=100,
-          checkpoint_every=4, progress=False)
+          experiment.LoopOptions(num_steps=6, log_every=1, eval_every=100,
+                                 checkpoint_every=4, progress=False),
+          start_step=0, logger=logger, checkpointer=checkpointer)
       print("the final evaluation ran", flush=True)
   """)
   stdout, stderr = process.communicate(timeout=TIMEOUT)
@@ -462,8 +462,15 @@ def test_a_diverging_loss_stops_before_saving(tmp_path):
   with pytest.raises(experiment.DivergenceError) as error:
     experiment.train_loop(
         {"step": jnp.zeros((), jnp.int32)}, jax.jit(_diverging_step),
-        start_step=0, num_steps=40, logger=logger, checkpointer=checkpointer,
-        log_every=2, eval_every=100, checkpoint_every=5, progress=False)
+        experiment.LoopOptions(
+            num_steps=40,
+            log_every=2,
+            eval_every=100,
+            checkpoint_every=5,
+            progress=False),
+        start_step=0,
+        logger=logger,
+        checkpointer=checkpointer)
   logger.close()
   assert str(error.value) == (
       "loss diverged at step 13: 1e+08 is more than 1e+06x its reference "
@@ -483,17 +490,31 @@ def test_divergence_reference_survives_a_resume(tmp_path):
   checkpointer = experiment.Checkpointer(os.path.join(workdir, "checkpoints"))
   state, _ = experiment.train_loop(
       {"step": jnp.zeros((), jnp.int32)}, jax.jit(_diverging_step),
-      start_step=0, num_steps=10, logger=logger, checkpointer=checkpointer,
-      log_every=2, eval_every=100, checkpoint_every=5, progress=False)
+      experiment.LoopOptions(
+          num_steps=10,
+          log_every=2,
+          eval_every=100,
+          checkpoint_every=5,
+          progress=False),
+      start_step=0,
+      logger=logger,
+      checkpointer=checkpointer)
   logger.close()
   logger = experiment.RunLogger(workdir, config, resume_step=10)
   assert logger.values("train/loss", 5) == pytest.approx(
       [1.02, 1.04, 1.06, 1.08, 1.10])
   with pytest.raises(experiment.DivergenceError, match="at step 13"):
     experiment.train_loop(
-        state, jax.jit(_diverging_step), start_step=10, num_steps=40,
-        logger=logger, checkpointer=checkpointer, log_every=2,
-        eval_every=100, checkpoint_every=5, progress=False)
+        state, jax.jit(_diverging_step),
+        experiment.LoopOptions(
+            num_steps=40,
+            log_every=2,
+            eval_every=100,
+            checkpoint_every=5,
+            progress=False),
+        start_step=10,
+        logger=logger,
+        checkpointer=checkpointer)
   logger.close()
   checkpointer.close()
 

@@ -7,6 +7,7 @@ import pytest
 
 from experiments.configs import r2ac as r2ac_configs
 import rtrl_jax
+from rtrl_jax.rl import from_config
 from rtrl_jax.rl import anakin
 from rtrl_jax.rl.agents import r2ac
 
@@ -134,7 +135,7 @@ def test_loss_from_outputs_matches_a_numpy_impala_loss():
                                                - neg_entropy[..., None]))
 
   with jax.enable_x64(True):
-    agent = r2ac.make_agent(config, (3,), 2)
+    agent = from_config.agent(config, (3,), 2)
     trajectory = r2ac.Trajectory(
         initial_state=None, obs=jnp.zeros((steps + 1, batch, 3)),
         prev_reward=jnp.zeros((steps + 1, batch)), reset=jnp.asarray(reset),
@@ -142,7 +143,8 @@ def test_loss_from_outputs_matches_a_numpy_impala_loss():
         behaviour_logits=jnp.asarray(behaviour_logits),
         reward=jnp.asarray(reward), terminated=jnp.asarray(terminated),
         truncated=jnp.asarray(truncated),
-        truncation_value=jnp.asarray(truncation_value))
+        truncation_value=jnp.asarray(truncation_value),
+        valid=jnp.ones(np.shape(terminated), bool))
     (total, metrics), (got_logits, got_values) = jax.value_and_grad(
         lambda z, v: agent.loss_from_outputs(z, v, trajectory), argnums=(0, 1),
         has_aux=True)(jnp.asarray(logits), jnp.asarray(values))
@@ -170,7 +172,7 @@ def test_learner_recomputes_the_actors_states():
   # step 4 of the first unroll and step 2 of the second: strictly inside the
   # M steps the learner recomputes (with length 4 they would fall only on
   # step 0 and the bootstrap step M, which the recomputation never reads).
-  train = anakin.make_train(tiny_config(unroll_length=6))
+  train = from_config.anakin_system(tiny_config(unroll_length=6))
   runner = train.init(jax.random.PRNGKey(0))
   rollout = jax.jit(train.rollout)
   unrolls = []
@@ -220,7 +222,8 @@ def fabricated_unrolls(agent, params, steps, batch, key):
         behaviour_logits=behaviour_logits[step_window],
         reward=reward[step_window], terminated=terminated[step_window],
         truncated=jnp.zeros_like(terminated[step_window]),
-        truncation_value=jnp.zeros_like(reward[step_window]))
+        truncation_value=jnp.zeros_like(reward[step_window]),
+        valid=jnp.ones_like(terminated[step_window]))
 
   whole = (obs, prev_reward, reset)
   return unroll_k(state0, 0), unroll_k(state1, steps), whole
@@ -233,7 +236,7 @@ def test_rtrl_over_two_unrolls_equals_bptt_over_their_concatenation(core):
   config = tiny_config()
   config.network.core = core
   steps, batch = 4, 2
-  agent = r2ac.make_agent(config, (3,), 2)
+  agent = from_config.agent(config, (3,), 2)
   params = agent.init(jax.random.PRNGKey(1))
   first, second, (obs, prev_reward, reset) = fabricated_unrolls(
       agent, params, steps, batch, jax.random.PRNGKey(2))
@@ -268,7 +271,7 @@ def test_rtrl_over_two_unrolls_equals_bptt_over_their_concatenation(core):
 def test_episode_end_inside_an_unroll_cuts_the_trace():
   """A reward after an episode end must not change the values before it."""
   config = tiny_config()
-  agent = r2ac.make_agent(config, (3,), 2)
+  agent = from_config.agent(config, (3,), 2)
   params = agent.init(jax.random.PRNGKey(0))
   first, _, _ = fabricated_unrolls(agent, params, 4, 2, jax.random.PRNGKey(3))
   # Example 0: episode ends at t=1 (reset at t=2). Change rewards at t >= 2.
@@ -288,7 +291,7 @@ def test_episode_end_inside_an_unroll_cuts_the_trace():
 def test_truncation_bootstraps_from_final_observation():
   """A time-limit cut adds γ·V(final_obs) to the reward; termination does not."""
   config = tiny_config()
-  agent = r2ac.make_agent(config, (3,), 2)
+  agent = from_config.agent(config, (3,), 2)
   params = agent.init(jax.random.PRNGKey(0))
   first, _, _ = fabricated_unrolls(agent, params, 4, 2, jax.random.PRNGKey(3))
   logits, values, _ = agent.unroll(params, first.initial_state, first.obs,
@@ -322,7 +325,7 @@ def test_every_core_runs_from_the_default_config(core):
   config.network.core = core
   config.gradient = "rtrl" if core in rtrl_jax.CELLS else "tbptt"
   r2ac_configs.check(config)
-  agent = r2ac.make_agent(config, (3,), 2)
+  agent = from_config.agent(config, (3,), 2)
   expected = dict(config.network.core_kwargs.get(core, {}))
   for name, value in expected.items():
     assert getattr(agent.core, name) == value
@@ -335,7 +338,7 @@ def test_every_core_runs_from_the_default_config(core):
 
 def test_acting_without_sensitivities_is_the_same_policy():
   """Evaluation acts from initial_core_state(..., sensitivities=False)."""
-  agent = r2ac.make_agent(tiny_config(), (3,), 2)
+  agent = from_config.agent(tiny_config(), (3,), 2)
   params = agent.init(jax.random.PRNGKey(0))
   with_sens = agent.initial_core_state(params, 2)
   without = agent.initial_core_state(params, 2, sensitivities=False)
@@ -358,21 +361,22 @@ def test_core_kwargs_that_do_not_fit_the_core_are_one_line_errors():
   config.network.core_kwargs.elstm.window = 3      # a QRNN argument
   with pytest.raises(ValueError, match=r"network.core_kwargs.elstm=\{.*'window': 3"
                      r".*\} does not fit ELSTM: .*'window'"):
-    r2ac.make_agent(config, (3,), 2)
+    from_config.agent(config, (3,), 2)
 
 
 def test_bad_core_gradient_combination_is_rejected():
   config = tiny_config()
   config.network.core = "lstm"
   with pytest.raises(ValueError, match=r"gradient='rtrl' needs a core with exact RTRL"):
-    r2ac.make_agent(config, (3,), 2)
+    from_config.agent(config, (3,), 2)
 
 
 def test_pytorch_rmsprop_semantics():
   """One step equals PyTorch RMSProp: ν = (1-α) g², Δ = -lr g / (√ν + ε)."""
   config = tiny_config()
   config.optimizer.anneal_lr = False
-  optimizer = r2ac.make_optimizer(config, 10)
+  optimizer = r2ac.make_optimizer(config.optimizer.learning_rate, 10,
+                                  anneal_lr=False)
   params = {"w": jnp.array([1.0, -2.0])}
   grads = {"w": jnp.array([0.3, -0.1])}
   updates, _ = optimizer.update(grads, optimizer.init(params), params)
@@ -386,7 +390,7 @@ def test_learning_rate_decays_linearly_to_zero_over_the_run():
   """Update k of K uses lr·(1 - k/K): the last one lr/K, none after."""
   config = tiny_config()
   total = 4
-  optimizer = r2ac.make_optimizer(config, total)
+  optimizer = r2ac.make_optimizer(config.optimizer.learning_rate, total)
   params = {"w": jnp.array([1.0, -2.0])}
   grads = {"w": jnp.array([0.3, -0.1])}
   state, nu = optimizer.init(params), jnp.zeros(2)
@@ -420,7 +424,7 @@ def test_ignored_steps_leave_the_loss_of_the_trajectory_without_them(
   steps = 6
   with jax.enable_x64(True):
     config = tiny_config(gradient=gradient)
-    agent = r2ac.make_agent(config, (3,), 2)
+    agent = from_config.agent(config, (3,), 2)
     params = jax.tree.map(lambda x: x.astype(jnp.float64),
                           agent.init(jax.random.PRNGKey(0)))
     keys = jax.random.split(jax.random.PRNGKey(4), 7)
@@ -459,7 +463,7 @@ def test_ignored_steps_leave_the_loss_of_the_trajectory_without_them(
     keep = np.array([t for t in range(steps + 1) if t != ignored_step])
     compact = jax.tree.map(lambda x: x[keep[keep < steps]], reference._replace(
         initial_state=None, obs=None, prev_reward=None, reset=None,
-        valid=None))._replace(
+        valid=jnp.ones((steps, 1), bool)))._replace(
             initial_state=initial_state, obs=obs[keep],
             prev_reward=prev_reward[keep], reset=reset[keep])
     assert compact.reset[ignored_step].all()     # the next episode's start
@@ -471,13 +475,6 @@ def test_ignored_steps_leave_the_loss_of_the_trajectory_without_them(
     np.testing.assert_allclose(loss_masked, loss_compact, rtol=1e-12)
     for a, b in zip(jax.tree.leaves(grad_masked), jax.tree.leaves(grad_compact)):
       np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-14)
-    unmasked, _ = value_and_grad(params, reference._replace(valid=None))
+    unmasked, _ = value_and_grad(params, reference._replace(
+        valid=jnp.ones((steps, 1), bool)))
     assert abs(float(unmasked) - float(loss_compact)) > 1e-3
-
-
-def test_learner_bootstrap_needs_the_valid_mask():
-  agent = r2ac.make_agent(tiny_config(), (3,), 2)
-  params = agent.init(jax.random.PRNGKey(0))
-  first, _, _ = fabricated_unrolls(agent, params, 4, 2, jax.random.PRNGKey(3))
-  with pytest.raises(ValueError, match=r"truncation_value=None needs `valid`"):
-    agent.loss(params, first._replace(truncation_value=None))

@@ -17,7 +17,7 @@ def python_blocks():
 
 
 def test_readme_example_trains_on_consecutive_segments():
-  (block,) = python_blocks()
+  block = python_blocks()[0]
   example = {}
   exec(compile(block, str(README), "exec"), example)  # pylint: disable=exec-used
   cell, state = example["cell"], example["state"]
@@ -40,3 +40,16 @@ def test_readme_example_trains_on_consecutive_segments():
   assert not all(np.allclose(a, b) for a, b in zip(
       jax.tree.leaves(params), jax.tree.leaves(example["params"])))
   assert loss(params, example["state"], inputs[0]) < first_loss
+
+
+def test_readme_r2ac_example_builds_and_steps_the_anakin_system():
+  """The second block (the R2AC pieces with explicit arguments) runs as
+  printed: one step of the system does `updates_per_call` updates."""
+  block = python_blocks()[1]
+  example = {}
+  exec(compile(block, str(README), "exec"), example)  # pylint: disable=exec-used
+  system, metrics = example["system"], example["metrics"]
+  assert int(metrics["update"]) == system.updates_per_call == 5
+  assert np.isfinite(float(metrics["loss/total"]))
+  assert example["agent"].gradient == "rtrl"
+

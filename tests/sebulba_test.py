@@ -21,6 +21,7 @@ sys.path.insert(0, ROOT)
 # pylint: disable=g-import-not-at-top,wrong-import-position
 from experiments.configs import r2ac as r2ac_configs
 from experiments.configs import sebulba as sebulba_configs
+from rtrl_jax.rl import from_config
 from rtrl_jax.rl import anakin
 from rtrl_jax.rl import envpool_envs
 from rtrl_jax.rl import sebulba
@@ -270,7 +271,7 @@ def same_update(num_envs=8, threads=2, mesh=None, zero_sensitivities=False):
   # episode (steps 8..11; episodes start at 0, 5, 10), so its initial state
   # and sensitivities enter the loss and the RTRL gradient.
   a_config.env.kwargs.memory_length = 4
-  train = anakin.make_train(a_config, mesh=anakin.make_mesh(1))
+  train = from_config.anakin_system(a_config, mesh=anakin.make_mesh(1))
   runner = train.init(jax.random.PRNGKey(1))
   runner, trajectory, _ = jax.jit(train.rollout)(runner)
   for _ in range(2):

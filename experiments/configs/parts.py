@@ -97,6 +97,15 @@ def run(checkpoint_every, log_every=1):
   ))
 
 
+def _core_fits_gradient(config):
+  from rtrl_jax.rl.agents import r2ac  # pylint: disable=g-import-not-at-top
+  try:
+    r2ac.check_core(config.network.core, config.gradient)
+  except ValueError:
+    return False
+  return True
+
+
 def agent_rules():
   """Value rules of the keys both systems share."""
   # pylint: disable=g-import-not-at-top
@@ -109,11 +118,10 @@ def agent_rules():
   return [
       ("gradient", *experiment.config.one_of(*r2ac.GRADIENTS)),
       ("network.core", *experiment.config.one_of(*r2ac.CORES)),
-      ("@network.core",
-       lambda c: c.gradient != "rtrl" or c.network.core in rtrl_jax.CELLS,
+      ("@network.core", _core_fits_gradient,
        f"a cell with exact RTRL {sorted(rtrl_jax.CELLS)} when gradient "
        "is 'rtrl'"),
-      ("network.encoder", *experiment.config.one_of("mlp", "impala")),
+      ("network.encoder", *experiment.config.one_of(*r2ac.ENCODERS)),
       ("network.hidden_size", positive, "a positive int"),
       ("unroll_length", positive, "a positive int"),
       ("total_updates", positive, "a positive int"),

@@ -4,7 +4,7 @@
      again, logged only where the killed run had not logged it; at the last
      step this redoes a final evaluation a kill lost, and a run whose
      should_stop fired there stays stopped)
-    for s in start_step+1 .. num_steps:
+    for s in start_step+1 .. options.num_steps:
       state, metrics = train_step(state)        # jitted, pure; metrics at s
       every log_every: log train/* and steps/s   (checks the losses first)
       every eval_every: log evaluate(state)      (may stop the run)
@@ -33,6 +33,7 @@ import dataclasses
 import math
 import signal
 import time
+from typing import Optional, Sequence
 
 import jax
 from jax.experimental import multihost_utils
@@ -187,36 +188,14 @@ class _Guard:
     return None
 
 
-def train_loop(state, train_step, *, start_step, num_steps, logger,
-               checkpointer, log_every, eval_every, checkpoint_every,
-               evaluate=None, should_stop=None, loss_key="loss",
-               progress_metric=None, progress=True, checkpoint_metadata=None,
-               progress_train_metrics=(), progress_unit="step",
-               progress_unit_scale=1, divergence_keys=None,
-               divergence_factor=DIVERGENCE_FACTOR, divergence_limits=None):
-  """Runs `train_step` from `start_step` to `num_steps`; see the module doc.
+@dataclasses.dataclass(frozen=True)
+class LoopOptions:
+  """What a `train_loop` does besides stepping.
 
-  Args:
-    state: the training state after `start_step` steps.
-    train_step: state -> (state, {name: scalar array}), jitted.
-    start_step: steps already done (0, or the restored checkpoint's step).
+  Attributes:
     num_steps: the last step.
-    logger: a `RunLogger` (train scalars are logged as "train/<name>").
-    checkpointer: a `Checkpointer`.
     log_every, eval_every, checkpoint_every: intervals in steps.
-    evaluate: state -> {name: float}, logged as given (e.g. "valid/accuracy");
-      also run at step 0 of a new run, and again at a resumed last or
-      evaluation step (see the module doc).
-    should_stop: {name: float} -> bool on each evaluation's scalars.
     loss_key: the metric checked for non-finite values and divergence.
-    progress_metric: an evaluation scalar shown in the progress bar.
-    progress: show a tqdm bar (steps/s, loss, progress_metric).
-    progress_train_metrics: train metric names also shown in the bar.
-    progress_unit, progress_unit_scale: the bar counts steps × scale of this
-      unit (e.g. "frame" and environment frames per step), so its rate is
-      in these units per second.
-    checkpoint_metadata: (step, state) -> JSON-able dict saved with each
-      checkpoint.
     divergence_keys: train metrics checked (default: `loss_key` and
       "grad_norm", where the step returns them).
     divergence_factor: the factor over the reference that counts as
@@ -225,6 +204,47 @@ def train_loop(state, train_step, *, start_step, num_steps, logger,
     divergence_limits: {train metric: bound on |value|}, checked from the
       first step (an explosion within the reference's first logged values
       has no reference to exceed), e.g. a cross-entropy far above chance's.
+    progress: show a tqdm bar (steps/s, loss, progress_metric).
+    progress_metric: an evaluation scalar shown in the progress bar.
+    progress_train_metrics: train metric names also shown in the bar.
+    progress_unit, progress_unit_scale: the bar counts steps × scale of this
+      unit (e.g. "frame" and environment frames per step), so its rate is
+      in these units per second.
+  """
+  num_steps: int
+  log_every: int = 1
+  eval_every: int = 1
+  checkpoint_every: int = 1
+  loss_key: str = "loss"
+  divergence_keys: Optional[Sequence[str]] = None
+  divergence_factor: Optional[float] = DIVERGENCE_FACTOR
+  divergence_limits: Optional[dict] = None
+  progress: bool = True
+  progress_metric: Optional[str] = None
+  progress_train_metrics: Sequence[str] = ()
+  progress_unit: str = "step"
+  progress_unit_scale: float = 1
+
+
+def train_loop(state, train_step, options, *, start_step, logger,
+               checkpointer, evaluate=None, should_stop=None,
+               checkpoint_metadata=None):
+  """Runs `train_step` from `start_step` to `options.num_steps`; see the
+  module doc.
+
+  Args:
+    state: the training state after `start_step` steps.
+    train_step: state -> (state, {name: scalar array}), jitted.
+    options: `LoopOptions`.
+    start_step: steps already done (0, or the restored checkpoint's step).
+    logger: a `RunLogger` (train scalars are logged as "train/<name>").
+    checkpointer: a `Checkpointer`.
+    evaluate: state -> {name: float}, logged as given (e.g. "valid/accuracy");
+      also run at step 0 of a new run, and again at a resumed last or
+      evaluation step (see the module doc).
+    should_stop: {name: float} -> bool on each evaluation's scalars.
+    checkpoint_metadata: (step, state) -> JSON-able dict saved with each
+      checkpoint.
 
   Returns:
     (state, LoopResult).
@@ -232,95 +252,15 @@ def train_loop(state, train_step, *, start_step, num_steps, logger,
   Raises:
     NonFiniteLossError (DivergenceError): see the module doc.
   """
-  metadata = checkpoint_metadata or (lambda step, state: {"step": step})
-  keys = tuple(divergence_keys) if divergence_keys is not None else (
-      loss_key, "grad_norm")
-  history = {k: _logged_values(logger, f"train/{k}", DIVERGENCE_WINDOW)
-             for k in keys} if start_step > 0 else {}
-  guard = _Guard(keys, divergence_factor, history, divergence_limits)
-  keys = guard.keys
-  pending = []
-  eval_metrics = {}
-  last_metrics = None
-  status = "finished"
-  step = start_step
-
-  def save(step):
-    guard.check(pending, checkpointer)
-    checkpointer.save(step, state, metadata(step, state))
-
-  def run_evaluation(step):
-    nonlocal eval_metrics
-    eval_metrics = {k: float(v) for k, v in evaluate(state).items()}
-    logger.write(step, eval_metrics)
-    if progress_metric in eval_metrics:
-      bar.set_postfix_str(_postfix(), refresh=False)
-    return should_stop is not None and should_stop(eval_metrics)
-
-  def _last_loss():
-    if last_metrics is None:
-      return math.nan
-    return float(last_metrics[loss_key])
-
-  def _postfix():
-    parts = []
-    if progress_metric in eval_metrics:
-      parts.append(f"{progress_metric}={eval_metrics[progress_metric]:.4f}")
-    if last_metrics is not None:
-      parts.append(f"loss={_last_loss():.4f}")
-      parts += [f"{name}={float(last_metrics[name]):.4g}"
-                for name in progress_train_metrics]
-    return " ".join(parts)
-
+  session = _Session(state, options, start_step, logger, checkpointer,
+                     evaluate, should_stop, checkpoint_metadata)
   with _signal_flag() as flag, tqdm.tqdm(
-      total=num_steps, initial=start_step, unit=progress_unit,
-      unit_scale=progress_unit_scale, dynamic_ncols=True,
-      disable=not progress, mininterval=1.0) as bar:
-    if evaluate is not None and num_steps > 0 and _evaluate_at_start(
-        logger, start_step, num_steps, eval_every):
-      if run_evaluation(start_step):
-        status = "stopped"
-    tick, tick_step = time.perf_counter(), step
-    # A signal before this session's first step ends (e.g. while it
-    # compiles) has nothing new to save: the process exits at once. After
-    # it, the loop saves after the step in progress. Several processes must
-    # stop at one step together, so they always defer.
-    preemption.set_deferring(jax.process_count() > 1)
-    while status == "finished" and step < num_steps:
-      state, last_metrics = train_step(state)
-      step += 1
-      preemption.set_deferring(True)
-      pending.append((step, {k: last_metrics[k] for k in keys
-                             if k in last_metrics}))
-      bar.update(1)
-      if step % log_every == 0 or step == num_steps:
-        guard.check(pending, checkpointer)
-        now = time.perf_counter()
-        scalars = {f"train/{k}": v
-                   for k, v in jax.device_get(last_metrics).items()}
-        scalars["train/steps_per_second"] = (step - tick_step) / max(
-            now - tick, 1e-9)
-        tick, tick_step = now, step
-        logger.write(step, scalars)
-        guard.note_logged({k: float(np.asarray(v))
-                           for k, v in scalars.items()})
-        bar.set_postfix_str(_postfix(), refresh=False)
-      if evaluate is not None and (step % eval_every == 0 or
-                                   step == num_steps):
-        if run_evaluation(step):
-          status = "stopped"
-      # Every process takes part in this collective each step; only a run
-      # that would go on becomes "preempted": one that stopped at its target
-      # is done, and a resume must not train past it.
-      if (_in_any_process(bool(_signal_received(flag)))
-          and status == "finished" and step < num_steps):
-        status = "preempted"
-      if step % checkpoint_every == 0 or status != "finished":
-        save(step)
-    save(step)
-    received = _signal_received(flag)
-    if status != "preempted" and _in_any_process(bool(received)):
-      received = received or "SIGTERM"     # (another process got it)
+      total=options.num_steps, initial=start_step, unit=options.progress_unit,
+      unit_scale=options.progress_unit_scale, dynamic_ncols=True,
+      disable=not options.progress, mininterval=1.0) as bar:
+    session.bar = bar
+    status, received = session.run(train_step, flag)
+  step = session.step
   if status == "preempted":
     logging.warning("%s: saved the checkpoint of step %d in %s",
                     received or "a signal to another process", step,
@@ -332,7 +272,112 @@ def train_loop(state, train_step, *, start_step, num_steps, logger,
     preemption.exit_preempted(received, f"saved the checkpoint of step {step}"
                               f" in {checkpointer.directory}; --resume "
                               "finishes the run")
-  return state, LoopResult(status=status, step=step, eval_metrics=eval_metrics)
+  return session.state, LoopResult(status=status, step=step,
+                                   eval_metrics=session.eval_metrics)
+
+
+class _Session:
+  """One `train_loop` call's state: the training state, the guard, the
+  pending losses, the last metrics and evaluation, the progress bar."""
+
+  def __init__(self, state, options, start_step, logger, checkpointer,
+               evaluate, should_stop, checkpoint_metadata):
+    self.state, self.options, self.step = state, options, start_step
+    self.start_step = start_step
+    self.logger, self.checkpointer = logger, checkpointer
+    self.evaluate, self.should_stop = evaluate, should_stop
+    self.metadata = checkpoint_metadata or (
+        lambda step, state: {"step": step})
+    keys = (tuple(options.divergence_keys)
+            if options.divergence_keys is not None
+            else (options.loss_key, "grad_norm"))
+    history = {k: _logged_values(logger, f"train/{k}", DIVERGENCE_WINDOW)
+               for k in keys} if start_step > 0 else {}
+    self.guard = _Guard(keys, options.divergence_factor, history,
+                        options.divergence_limits)
+    self.pending, self.eval_metrics, self.last_metrics = [], {}, None
+    self.bar = None
+    self.tick, self.tick_step = time.perf_counter(), start_step
+
+  def run(self, train_step, flag):
+    """The loop of the module doc: (status, the signal received or None)."""
+    opts, status = self.options, "finished"
+    if self.evaluate is not None and opts.num_steps > 0 and _evaluate_at_start(
+        self.logger, self.start_step, opts.num_steps, opts.eval_every):
+      if self.run_evaluation(self.start_step):
+        status = "stopped"
+    self.tick = time.perf_counter()
+    # A signal before this session's first step ends (e.g. while it
+    # compiles) has nothing new to save: the process exits at once. After
+    # it, the loop saves after the step in progress. Several processes must
+    # stop at one step together, so they always defer.
+    preemption.set_deferring(jax.process_count() > 1)
+    while status == "finished" and self.step < opts.num_steps:
+      self.state, self.last_metrics = train_step(self.state)
+      self.step += 1
+      step = self.step
+      preemption.set_deferring(True)
+      self.pending.append((step, {k: self.last_metrics[k]
+                                  for k in self.guard.keys
+                                  if k in self.last_metrics}))
+      self.bar.update(1)
+      if step % opts.log_every == 0 or step == opts.num_steps:
+        self.log_train(step)
+      if self.evaluate is not None and (step % opts.eval_every == 0 or
+                                        step == opts.num_steps):
+        if self.run_evaluation(step):
+          status = "stopped"
+      # Every process takes part in this collective each step; only a run
+      # that would go on becomes "preempted": one that stopped at its target
+      # is done, and a resume must not train past it.
+      if (_in_any_process(bool(_signal_received(flag)))
+          and status == "finished" and step < opts.num_steps):
+        status = "preempted"
+      if step % opts.checkpoint_every == 0 or status != "finished":
+        self.save(step)
+    self.save(self.step)
+    received = _signal_received(flag)
+    if status != "preempted" and _in_any_process(bool(received)):
+      received = received or "SIGTERM"     # (another process got it)
+    return status, received
+
+  def save(self, step):
+    self.guard.check(self.pending, self.checkpointer)
+    self.checkpointer.save(step, self.state, self.metadata(step, self.state))
+
+  def log_train(self, step):
+    self.guard.check(self.pending, self.checkpointer)
+    now = time.perf_counter()
+    scalars = {f"train/{k}": v
+               for k, v in jax.device_get(self.last_metrics).items()}
+    scalars["train/steps_per_second"] = (step - self.tick_step) / max(
+        now - self.tick, 1e-9)
+    self.tick, self.tick_step = now, step
+    self.logger.write(step, scalars)
+    self.guard.note_logged({k: float(np.asarray(v))
+                            for k, v in scalars.items()})
+    self.bar.set_postfix_str(self.postfix(), refresh=False)
+
+  def run_evaluation(self, step):
+    """Evaluates and logs; whether should_stop fired."""
+    self.eval_metrics = {k: float(v)
+                         for k, v in self.evaluate(self.state).items()}
+    self.logger.write(step, self.eval_metrics)
+    if self.options.progress_metric in self.eval_metrics:
+      self.bar.set_postfix_str(self.postfix(), refresh=False)
+    return (self.should_stop is not None
+            and self.should_stop(self.eval_metrics))
+
+  def postfix(self):
+    opts, parts = self.options, []
+    if opts.progress_metric in self.eval_metrics:
+      parts.append(f"{opts.progress_metric}="
+                   f"{self.eval_metrics[opts.progress_metric]:.4f}")
+    if self.last_metrics is not None:
+      parts.append(f"loss={float(self.last_metrics[opts.loss_key]):.4f}")
+      parts += [f"{name}={float(self.last_metrics[name]):.4g}"
+                for name in opts.progress_train_metrics]
+    return " ".join(parts)
 
 
 def _logged_values(logger, name, limit):

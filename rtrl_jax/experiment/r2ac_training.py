@@ -14,11 +14,11 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 from experiments.configs import r2ac as r2ac_configs
 from rtrl_jax.rl import anakin
 from rtrl_jax.rl import evaluation
+from rtrl_jax.rl import from_config
 from rtrl_jax import experiment
 from rtrl_jax.experiment.run_logger import write_json
 
@@ -36,43 +36,29 @@ RESUME_MAY_CHANGE = ("run.progress", "run.checkpoint_every", "run.log_every",
 LOSS_LIMIT = 1e9
 
 
-def learning_rate(config, update):
-  """The learning rate of update `update` (linear decay to 0 if annealed)."""
-  opt = config.optimizer
-  if not opt.anneal_lr:
-    return jnp.asarray(opt.learning_rate)
-  return optax.linear_schedule(opt.learning_rate, 0.0,
-                               config.total_updates)(update)
+def make_train_step(config, system):
+  """runner -> (runner, metrics): one `system.step` plus scalars.
 
-
-def make_train_step(config, train):
-  """runner -> (runner, metrics): one call of `train.update` plus scalars.
-
-  Adds frames (environment steps so far, all environments), the mean return
-  and length of the episodes that ended in this call (NaN if none did) and
-  the learning rate of the last update.
+  Adds frames (environment steps so far, all environments) and the learning
+  rate of the last update.
   """
-  frames_per_update = anakin.frames_per_update(config)
+  frames_per_update = system.num_envs * system.unroll_length
+  schedule = from_config.learning_rate_schedule(config)
 
   @jax.jit
   def summarize(metrics):
-    episodes = metrics["episodes"]
-    mean = lambda total: jnp.where(episodes > 0,
-                                   total / jnp.maximum(episodes, 1), jnp.nan)
     return {**metrics,
             "frames": metrics["update"].astype(jnp.float32) * frames_per_update,
-            "episode_return_mean": mean(metrics["episode_return_sum"]),
-            "episode_length_mean": mean(metrics["episode_length_sum"]),
-            "learning_rate": learning_rate(config, metrics["update"] - 1)}
+            "learning_rate": schedule(metrics["update"] - 1)}
 
   def train_step(runner):
-    runner, metrics = train.update(runner)
+    runner, metrics = system.step(runner)
     return runner, summarize(metrics)
 
   return train_step
 
 
-def make_evaluation(config, train, episodes=None, prefix="eval"):
+def make_evaluation(config, system, episodes=None, prefix="eval"):
   """runner -> {"<prefix>/sampled_return": ..., "<prefix>/greedy_return": ...}.
 
   The primary number is the return with actions *sampled* from the policy
@@ -82,8 +68,8 @@ def make_evaluation(config, train, episodes=None, prefix="eval"):
   """
   episodes = episodes or config.eval.episodes
   kinds = {kind: evaluation.make_episode_returns(
-      train.agent, train.env, episodes, greedy=kind == "greedy",
-      reward_clip=config.loss.reward_clip) for kind in ("sampled", "greedy")}
+      system.agent, system.env, episodes, greedy=kind == "greedy")
+           for kind in ("sampled", "greedy")}
   eval_key = jax.random.PRNGKey(config.seed + 1)
 
   def evaluate(runner):
@@ -116,28 +102,27 @@ def train_seeds(config, seeds, eval_episodes, greedy_episodes,
   """Trains `config` for every seed in one program; evaluates each seed.
 
   Seed s is the run `experiments.r2ac_anakin` makes with config.seed = s
-  (`anakin.make_train(num_seeds=...)`). At the end each seed's parameters
+  (`from_config.anakin_system(config, num_seeds=...)`). At the end each seed's parameters
   get `eval_episodes` sampled and `greedy_episodes` greedy episodes on
   evaluation keys PRNGKey(eval_seed_offset + s). on_call(call, frames,
   returns [S]) is called after every call (progress). Raises
   NonFiniteLossError on a non-finite loss.
   """
   r2ac_configs.check(config)
-  train = anakin.make_train(config, num_seeds=len(seeds))
-  runner = train.init(anakin.seed_keys(seeds))
+  system = from_config.anakin_system(config, num_seeds=len(seeds))
+  runner = system.init(anakin.seed_keys(seeds))
   calls = config.total_updates // config.updates_per_call
-  frames_per_call = anakin.frames_per_update(config) * config.updates_per_call
+  frames_per_call = (system.num_envs * system.unroll_length
+                     * system.updates_per_call)
   curve, compiled = [], None
   for call in range(calls):
-    runner, metrics = train.update(runner)
+    runner, metrics = system.step(runner)
     metrics = jax.device_get(metrics)
     if not np.all(np.isfinite(metrics["loss/total"])):
       raise experiment.NonFiniteLossError(
           f"non-finite loss at call {call + 1} (seeds "
           f"{np.asarray(seeds)[~np.isfinite(metrics['loss/total'])].tolist()})")
-    episodes = metrics["episodes"]
-    returns = np.where(episodes > 0, metrics["episode_return_sum"]
-                       / np.maximum(episodes, 1), np.nan)
+    returns = metrics["episode_return_mean"]
     curve.append(returns)
     if compiled is None:
       compiled = time.time()
@@ -149,8 +134,8 @@ def train_seeds(config, seeds, eval_episodes, greedy_episodes,
   for kind, episodes in (("sampled", eval_episodes),
                          ("greedy", greedy_episodes)):
     summary = evaluation.evaluate_seeds(
-        train.agent, train.env, runner.params, keys, episodes,
-        greedy=kind == "greedy", reward_clip=config.loss.reward_clip)
+        system.agent, system.env, runner.params, keys, episodes,
+        greedy=kind == "greedy")
     finals[kind] = summary.returns
   timed_frames = (calls - 1) * frames_per_call * len(seeds)
   return SeedsResult(
@@ -232,7 +217,7 @@ def run(config, workdir, resume):
   """
   r2ac_configs.check(config)
   try:      # before prepare_workdir: a bad config leaves no run folder behind
-    train = anakin.make_train(config)
+    system = from_config.anakin_system(config)
   except (TypeError, ValueError) as error:
     raise experiment.ConfigError(str(error).splitlines()[0]) from error
   checkpointer, resume_step = experiment.prepare_workdir(
@@ -248,31 +233,35 @@ def run(config, workdir, resume):
     if not os.path.exists(plot_path):     # killed before it was drawn
       plot_return_vs_frames(workdir, plot_path, describe(config))
     return {**done, "plot": plot_path}
-  runner = train.init(jax.random.PRNGKey(config.seed))
+  runner = system.init(jax.random.PRNGKey(config.seed))
   if resume_step is not None:
     runner, _ = checkpointer.restore(runner, resume_step)
     print(f"resumed {workdir} from call {resume_step} (update "
           f"{int(runner.update)})", flush=True)
-  evaluate = make_evaluation(config, train)
+  evaluate = make_evaluation(config, system)
   logger = experiment.RunLogger(workdir, config, resume_step=resume_step,
                                 use_wandb=config.run.wandb)
-  frames_per_call = anakin.frames_per_update(config) * config.updates_per_call
+  frames_per_call = (system.num_envs * system.unroll_length
+                     * system.updates_per_call)
   print(f"{describe(config)}: {num_calls} calls of {config.updates_per_call} "
         f"updates, {frames_per_call} frames each; logs in {workdir}",
         flush=True)
   started = time.time()
   try:
     runner, result = experiment.train_loop(
-        runner, make_train_step(config, train), start_step=resume_step or 0,
-        num_steps=num_calls, logger=logger, checkpointer=checkpointer,
-        log_every=config.run.log_every, eval_every=config.eval.every,
-        checkpoint_every=config.run.checkpoint_every,
+        runner, make_train_step(config, system),
+        experiment.LoopOptions(
+            num_steps=num_calls, log_every=config.run.log_every,
+            eval_every=config.eval.every,
+            checkpoint_every=config.run.checkpoint_every,
+            loss_key="loss/total",
+            divergence_limits={"loss/total": LOSS_LIMIT},
+            progress=config.run.progress,
+            progress_metric="eval/sampled_return",
+            progress_train_metrics=("episode_return_mean",),
+            progress_unit="frame", progress_unit_scale=frames_per_call),
+        start_step=resume_step or 0, logger=logger, checkpointer=checkpointer,
         evaluate=evaluate,
-        loss_key="loss/total", progress_metric="eval/sampled_return",
-        divergence_limits={"loss/total": LOSS_LIMIT},
-        progress=config.run.progress,
-        progress_train_metrics=("episode_return_mean",),
-        progress_unit="frame", progress_unit_scale=frames_per_call,
         checkpoint_metadata=lambda step, runner: {
             "call": step, "update": int(runner.update)})
   finally:
@@ -283,7 +272,7 @@ def run(config, workdir, resume):
   rows = experiment.read_jsonl(os.path.join(workdir, "metrics.jsonl"))
   last_train = [row for row in rows if "train/frames" in row][-1]
   final = jax.device_get(make_evaluation(
-      config, train, episodes=config.eval.final_episodes, prefix="final")(
+      config, system, episodes=config.eval.final_episodes, prefix="final")(
           runner))
   results = {"status": result.status, "call": result.step,
              "updates": int(runner.update), "frames": last_train["train/frames"],

@@ -1,7 +1,6 @@
 """Policy evaluation: episode returns of an agent's policy over several seeds.
 
-    evaluate = make_episode_returns(agent, env, episodes=32, greedy=True,
-                                    reward_clip=1.0)
+    evaluate = make_episode_returns(agent, env, episodes=32, greedy=True)
     returns = evaluate(params, jax.random.PRNGKey(seed))   # [episodes]
     summary = evaluate_policy(agent, env, params, seeds=range(5),
                               episodes_per_seed=32, greedy=True)
@@ -32,7 +31,8 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from rtrl_jax.rl import anakin
+from rtrl_jax.rl import from_config
+from rtrl_jax.rl.episodes import clip_reward
 from rtrl_jax.experiment.checkpoint import Checkpointer
 
 
@@ -55,7 +55,7 @@ class EvaluationSummary(NamedTuple):
     return float(self.returns.std())
 
 
-def make_episode_returns(agent, env, episodes, greedy, reward_clip):
+def make_episode_returns(agent, env, episodes, greedy):
   """A jitted (params, key) -> (returns [episodes], lengths [episodes]).
 
   Args:
@@ -64,8 +64,9 @@ def make_episode_returns(agent, env, episodes, greedy, reward_clip):
     env: an `rtrl_jax.rl.envs.Env`.
     episodes: episodes run in parallel, one per environment.
     greedy: argmax actions if True, else sampled from the policy.
-    reward_clip: the previous reward fed to the core is clipped to
-      [-reward_clip, reward_clip], as in training.
+
+  The previous reward fed to the core is clipped as in training
+  (`episodes.clip_reward` with the agent's `loss_params.reward_clip`).
   """
   max_steps = env.max_episode_steps
 
@@ -97,7 +98,8 @@ def make_episode_returns(agent, env, episodes, greedy, reward_clip):
       done = jnp.logical_or(stepped.terminated, stepped.truncated)
       return dict(
           env_state=env_state, obs=stepped.obs,
-          prev_reward=jnp.clip(stepped.reward, -reward_clip, reward_clip),
+          prev_reward=clip_reward(stepped.reward,
+                                  agent.loss_params.reward_clip),
           reset=jnp.zeros_like(done), core_state=core_state,
           returns=carry["returns"] + jnp.where(running, stepped.reward, 0.0),
           lengths=carry["lengths"] + running.astype(jnp.int32),
@@ -110,11 +112,9 @@ def make_episode_returns(agent, env, episodes, greedy, reward_clip):
   return jax.jit(run)
 
 
-def evaluate_policy(agent, env, params, *, seeds, episodes_per_seed, greedy,
-                    reward_clip=1.0):
+def evaluate_policy(agent, env, params, *, seeds, episodes_per_seed, greedy):
   """Runs `episodes_per_seed` episodes for each seed: an EvaluationSummary."""
-  run = make_episode_returns(agent, env, episodes_per_seed, greedy,
-                             reward_clip)
+  run = make_episode_returns(agent, env, episodes_per_seed, greedy)
   returns, lengths = [], []
   for seed in seeds:
     seed_returns, seed_lengths = jax.device_get(
@@ -124,26 +124,25 @@ def evaluate_policy(agent, env, params, *, seeds, episodes_per_seed, greedy,
   return EvaluationSummary(greedy, np.stack(returns), np.stack(lengths))
 
 
-def evaluate_seeds(agent, env, params, keys, episodes, *, greedy,
-                   reward_clip=1.0):
+def evaluate_seeds(agent, env, params, keys, episodes, *, greedy):
   """An EvaluationSummary of S parameter sets at once (leaves [S, ...]).
 
   Parameter set s runs `episodes` episodes on key `keys[s]` (one jitted,
-  `vmap`ped program): the evaluation of `anakin.make_train(num_seeds=S)`.
+  `vmap`ped program): the evaluation of an Anakin system of S seeds.
   """
-  run = make_episode_returns(agent, env, episodes, greedy, reward_clip)
+  run = make_episode_returns(agent, env, episodes, greedy)
   returns, lengths = jax.device_get(jax.vmap(run)(params, keys))
   return EvaluationSummary(greedy, np.asarray(returns), np.asarray(lengths))
 
 
 def evaluate_envpool_policy(agent, suite, params, *, seeds, episodes_per_seed,
-                            greedy, reward_clip=1.0):
+                            greedy):
   """An EvaluationSummary of envpool episodes (`suite`: envpool_envs.Suite).
 
   For each seed, `episodes_per_seed` environments of one envpool instance
   (seeded with the seed) run from their reset until their first episode
   ends. The agent gets what the Sebulba actor gives it: the observation, the
-  previous reward clipped to [-reward_clip, reward_clip], and reset = True on
+  previous reward clipped as in training, and reset = True on
   the first step. An episode ends when envpool flags it terminated or
   truncated (the time limit comes from `elapsed_step`,
   `sebulba.episode_flags`). Rewards after that are not counted; envpool
@@ -187,7 +186,7 @@ def evaluate_envpool_policy(agent, suite, params, *, seeds, episodes_per_seed,
         running &= ~done
         if not running.any():
           break
-        prev_reward = np.clip(reward, -reward_clip, reward_clip)
+        prev_reward = clip_reward(reward, agent.loss_params.reward_clip)
         reset = done
     finally:
       env.close()
@@ -239,7 +238,8 @@ def is_sebulba_run(config):
 
 
 def restore_run(workdir, call=None):
-  """(config, Train, RunnerState, metadata) of checkpoint `call` (latest).
+  """(config, anakin.System, RunnerState, metadata) of checkpoint `call`
+  (latest).
 
   `workdir` is a run folder of experiments/r2ac_anakin.py.
   """
@@ -248,14 +248,14 @@ def restore_run(workdir, call=None):
     raise ValueError(
         f"--workdir: {workdir} is a Sebulba run (envpool environments); "
         "restore it with restore_sebulba_run")
-  train = anakin.make_train(config)
+  system = from_config.anakin_system(config)
   checkpointer = _open_checkpoints(workdir)
   try:
     runner, metadata = checkpointer.restore(
-        train.start(jax.random.PRNGKey(config.seed)), call)
+        system.init_synchronised(jax.random.PRNGKey(config.seed)), call)
   finally:
     checkpointer.close()
-  return config, train, runner, metadata
+  return config, system, runner, metadata
 
 
 def restore_sebulba_run(workdir, update=None):

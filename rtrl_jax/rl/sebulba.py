@@ -71,8 +71,8 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from rtrl_jax.rl import envpool_envs
-from rtrl_jax.rl.agents.r2ac import (Trajectory, make_agent, make_learner_step,
-                                  make_optimizer)
+from rtrl_jax.rl import from_config
+from rtrl_jax.rl.agents.r2ac import Trajectory, make_learner_step
 
 POLL_SECONDS = 0.05
 
@@ -273,8 +273,8 @@ def episode_flags(terminated, truncated, elapsed_step, max_episode_steps):
 
 def make_agent_and_optimizer(config, suite):
   """The R2AC agent for `suite` and its optimizer, as `config` sets them."""
-  agent = make_agent(config, suite.obs_shape, suite.num_actions)
-  return agent, make_optimizer(config, max(1, config.total_updates))
+  return (from_config.agent(config, suite.obs_shape, suite.num_actions),
+          from_config.optimizer(config))
 
 
 def init_learner_state(agent, optimizer, key) -> LearnerState:

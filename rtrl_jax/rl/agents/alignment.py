@@ -42,7 +42,6 @@ window's end (mean and max over environments; does it blow up or vanish?).
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 
 import rtrl_jax
 from rtrl_jax import oracle
@@ -103,14 +102,13 @@ def _unroll_windows(num_unrolls, steps):
           + jnp.arange(steps + 1)[None, :])
 
 
-def make_alignment_probe(config, train, num_unrolls):
-  """A jitted (params, key) -> {name: scalar} for the run built by `config`.
+def make_alignment_probe(system, num_unrolls):
+  """A jitted (params, key) -> {name: scalar} for an Anakin system's run.
 
   Args:
-    config: the run's R2AC config (experiments/configs/r2ac.py).
-    train: `rtrl_jax.rl.anakin.make_train(config)`; its `rollout` acts with the
-      run's own agent and `config.num_envs` environments.
-    num_unrolls: K, unrolls of `config.unroll_length` steps in the window.
+    system: an `rtrl_jax.rl.anakin.System`; its `rollout` acts with the
+      run's own agent and `system.num_envs` environments.
+    num_unrolls: K, unrolls of `system.unroll_length` steps in the window.
 
   Returns names "align/{method}/{recurrent|all}/{cosine|relative_norm|
   relative_error}"
@@ -119,22 +117,21 @@ def make_alignment_probe(config, train, num_unrolls):
   """
   if num_unrolls < 1:
     raise ValueError(f"num_unrolls must be >= 1, got {num_unrolls}")
-  if config.gradient == "bptt":
+  train, agent = system, system.agent
+  if agent.gradient == "bptt":
     # Its unrolls restart the environments: the window is not one stream.
     raise ValueError("the alignment probe needs a continuous stream of "
                      "unrolls; gradient='bptt' restarts episodes every unroll")
-  agent = train.agent
-  has_rtrl = config.network.core in rtrl_jax.CELLS
-  if has_rtrl:
-    twin_config = ml_collections.ConfigDict(config.to_dict())
-    twin_config.gradient = "rtrl"
-    twin = make_agent(twin_config, train.env.obs_shape, train.env.num_actions)
-  steps = config.unroll_length
+  has_rtrl = type(agent.core) in rtrl_jax.CELLS.values()
+  if has_rtrl:   # the same agent with RTRL gradients
+    twin = make_agent(agent.core, agent.encoder, system.env.obs_shape,
+                      system.env.num_actions, "rtrl", agent.loss_params)
+  steps, num_envs = system.unroll_length, system.num_envs
 
   def probe(params, key):
-    runner = train.start(key)._replace(params=params)
+    runner = train.init_synchronised(key)._replace(params=params)
     runner = runner._replace(
-        core_state=agent.initial_core_state(params, config.num_envs))
+        core_state=agent.initial_core_state(params, num_envs))
 
     def act(runner, _):
       runner, trajectory, _ = train.rollout(runner)
@@ -174,7 +171,7 @@ def make_alignment_probe(config, train, num_unrolls):
             traj.prev_reward[:-1], traj.reset[:-1], method="rtrl")
         return twin.loss(p, traj, method="rtrl")[0], next_state
       estimates["rtrl"], state = summed_gradients(
-          rtrl_loss, twin.initial_core_state(params, config.num_envs))
+          rtrl_loss, twin.initial_core_state(params, num_envs))
       norms = per_env_norm(state.sensitivities)
       out["sens/norm_mean"] = jnp.mean(norms)
       out["sens/norm_max"] = jnp.max(norms)
@@ -183,7 +180,7 @@ def make_alignment_probe(config, train, num_unrolls):
   return jax.jit(probe)
 
 
-def make_training_alignment_probe(config, train, num_unrolls):
+def make_training_alignment_probe(system, num_unrolls):
   """A jitted (params, opt_state, key) -> {name: scalar}; RTRL runs only.
 
   From fresh episodes, runs K = `num_unrolls` real training updates (the
@@ -197,13 +194,14 @@ def make_training_alignment_probe(config, train, num_unrolls):
   """
   if num_unrolls < 2:
     raise ValueError(f"num_unrolls must be >= 2, got {num_unrolls}")
-  if config.gradient != "rtrl":
+  train, agent, steps = system, system.agent, system.unroll_length
+  if agent.gradient != "rtrl":
     raise ValueError(f"the training probe needs gradient='rtrl' (stale "
-                     f"sensitivities), got {config.gradient!r}")
-  agent, steps = train.agent, config.unroll_length
+                     f"sensitivities), got {agent.gradient!r}")
 
   def probe(params, opt_state, key):
-    runner = train.start(key)._replace(params=params, opt_state=opt_state)
+    runner = train.init_synchronised(key)._replace(params=params,
+                                                   opt_state=opt_state)
 
     def train_one(runner, _):
       runner, trajectory, _ = train.rollout(runner)

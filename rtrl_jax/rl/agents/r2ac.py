@@ -34,10 +34,13 @@ Episode boundaries, exactly:
   so nothing of the next episode leaks into step t's target.
 * The core is reset before the first step of the next episode (reset_{t+1}),
   inside an unroll or exactly at its start alike.
-* Truncated (time-limit) steps are not terminal for the MDP: the actor
-  computes V(final_obs) of the cut episode and the learner uses
-  r_t + γ V(final_obs) as the reward of that step (with discount 0), i.e. it
-  bootstraps instead of treating the cut as a real end.
+* Truncated (time-limit) steps are not terminal for the MDP: the learner
+  uses r_t + γ V(final_obs) as the reward of that step (with discount 0),
+  i.e. it bootstraps instead of treating the cut as a real end. V(final_obs)
+  is `Trajectory.truncation_value`, the actor's (Anakin: JAX environments
+  reset within the step, so the final observation is not in the
+  trajectory), or, where that is None, the learner's own value of step
+  t+1, which holds the final observation (Sebulba: envpool's ignored step).
 * The bootstrap step M has no loss; its value is a stop-gradient target.
 * Steps whose action the environment ignored (`valid_t` = False: envpool
   resets an ended environment on the step after the end, the Sebulba
@@ -50,6 +53,7 @@ Episode boundaries, exactly:
   t+1.
 """
 
+import functools
 from typing import Any, Callable, NamedTuple, Optional
 
 import chex
@@ -62,6 +66,7 @@ import rtrl_jax
 from rtrl_jax.rl.agents.networks import FeedForward, ImpalaEncoder, MLPEncoder
 from rtrl_jax.cells.base import RecurrentState
 from rtrl_jax.cells.lstm import LSTM
+from rtrl_jax.rl.episodes import clip_reward
 
 CORES = {**rtrl_jax.CELLS, "lstm": LSTM, "feedforward": FeedForward}
 # rtrl: untruncated across unrolls; tbptt: cut at each unroll's start;
@@ -86,14 +91,33 @@ class Trajectory(NamedTuple):
   reward: jax.Array              # [M, B] raw environment reward
   terminated: jax.Array          # [M, B]
   truncated: jax.Array           # [M, B]
-  # [M, B] actor's V(final_obs) where truncated. None: the step after a
-  # truncated one holds the episode's final observation (envpool's ignored
-  # step, valid=False), and the learner bootstraps from its own value there.
+  # [M, B] V(final observation) where truncated: the bootstrap of a cut
+  # episode. None: the step after a truncated one holds the final
+  # observation (envpool's ignored step), and the learner's own value there
+  # is the bootstrap.
   truncation_value: Optional[jax.Array]
   # [M, B] False where the environment ignored the action (envpool's
-  # next-step auto-reset: the step after an episode's end only resets).
-  # None: every step is an agent step (rtrl_jax.rl.envs resets in the same step).
-  valid: Optional[jax.Array] = None
+  # next-step auto-reset: the step after an episode's end only resets);
+  # all True for JAX environments (they reset in the same step).
+  valid: jax.Array
+
+
+class LossParams(NamedTuple):
+  """The loss's hyper-parameters (torchbeast defaults).
+
+  reward_clip: rewards are clipped to [-reward_clip, reward_clip] in the
+    loss and in the core's reward input (`rtrl_jax.rl.episodes.clip_reward`).
+  bootstrap_truncated: a time-limit cut bootstraps from V of the final
+    observation (True) or is treated as a real end (False).
+  """
+  discount: float = 0.99
+  baseline_cost: float = 0.5
+  entropy_cost: float = 0.01
+  reward_clip: float = 1.0
+  clip_rho: float = 1.0
+  clip_pg_rho: float = 1.0
+  lambda_: float = 1.0
+  bootstrap_truncated: bool = True
 
 
 class Agent(NamedTuple):
@@ -106,189 +130,234 @@ class Agent(NamedTuple):
   loss: Callable[..., Any]
   loss_from_outputs: Callable[..., Any]
   core: Any
+  encoder: Any
   gradient: str
+  loss_params: LossParams
 
 
-def make_agent(config, obs_shape, num_actions) -> Agent:
-  """Builds the agent from `config.network` and `config.loss`.
+def check_core(core_name, gradient):
+  """Raises ValueError unless `core_name` and `gradient` go together.
 
-  Args:
-    config: ConfigDict with `network` (encoder, encoder_sizes, feature_size,
-      obs_scale, core, hidden_size, core_kwargs: {core name: keyword
-      arguments of that core}), `gradient` ("rtrl" |
-      "tbptt" | "bptt") and `loss` (discount, baseline_cost, entropy_cost,
-      reward_clip, clip_rho, clip_pg_rho, lambda_).
-    obs_shape: shape of one observation.
-    num_actions: size of the discrete action space.
+  The one check of these names: `make_core`/`make_agent` call it, and so do
+  the config rules (experiments/configs/parts.py).
   """
-  net, loss_cfg, gradient = config.network, config.loss, config.gradient
-  if net.core not in CORES:
+  if core_name not in CORES:
     raise ValueError(
-        f"network.core must be one of {sorted(CORES)}, got {net.core!r}")
+        f"network.core must be one of {sorted(CORES)}, got {core_name!r}")
   if gradient not in GRADIENTS:
     raise ValueError(
         f"gradient must be one of {GRADIENTS}, got {gradient!r}")
-  if gradient == "rtrl" and net.core not in rtrl_jax.CELLS:
+  if gradient == "rtrl" and core_name not in rtrl_jax.CELLS:
     raise ValueError(
         f"gradient='rtrl' needs a core with exact RTRL {sorted(rtrl_jax.CELLS)}, "
-        f"got network.core={net.core!r} (use gradient='tbptt')")
-  core_kwargs = dict(net.get("core_kwargs", {}).get(net.core, {}))
+        f"got network.core={core_name!r} (use gradient='tbptt')")
+
+
+def make_core(name, hidden_size, **kwargs):
+  """The core `CORES[name](hidden_size, **kwargs)`, with errors naming it."""
+  if name not in CORES:
+    raise ValueError(f"network.core must be one of {sorted(CORES)}, got {name!r}")
   try:
-    core = CORES[net.core](net.hidden_size, **core_kwargs)
+    return CORES[name](hidden_size, **kwargs)
   except TypeError as error:
     raise ValueError(
-        f"network.core_kwargs.{net.core}={core_kwargs} does not fit "
-        f"{CORES[net.core].__name__}: {error}") from error
-  if net.encoder == "mlp":
-    encoder = MLPEncoder(tuple(net.encoder_sizes), net.obs_scale)
-  elif net.encoder == "impala":
-    encoder = ImpalaEncoder(feature_size=net.feature_size)
-  else:
-    raise ValueError(
-        f"network.encoder must be 'mlp' or 'impala', got {net.encoder!r}")
-  track_sensitivities = gradient == "rtrl"
-  reward_clip = loss_cfg.reward_clip
+        f"network.core_kwargs.{name}={kwargs} does not fit "
+        f"{CORES[name].__name__}: {error}") from error
 
-  def init(key):
-    k_enc, k_core, k_pi, k_v = jax.random.split(key, 4)
-    dummy = jnp.zeros((1,) + tuple(obs_shape), jnp.float32)
-    encoder_params = encoder.init(k_enc, dummy)
-    features = encoder.apply(encoder_params, dummy).shape[-1]
-    head = lambda k, out, scale: {
-        "w": scale * jax.random.normal(k, (core.hidden_size, out)) /
-             jnp.sqrt(core.hidden_size),
-        "b": jnp.zeros((out,))}
-    return {"encoder": encoder_params,
-            "core": core.init(k_core, features + 1),
-            "policy": head(k_pi, num_actions, 0.01),
-            "value": head(k_v, 1, 1.0)}
 
-  def initial_core_state(params, batch_size, sensitivities=True):
-    """sensitivities=False: a state for acting only (evaluation), without
-    the RTRL sensitivities that only gradients need."""
-    return core.initial_state(params["core"], batch_size,
-                              sensitivities=track_sensitivities
-                              and sensitivities)
+ENCODERS = ("mlp", "impala")
 
-  def core_inputs(params, obs, prev_reward):
-    """[..., B, obs] → [..., B, features + 1]."""
-    # The encoder sees one flat batch, flattened B-major: with B sharded over
-    # devices ([T, B] in a learner) each device's examples stay contiguous,
-    # so each device encodes only its own (T-major flattening makes XLA
-    # gather every observation onto every device first).
-    batch_major = jnp.moveaxis(obs, -len(obs_shape) - 1, 0)
-    lead = batch_major.shape[:-len(obs_shape)]
-    features = encoder.apply(params["encoder"],
-                             batch_major.reshape((-1,) + tuple(obs_shape)))
-    features = features.reshape(lead + features.shape[-1:])
-    features = jnp.moveaxis(features, 0, -2)
-    return jnp.concatenate([features, prev_reward[..., None]], -1)
 
-  def heads(params, hidden):
-    logits = hidden @ params["policy"]["w"] + params["policy"]["b"]
-    value = (hidden @ params["value"]["w"] + params["value"]["b"])[..., 0]
-    return logits, value
+def make_encoder(name, encoder_sizes=(32,), obs_scale=1.0, feature_size=256):
+  """"mlp" (hidden sizes, observation scale) or "impala" (pixels)."""
+  if name == "mlp":
+    return MLPEncoder(tuple(encoder_sizes), obs_scale)
+  if name == "impala":
+    return ImpalaEncoder(feature_size=feature_size)
+  raise ValueError(f"network.encoder must be one of {ENCODERS}, got {name!r}")
 
-  def run_core(method, params, state, inputs, resets, keep_sensitivities):
-    if method == "rtrl":
-      return rtrl_jax.rtrl(core, params["core"], state, inputs, resets,
-                           advance_sensitivities=keep_sensitivities)
-    if method == "tbptt":
-      return rtrl_jax.bptt(core, params["core"], jax.lax.stop_gradient(state),
-                           inputs, resets)
-    if method == "bptt":
-      return rtrl_jax.bptt(core, params["core"], state, inputs, resets)
-    raise ValueError(f"method must be rtrl, tbptt or bptt, got {method!r}")
 
-  def unroll(params, state, obs, prev_reward, reset, method=gradient,
-             keep_sensitivities=True):
-    """Core over T steps from `state`: (logits [T,B,A], values [T,B], state).
+def make_agent(core, encoder, obs_shape, num_actions, gradient="rtrl",
+               loss_params=LossParams()) -> Agent:
+  """The agent from its parts.
 
-    keep_sensitivities=False (the learner) skips advancing the RTRL
-    sensitivities: the gradient is unchanged, the returned state has none.
-    """
-    inputs = core_inputs(params, obs, prev_reward)
-    hidden, state = run_core(method, params, state, inputs, reset,
-                             keep_sensitivities)
-    logits, values = heads(params, hidden)
-    return logits, values, state
+  Args:
+    core: a cell (`make_core`): one of rtrl_jax.CELLS for gradient="rtrl".
+    encoder: a flax module mapping [B, *obs_shape] to [B, features]
+      (`make_encoder`).
+    obs_shape: shape of one observation.
+    num_actions: size of the discrete action space.
+    gradient: "rtrl" | "tbptt" | "bptt" (see the module docstring).
+    loss_params: `LossParams`.
+  """
+  known = {cls: name for name, cls in CORES.items()}
+  if type(core) in known:
+    check_core(known[type(core)], gradient)
+  elif gradient not in GRADIENTS:   # a cell of the user's own
+    raise ValueError(f"gradient must be one of {GRADIENTS}, got {gradient!r}")
+  net = _Network(core, encoder, tuple(obs_shape), num_actions, gradient)
+  partial = functools.partial
+  return Agent(
+      init=partial(_init, net), initial_core_state=partial(
+          _initial_core_state, net),
+      act=partial(_act, net), value_of=partial(_value_of, net),
+      unroll=partial(_unroll, net),
+      loss=partial(_loss, net, loss_params),
+      loss_from_outputs=partial(loss_from_outputs, loss_params),
+      core=core, encoder=encoder, gradient=gradient, loss_params=loss_params)
 
-  def act(params, state, obs, prev_reward, reset, key):
-    """One actor step for B environments: (new state, ActorOutput). A state
-    without sensitivities steps the same forward pass without them."""
-    method = gradient if state.sensitivities is not None else "bptt"
-    logits, values, state = unroll(params, state, obs[None], prev_reward[None],
-                                   reset[None], method=method)
-    logits, value = logits[0], values[0]
-    action = jax.random.categorical(key, logits).astype(jnp.int32)
-    return state, ActorOutput(action, logits, value)
 
-  def value_of(params, state, obs, prev_reward):
-    """V of one more step from `state` (no reset, no sensitivities)."""
-    state = state._replace(sensitivities=None)
-    _, values, _ = unroll(params, state, obs[None], prev_reward[None],
-                          jnp.zeros(prev_reward.shape, bool)[None],
-                          method="bptt")
-    return values[0]
+class _Network(NamedTuple):
+  """The static parts the agent's functions share."""
+  core: Any
+  encoder: Any
+  obs_shape: tuple
+  num_actions: int
+  gradient: str
 
-  def loss_from_outputs(logits, values, trajectory):
-    """Loss of one unroll from the learner's logits [M+1,B,A], values [M+1,B]."""
-    traj = trajectory
-    chex.assert_rank([traj.action, traj.reward, traj.prev_reward], [2, 2, 2])
-    chex.assert_equal_shape_prefix([traj.obs, traj.prev_reward, traj.reset], 2)
-    logits = logits[:-1]                         # step M only bootstraps
-    reward = jnp.clip(traj.reward, -reward_clip, reward_clip)
-    if traj.truncation_value is None and loss_cfg.bootstrap_truncated:
-      if traj.valid is None:
-        raise ValueError("Trajectory.truncation_value=None needs `valid`: the "
-                         "step after a truncated one must be the ignored step "
-                         "that holds the episode's final observation")
-      # A time limit does not end the MDP: the truncated step continues to
-      # the final observation at t+1 (discount γ, V-trace's own next value,
-      # computed by the learner); ρ = 0 at that ignored step stops the trace.
-      done = traj.terminated
-    else:
-      done = jnp.logical_or(traj.terminated, traj.truncated)
-      if traj.truncation_value is not None:
-        reward = reward + loss_cfg.discount * jnp.where(
-            traj.truncated, traj.truncation_value, 0.0)
-    discount = loss_cfg.discount * (1.0 - done.astype(reward.dtype))
-    log_pi = jax.nn.log_softmax(logits)
-    log_mu = jax.nn.log_softmax(traj.behaviour_logits)
-    take = lambda lp: jnp.take_along_axis(lp, traj.action[..., None], -1)[..., 0]
-    rho = jnp.exp(take(log_pi) - take(log_mu))
-    entropy_terms = jnp.sum(jnp.exp(log_pi) * log_pi, -1)
-    if traj.valid is not None:
-      # ρ = 0 on an ignored step: its TD error, trace coefficient and
-      # policy-gradient advantage vanish, so v^s = V there and nothing flows
-      # through it. The step before it ended an episode: terminated
-      # (discount 0: nothing reads this step) or truncated (its target reads
-      # V here, the final observation's value, and only that). Only the
-      # entropy needs masking.
-      rho = jnp.where(traj.valid, rho, 0.0)
-      entropy_terms = jnp.where(traj.valid, entropy_terms, 0.0)
-    out = vtrace(values[:-1], jax.lax.stop_gradient(values[1:]), reward,
-                 discount, jax.lax.stop_gradient(rho), loss_cfg.lambda_,
-                 loss_cfg.clip_rho, loss_cfg.clip_pg_rho)
-    pg_loss = -jnp.sum(take(log_pi) * jax.lax.stop_gradient(out.pg_advantage))
-    baseline_loss = 0.5 * jnp.sum(out.errors ** 2)
-    entropy_loss = jnp.sum(entropy_terms)   # = -entropy
-    total = (pg_loss + loss_cfg.baseline_cost * baseline_loss
-             + loss_cfg.entropy_cost * entropy_loss)
-    return total, {"loss/total": total, "loss/policy": pg_loss,
-                   "loss/baseline": baseline_loss, "loss/entropy": entropy_loss}
 
-  def loss(params, trajectory, method=gradient):
-    """Total loss of one unroll and its parts (sums over T and B)."""
-    # The actor already carries the next unroll's sensitivities.
-    logits, values, _ = unroll(params, trajectory.initial_state,
-                               trajectory.obs, trajectory.prev_reward,
-                               trajectory.reset, method,
-                               keep_sensitivities=False)
-    return loss_from_outputs(logits, values, trajectory)
+def _init(net, key):
+  k_enc, k_core, k_pi, k_v = jax.random.split(key, 4)
+  dummy = jnp.zeros((1,) + net.obs_shape, jnp.float32)
+  encoder_params = net.encoder.init(k_enc, dummy)
+  features = net.encoder.apply(encoder_params, dummy).shape[-1]
+  hidden_size = net.core.hidden_size
+  head = lambda k, out, scale: {
+      "w": scale * jax.random.normal(k, (hidden_size, out)) /
+           jnp.sqrt(hidden_size),
+      "b": jnp.zeros((out,))}
+  return {"encoder": encoder_params,
+          "core": net.core.init(k_core, features + 1),
+          "policy": head(k_pi, net.num_actions, 0.01),
+          "value": head(k_v, 1, 1.0)}
 
-  return Agent(init, initial_core_state, act, value_of, unroll, loss,
-               loss_from_outputs, core, gradient)
+
+def _initial_core_state(net, params, batch_size, sensitivities=True):
+  """sensitivities=False: a state for acting only (evaluation), without
+  the RTRL sensitivities that only gradients need."""
+  return net.core.initial_state(
+      params["core"], batch_size,
+      sensitivities=net.gradient == "rtrl" and sensitivities)
+
+
+def _core_inputs(net, params, obs, prev_reward):
+  """[..., B, obs] → [..., B, features + 1]."""
+  # The encoder sees one flat batch, flattened B-major: with B sharded over
+  # devices ([T, B] in a learner) each device's examples stay contiguous,
+  # so each device encodes only its own (T-major flattening makes XLA
+  # gather every observation onto every device first).
+  obs_rank = len(net.obs_shape)
+  batch_major = jnp.moveaxis(obs, -obs_rank - 1, 0)
+  lead = batch_major.shape[:-obs_rank]
+  features = net.encoder.apply(params["encoder"],
+                               batch_major.reshape((-1,) + net.obs_shape))
+  features = features.reshape(lead + features.shape[-1:])
+  features = jnp.moveaxis(features, 0, -2)
+  return jnp.concatenate([features, prev_reward[..., None]], -1)
+
+
+def _heads(params, hidden):
+  logits = hidden @ params["policy"]["w"] + params["policy"]["b"]
+  value = (hidden @ params["value"]["w"] + params["value"]["b"])[..., 0]
+  return logits, value
+
+
+def _run_core(core, method, params, state, inputs, resets, keep_sensitivities):
+  if method == "rtrl":
+    return rtrl_jax.rtrl(core, params["core"], state, inputs, resets,
+                         advance_sensitivities=keep_sensitivities)
+  if method == "tbptt":
+    return rtrl_jax.bptt(core, params["core"], jax.lax.stop_gradient(state),
+                         inputs, resets)
+  if method == "bptt":
+    return rtrl_jax.bptt(core, params["core"], state, inputs, resets)
+  raise ValueError(f"method must be rtrl, tbptt or bptt, got {method!r}")
+
+
+def _unroll(net, params, state, obs, prev_reward, reset, method=None,
+            keep_sensitivities=True):
+  """Core over T steps from `state`: (logits [T,B,A], values [T,B], state).
+
+  method: "rtrl" | "tbptt" | "bptt" (default: the agent's gradient).
+  keep_sensitivities=False (the learner) skips advancing the RTRL
+  sensitivities: the gradient is unchanged, the returned state has none.
+  """
+  inputs = _core_inputs(net, params, obs, prev_reward)
+  hidden, state = _run_core(net.core, method or net.gradient, params, state,
+                            inputs, reset, keep_sensitivities)
+  logits, values = _heads(params, hidden)
+  return logits, values, state
+
+
+def _act(net, params, state, obs, prev_reward, reset, key):
+  """One actor step for B environments: (new state, ActorOutput). A state
+  without sensitivities steps the same forward pass without them."""
+  method = net.gradient if state.sensitivities is not None else "bptt"
+  logits, values, state = _unroll(net, params, state, obs[None],
+                                  prev_reward[None], reset[None], method=method)
+  logits, value = logits[0], values[0]
+  action = jax.random.categorical(key, logits).astype(jnp.int32)
+  return state, ActorOutput(action, logits, value)
+
+
+def _value_of(net, params, state, obs, prev_reward):
+  """V of one more step from `state` (no reset, no sensitivities)."""
+  state = state._replace(sensitivities=None)
+  _, values, _ = _unroll(net, params, state, obs[None], prev_reward[None],
+                         jnp.zeros(prev_reward.shape, bool)[None],
+                         method="bptt")
+  return values[0]
+
+
+def _loss(net, loss_params, params, trajectory, method=None):
+  """Total loss of one unroll and its parts (sums over T and B)."""
+  # The actor already carries the next unroll's sensitivities.
+  logits, values, _ = _unroll(net, params, trajectory.initial_state,
+                              trajectory.obs, trajectory.prev_reward,
+                              trajectory.reset, method,
+                              keep_sensitivities=False)
+  return loss_from_outputs(loss_params, logits, values, trajectory)
+
+
+def loss_from_outputs(loss_params, logits, values, trajectory):
+  """Loss of one unroll from the learner's logits [M+1,B,A], values [M+1,B]."""
+  loss_cfg, reward_clip = loss_params, loss_params.reward_clip
+  traj = trajectory
+  chex.assert_rank([traj.action, traj.reward, traj.prev_reward], [2, 2, 2])
+  chex.assert_equal_shape_prefix([traj.obs, traj.prev_reward, traj.reset], 2)
+  logits = logits[:-1]                         # step M only bootstraps
+  reward = clip_reward(traj.reward, reward_clip)
+  done = jnp.logical_or(traj.terminated, traj.truncated)
+  if loss_cfg.bootstrap_truncated:
+    # A time limit does not end the MDP: the cut step's reward gets
+    # γ·V(final observation) and its trace ends there (discount 0).
+    # truncation_value=None: the final observation is the ignored step
+    # t+1's (envpool), whose value the learner has just computed.
+    bootstrap = (jax.lax.stop_gradient(values[1:])
+                 if traj.truncation_value is None else traj.truncation_value)
+    reward = reward + loss_cfg.discount * jnp.where(traj.truncated,
+                                                    bootstrap, 0.0)
+  discount = loss_cfg.discount * (1.0 - done.astype(reward.dtype))
+  log_pi = jax.nn.log_softmax(logits)
+  log_mu = jax.nn.log_softmax(traj.behaviour_logits)
+  take = lambda lp: jnp.take_along_axis(lp, traj.action[..., None], -1)[..., 0]
+  # ρ = 0 on an ignored step (valid = False): its TD error, trace
+  # coefficient and policy-gradient advantage vanish, so v^s = V there and
+  # nothing flows through it; the step before it ended an episode
+  # (discount 0). Only the entropy needs masking.
+  rho = jnp.where(traj.valid, jnp.exp(take(log_pi) - take(log_mu)), 0.0)
+  entropy_terms = jnp.where(traj.valid,
+                            jnp.sum(jnp.exp(log_pi) * log_pi, -1), 0.0)
+  out = vtrace(values[:-1], jax.lax.stop_gradient(values[1:]), reward,
+               discount, jax.lax.stop_gradient(rho), loss_cfg.lambda_,
+               loss_cfg.clip_rho, loss_cfg.clip_pg_rho)
+  pg_loss = -jnp.sum(take(log_pi) * jax.lax.stop_gradient(out.pg_advantage))
+  baseline_loss = 0.5 * jnp.sum(out.errors ** 2)
+  entropy_loss = jnp.sum(entropy_terms)   # = -entropy
+  total = (pg_loss + loss_cfg.baseline_cost * baseline_loss
+           + loss_cfg.entropy_cost * entropy_loss)
+  return total, {"loss/total": total, "loss/policy": pg_loss,
+                 "loss/baseline": baseline_loss, "loss/entropy": entropy_loss}
 
 
 def vtrace(v_tm1, v_t, r_t, discount_t, rho_tm1, lambda_=1.0, clip_rho=1.0,
@@ -307,23 +376,33 @@ def vtrace(v_tm1, v_t, r_t, discount_t, rho_tm1, lambda_=1.0, clip_rho=1.0,
                                                  rho_tm1)
 
 
-def make_optimizer(config, total_updates):
+def learning_rate_schedule(learning_rate, total_updates, anneal_lr=True):
+  """update -> learning rate: linear decay to 0 at `total_updates`, or
+  constant. The optimizer and the logged `learning_rate` both use it."""
+  if not anneal_lr:
+    return optax.constant_schedule(learning_rate)
+  return optax.linear_schedule(learning_rate, 0.0, max(1, total_updates))
+
+
+def make_optimizer(learning_rate, total_updates, anneal_lr=True, decay=0.99,
+                   eps=0.01, max_grad_norm=40.0, freeze_encoder=False):
   """RMSProp with PyTorch semantics, global-norm clipping, linear LR decay.
 
   PyTorch's RMSProp divides by (sqrt(ν) + ε) with ν initialised at 0: that is
   optax's `eps_in_sqrt=False, initial_scale=0` (optax's default puts ε inside
   the square root, which is a different optimizer at ε = 0.01).
+  freeze_encoder: pretrain-then-freeze (the paper's DMLab setting): no
+  update to the encoder; it keeps the weights it was initialised or loaded
+  with.
   """
-  opt = config.optimizer
-  lr = (optax.linear_schedule(opt.learning_rate, 0.0, total_updates)
-        if opt.anneal_lr else opt.learning_rate)
+  lr = learning_rate_schedule(learning_rate, total_updates, anneal_lr)
+  if not anneal_lr:
+    lr = learning_rate    # a float: the same updates, a simpler opt_state
   transform = optax.chain(
-      optax.clip_by_global_norm(opt.max_grad_norm),
-      optax.rmsprop(lr, decay=opt.decay, eps=opt.eps, eps_in_sqrt=False,
+      optax.clip_by_global_norm(max_grad_norm),
+      optax.rmsprop(lr, decay=decay, eps=eps, eps_in_sqrt=False,
                     initial_scale=0.0))
-  if opt.freeze_encoder:
-    # Pretrain-then-freeze (the paper's DMLab setting): no update to the
-    # encoder; it keeps the weights it was initialised or loaded with.
+  if freeze_encoder:
     labels = lambda params: {k: ("frozen" if k == "encoder" else "train")
                              for k in params}
     transform = optax.multi_transform(
