@@ -112,22 +112,23 @@ def run(config, workdir, resume):
   logger = (experiment.RunLogger(workdir, config, resume_step=resume_step,
                                  use_wandb=config.run.wandb)
             if main_process else _NullLogger())
-  timing_metrics = system.info["timing_metrics"]
   print(f"{describe(config)}; {jax.process_count()} process(es), learner "
         f"devices {len(system.mesh.devices.flat)}; logs in {workdir}",
         flush=True)
 
-  def train_step(state):
-    state, metrics = system.train_step(state)
+  def step(state):
+    """One loop step: the system's step, and on log steps the metrics of
+    the log window (phase timings, sps, the window's episodes)."""
+    state, metrics = system.step(state)
     if int(state.update) % config.run.log_every == 0:
-      metrics.update(timing_metrics(reset=True))
+      metrics.update(system.timing_metrics(reset=True))
     return state, metrics
 
   started = time.time()
   system.start(state)
   try:
     state, result = experiment.train_loop(
-        state, train_step, start_step=resume_step or 0,
+        state, step, start_step=resume_step or 0,
         num_steps=config.total_updates, logger=logger,
         checkpointer=checkpointer, log_every=config.run.log_every,
         eval_every=config.total_updates + 1,
@@ -135,7 +136,7 @@ def run(config, workdir, resume):
         progress=config.run.progress and main_process,
         progress_train_metrics=("episode_return_mean", "policy_lag_mean"),
         progress_unit="frame",
-        progress_unit_scale=(system.info["num_envs_per_step"]
+        progress_unit_scale=(system.num_envs_per_step
                              * config.unroll_length),
         checkpoint_metadata=lambda step, state: {"update": step})
   finally:

@@ -72,7 +72,7 @@ def minigrid_run(request):
   system.start(state)
   try:
     for _ in range(UPDATES):
-      state, m = system.train_step(state)
+      state, m = system.step(state)
       params.append(jax.device_get(state.params))
       metrics.append(jax.device_get(m))
   finally:
@@ -141,7 +141,7 @@ def test_asynchronous_unrolls_continue_each_other():
   system.start(state)
   try:
     for _ in range(4):
-      state, metrics = system.train_step(state)
+      state, metrics = system.step(state)
       params.append(jax.device_get(state.params))
       lags.append(metrics["policy_lag_max"])
       assert metrics["policy_lag_mean"] == metrics["policy_lag_max"]  # 1 thread
@@ -237,7 +237,7 @@ def test_a_dying_actor_thread_stops_the_run_with_its_traceback(minigrid_run):
   try:
     with pytest.raises(sebulba.ActorError) as error:
       for _ in range(3):
-        system.train_step(minigrid_run["state"])
+        system.step(minigrid_run["state"])
   finally:
     system.stop()
     hook.action = None
@@ -288,7 +288,6 @@ def same_update(num_envs=8, threads=2, mesh=None, zero_sensitivities=False):
   suite = envpool_envs.Suite("fake", None, None, train.env.obs_shape,
                              train.env.num_actions, 100)
   system = sebulba.make_system(s_config, mesh=mesh, suite=suite)
-  info = system.info
   # Sebulba actors ship `valid`; Anakin's environments never ignore an
   # action (None). All valid must be the same update. Sebulba ships no
   # truncation values (its learner bootstraps a truncated step from the
@@ -300,14 +299,14 @@ def same_update(num_envs=8, threads=2, mesh=None, zero_sensitivities=False):
     shipped = shipped._replace(initial_state=shipped.initial_state._replace(
         sensitivities=jax.tree.map(np.zeros_like, jax.device_get(
             shipped.initial_state.sensitivities))))
-  pieces = [jax.device_put(jax.device_get(t), info["local_shardings"])
+  pieces = [jax.device_put(jax.device_get(t), system.learner.local_shardings)
             for t in _split(shipped, threads)]
-  batch = sebulba.combine(pieces, info["global_shardings"])
+  batch = sebulba.combine(pieces, system.learner.global_shardings)
   replicated = jax.sharding.NamedSharding(system.mesh,
                                           jax.sharding.PartitionSpec())
   params, opt_state = jax.device_put((runner.params, runner.opt_state),
                                      replicated)
-  sebulba_out = info["jitted_learner_step"](params, opt_state, batch)
+  sebulba_out = system.learner.jitted_step(params, opt_state, batch)
   return jax.device_get(anakin_out), jax.device_get(sebulba_out), runner
 
 
@@ -354,14 +353,14 @@ def test_short_pong_run_on_one_device():
   system.start(state)
   try:
     for _ in range(2):
-      state, metrics = system.train_step(state)
+      state, metrics = system.step(state)
       assert np.isfinite(float(metrics["loss/total"]))
   finally:
     system.stop()
   traj = hook.captured[0]
   assert traj.obs.shape == (config.unroll_length + 1, 8, 84, 84, 4)
   assert int(state.update) == 2
-  timings = system.info["timing_metrics"]()
+  timings = system.timing_metrics()
   for phase in ("actor/env_send", "actor/env_recv", "actor/inference",
                 "actor/transfer", "learner/queue_get", "learner/step"):
     assert timings[f"time/{phase}"] >= 0
@@ -382,7 +381,7 @@ EIGHT_DEVICES = textwrap.dedent("""
       system.start(state)
       try:
         for _ in range(updates):
-          state, m = system.train_step(state)
+          state, m = system.step(state)
           assert np.isfinite(float(m["loss/total"]))
       finally:
         system.stop()
