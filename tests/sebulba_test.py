@@ -11,6 +11,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 
 import jax
 import numpy as np
@@ -212,6 +213,35 @@ def test_truncation_from_elapsed_step(minigrid_run):
   assert checked
 
 
+@pytest.mark.timeout(300, method="thread")
+def test_logged_episodes_are_those_of_the_trajectories(minigrid_run):
+  """Each update's logged episodes are the ones that ended in its unroll,
+  their returns and lengths counted over the valid steps since their start
+  (the run's unrolls continue each other from its first step)."""
+  trajs, metrics = minigrid_run["trajectories"], minigrid_run["metrics"]
+  running_return, running_length = np.zeros((B,)), np.zeros((B,))
+  ended_any = False
+  for traj, logged in zip(trajs, metrics):
+    returns, lengths = [], []
+    for t in range(M):
+      running_return += np.where(traj.valid[t], traj.reward[t], 0.0)
+      running_length += traj.valid[t]
+      done = traj.terminated[t] | traj.truncated[t]
+      returns += list(running_return[done])
+      lengths += list(running_length[done])
+      running_return[done], running_length[done] = 0.0, 0.0
+    assert logged["episodes"] == len(returns)
+    if returns:
+      ended_any = True
+      np.testing.assert_allclose(logged["episode_return_mean"],
+                                 np.mean(returns), rtol=1e-6)
+      assert logged["episode_length_mean"] == np.mean(lengths)
+    else:
+      assert np.isnan(logged["episode_return_mean"])
+      assert np.isnan(logged["episode_length_mean"])
+  assert ended_any      # time limit 6 within 3 unrolls of 4 steps
+
+
 def test_episode_flags_trust_elapsed_step_not_envpool():
   """envpool #239: at the time limit envpool may flag neither or the wrong
   one; truncation comes from elapsed_step."""
@@ -340,9 +370,19 @@ def test_env_groups_config_and_order_are_checked():
     sebulba.check_group(np.array([0, 1, 2, 4]), np.arange(4))
 
 
+LOGGED_PHASES = ("actor/params_wait", "actor/inference", "actor/env_send",
+                 "actor/env_recv", "actor/transfer", "actor/queue_put",
+                 "learner/queue_get", "learner/combine", "learner/step",
+                 "learner/publish")
+
+
 @pytest.mark.timeout(300, method="thread")
 def test_short_pong_run_on_one_device():
-  """One env group (synchronous envpool); tiny_atari has two (8-device test)."""
+  """One env group (synchronous envpool); tiny_atari has two (8-device test).
+  The phase timings are real: every documented phase (docs/SEBULBA.md) and
+  no other was timed, each learner phase once per update, and the phases of
+  a thread, which run one after another, add up to no more than the wall
+  time measured around them."""
   config = sebulba_configs.tiny_atari()
   config.total_updates = 2
   config.sebulba.env_groups = 1
@@ -350,21 +390,34 @@ def test_short_pong_run_on_one_device():
   hook = _Hook()
   system = sebulba.make_system(config, trajectory_hook=hook)
   state = system.init(jax.random.PRNGKey(0))
+  begin = time.perf_counter()
   system.start(state)
+  learner_seconds = 0.0
   try:
     for _ in range(2):
+      step_begin = time.perf_counter()
       state, metrics = system.step(state)
+      learner_seconds += time.perf_counter() - step_begin
       assert np.isfinite(float(metrics["loss/total"]))
   finally:
     system.stop()
+  wall_seconds = time.perf_counter() - begin
   traj = hook.captured[0]
   assert traj.obs.shape == (config.unroll_length + 1, 8, 84, 84, 4)
   assert int(state.update) == 2
-  timings = system.timing_metrics()
-  for phase in ("actor/env_send", "actor/env_recv", "actor/inference",
-                "actor/transfer", "learner/queue_get", "learner/step"):
-    assert timings[f"time/{phase}"] >= 0
-  assert timings["sps"] > 0
+  sums, counts = system.timings.window(reset=False)
+  assert sorted(sums) == sorted(LOGGED_PHASES)
+  assert all(sums[phase] > 0 and counts[phase] > 0 for phase in sums), counts
+  learner = [p for p in LOGGED_PHASES if p.startswith("learner/")]
+  assert all(counts[phase] == 2 for phase in learner), counts
+  assert sum(sums[phase] for phase in learner) <= learner_seconds
+  assert config.sebulba.num_actor_threads == 1
+  assert sum(sums[p] for p in LOGGED_PHASES if p.startswith("actor/")) <= (
+      wall_seconds)
+  logged = system.timing_metrics()
+  for phase in LOGGED_PHASES:
+    assert logged[f"time/{phase}"] == sums[phase] / counts[phase]
+  assert logged["sps"] > 0
 
 
 EIGHT_DEVICES = textwrap.dedent("""
