@@ -344,11 +344,11 @@ def actor_thread(actor, errors):
   try:
     # A resumed run (start_update > 0) gets new episodes, not a replay of
     # the first session's levels and noops.
-    s = actor.settings
+    settings = actor.settings
     env = actor.suite.make(
-        s.num_envs, s.seed + 10007 * jax.process_index()
+        settings.num_envs, settings.seed + 10007 * jax.process_index()
         + 1009 * actor.thread_id + 100003 * actor.start_update,
-        batch_size=s.group_size)
+        batch_size=settings.group_size)
     try:
       run_actor(env, actor)
     finally:

@@ -43,9 +43,9 @@ class Progress(NamedTuple):
 
 
 def _new_progress(env_steps):
-  # The window counts from 0 env steps, not from `env_steps`: after a resume
-  # the first window's sps includes the earlier sessions' steps. Kept as the
-  # system always logged it (issue #17 restructures without changing logs).
+  # NB: the first window counts from 0 env steps, not from `env_steps`, so
+  # after a resume its sps includes the earlier sessions' steps. That is how
+  # the system has always logged it; correcting it is a separate change.
   return Progress(env_steps, time.perf_counter(), 0, EpisodeStats.zero())
 
 
@@ -151,8 +151,9 @@ class System:
 
   def _env_steps_per_update(self):
     """This process's env steps in one update."""
-    s = self.actor_settings
-    return s.num_envs * self.num_actor_threads * s.unroll_length
+    settings = self.actor_settings
+    return (settings.num_envs * self.num_actor_threads
+            * settings.unroll_length)
 
 
 def start_actors(system, params, update) -> Actors:
