@@ -116,7 +116,7 @@ def run(config, workdir, resume):
         f"devices {len(system.mesh.devices.flat)}; logs in {workdir}",
         flush=True)
 
-  def step(state):
+  def loop_step(state):
     """One loop step: the system's step, and on log steps the metrics of
     the log window (phase timings, sps, the window's episodes)."""
     state, metrics = system.step(state)
@@ -128,7 +128,7 @@ def run(config, workdir, resume):
   system.start(state)
   try:
     state, result = experiment.train_loop(
-        state, step, start_step=resume_step or 0,
+        state, loop_step, start_step=resume_step or 0,
         num_steps=config.total_updates, logger=logger,
         checkpointer=checkpointer, log_every=config.run.log_every,
         eval_every=config.total_updates + 1,
