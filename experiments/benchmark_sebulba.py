@@ -143,17 +143,17 @@ def sebulba_run(system, state, seconds, warmup):
   system.start(state)
   try:
     for _ in range(warmup):
-      state, _ = system.train_step(state)
-    steps_per_update = (system.info["num_envs_per_step"]
-                        * system.info["unroll_length"])
-    system.info["timing_metrics"](reset=True)
+      state, _ = system.step(state)
+    steps_per_update = (system.num_envs_per_step
+                        * system.actor_settings.unroll_length)
+    system.timing_metrics(reset=True)
     begin, updates = time.perf_counter(), 0
     while time.perf_counter() - begin < seconds:
-      state, _ = system.train_step(state)
+      state, _ = system.step(state)
       updates += 1
     jax.block_until_ready(state.params)
     elapsed = time.perf_counter() - begin
-    timings = system.info["timing_metrics"](reset=True)
+    timings = system.timing_metrics(reset=True)
   finally:
     system.stop()
   return (updates * steps_per_update / elapsed, updates / elapsed, timings,
@@ -205,11 +205,11 @@ def isolated_costs(system, state, config, envs_per_thread):
   with without.unlocked():
     without.gradient = "tbptt"
   agent_without, _ = sebulba.make_agent_and_optimizer(without, suite)
-  steps = system.info["num_envs_per_step"]
+  steps = system.num_envs_per_step
   example = sebulba.example_trajectory(agent, jax.device_get(state.params),
                                        suite, steps, config.unroll_length)
-  batch = jax.device_put(example, system.info["global_shardings"])
-  learner_step = system.info["jitted_learner_step"]
+  batch = jax.device_put(example, system.learner.global_shardings)
+  learner_step = system.learner.jitted_step
   learn_once = lambda: jax.block_until_ready(
       learner_step(state.params, state.opt_state, batch))
   policy_cpu, policy_call = policy_seconds(agent, params, suite, group)
@@ -338,8 +338,8 @@ def learner(config, suite, device_counts, global_envs, repeats):
     example = sebulba.example_trajectory(
         system.agent, jax.device_get(state.params), suite, global_envs,
         config.unroll_length)
-    batch = jax.device_put(example, system.info["global_shardings"])
-    step = system.info["jitted_learner_step"]
+    batch = jax.device_put(example, system.learner.global_shardings)
+    step = system.learner.jitted_step
     median = median_seconds(lambda: jax.block_until_ready(
         step(state.params, state.opt_state, batch)), repeats)
     row = {"devices": count, "global_envs": global_envs,

@@ -11,7 +11,7 @@ Multi-host (one process per host; see launch/):
 
 (`--distributed` alone lets JAX detect SLURM / TPU-pod settings.)
 
-One loop step is one learner update (rtrl_jax/rl/sebulba.py). Every
+One loop step is one learner update (rtrl_jax/rl/sebulba/). Every
 `run.log_every` updates the run logs the learner metrics, policy lag, episode
 statistics, per-phase timings (`time/actor/*`, `time/learner/*`: mean
 seconds per call) and env steps/s (`sps`). Checkpoints (every
@@ -112,22 +112,23 @@ def run(config, workdir, resume):
   logger = (experiment.RunLogger(workdir, config, resume_step=resume_step,
                                  use_wandb=config.run.wandb)
             if main_process else _NullLogger())
-  timing_metrics = system.info["timing_metrics"]
   print(f"{describe(config)}; {jax.process_count()} process(es), learner "
         f"devices {len(system.mesh.devices.flat)}; logs in {workdir}",
         flush=True)
 
-  def train_step(state):
-    state, metrics = system.train_step(state)
+  def loop_step(state):
+    """One loop step: the system's step, and on log steps the metrics of
+    the log window (phase timings, sps, the window's episodes)."""
+    state, metrics = system.step(state)
     if int(state.update) % config.run.log_every == 0:
-      metrics.update(timing_metrics(reset=True))
+      metrics.update(system.timing_metrics(reset=True))
     return state, metrics
 
   started = time.time()
   system.start(state)
   try:
     state, result = experiment.train_loop(
-        state, train_step,
+        state, loop_step,
         experiment.LoopOptions(
             num_steps=config.total_updates,
             log_every=config.run.log_every,
@@ -137,8 +138,8 @@ def run(config, workdir, resume):
             progress=config.run.progress and main_process,
             progress_train_metrics=("episode_return_mean", "policy_lag_mean"),
             progress_unit="frame",
-            progress_unit_scale=system.info["num_envs_per_step"]
-                             * config.unroll_length),
+            progress_unit_scale=(system.num_envs_per_step
+                                 * config.unroll_length)),
         start_step=resume_step or 0,
         logger=logger,
         checkpointer=checkpointer,

@@ -48,7 +48,7 @@ WORKER = textwrap.dedent("""
     system.start(state)
     try:
       for update in range(3):
-        state, metrics = system.train_step(state)
+        state, metrics = system.step(state)
         leaves = jax.tree.leaves(local(state.params))
         digest = hashlib.sha256(b"".join(x.tobytes() for x in leaves))
         print("UPDATE", update, digest.hexdigest(), flush=True)
@@ -116,7 +116,7 @@ def test_two_processes_make_identical_updates(tmp_path):
                        *[getattr(u, f) for u in unrolls])
           for f in unrolls[0]._fields[1:]]
   batch = type(unrolls[0])(batch, *rest)
-  params, _, metrics = jax.jit(system.learner_step)(
+  params, _, metrics = jax.jit(system.learner.step)(
       saved[0]["params1"], saved[0]["opt1"], batch)
   for a, b in zip(jax.tree.leaves(jax.device_get(params)),
                   jax.tree.leaves(saved[0]["params2"])):

@@ -11,6 +11,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 
 import jax
 import numpy as np
@@ -73,7 +74,7 @@ def minigrid_run(request):
   system.start(state)
   try:
     for _ in range(UPDATES):
-      state, m = system.train_step(state)
+      state, m = system.step(state)
       params.append(jax.device_get(state.params))
       metrics.append(jax.device_get(m))
   finally:
@@ -142,7 +143,7 @@ def test_asynchronous_unrolls_continue_each_other():
   system.start(state)
   try:
     for _ in range(4):
-      state, metrics = system.train_step(state)
+      state, metrics = system.step(state)
       params.append(jax.device_get(state.params))
       lags.append(metrics["policy_lag_max"])
       assert metrics["policy_lag_mean"] == metrics["policy_lag_max"]  # 1 thread
@@ -213,6 +214,35 @@ def test_truncation_from_elapsed_step(minigrid_run):
   assert checked
 
 
+@pytest.mark.timeout(300, method="thread")
+def test_logged_episodes_are_those_of_the_trajectories(minigrid_run):
+  """Each update's logged episodes are the ones that ended in its unroll,
+  their returns and lengths counted over the valid steps since their start
+  (the run's unrolls continue each other from its first step)."""
+  trajs, metrics = minigrid_run["trajectories"], minigrid_run["metrics"]
+  running_return, running_length = np.zeros((B,)), np.zeros((B,))
+  ended_any = False
+  for traj, logged in zip(trajs, metrics):
+    returns, lengths = [], []
+    for t in range(M):
+      running_return += np.where(traj.valid[t], traj.reward[t], 0.0)
+      running_length += traj.valid[t]
+      done = traj.terminated[t] | traj.truncated[t]
+      returns += list(running_return[done])
+      lengths += list(running_length[done])
+      running_return[done], running_length[done] = 0.0, 0.0
+    assert logged["episodes"] == len(returns)
+    if returns:
+      ended_any = True
+      np.testing.assert_allclose(logged["episode_return_mean"],
+                                 np.mean(returns), rtol=1e-6)
+      assert logged["episode_length_mean"] == np.mean(lengths)
+    else:
+      assert np.isnan(logged["episode_return_mean"])
+      assert np.isnan(logged["episode_length_mean"])
+  assert ended_any      # time limit 6 within 3 unrolls of 4 steps
+
+
 def test_episode_flags_trust_elapsed_step_not_envpool():
   """envpool #239: at the time limit envpool may flag neither or the wrong
   one; truncation comes from elapsed_step."""
@@ -238,7 +268,7 @@ def test_a_dying_actor_thread_stops_the_run_with_its_traceback(minigrid_run):
   try:
     with pytest.raises(sebulba.ActorError) as error:
       for _ in range(3):
-        system.train_step(minigrid_run["state"])
+        system.step(minigrid_run["state"])
   finally:
     system.stop()
     hook.action = None
@@ -289,7 +319,6 @@ def same_update(num_envs=8, threads=2, mesh=None, zero_sensitivities=False):
   suite = envpool_envs.Suite("fake", None, None, train.env.obs_shape,
                              train.env.num_actions, 100)
   system = sebulba.make_system(s_config, mesh=mesh, suite=suite)
-  info = system.info
   # Sebulba actors ship `valid`; Anakin's environments never ignore an
   # action (None). All valid must be the same update. Sebulba ships no
   # truncation values (its learner bootstraps a truncated step from the
@@ -301,14 +330,14 @@ def same_update(num_envs=8, threads=2, mesh=None, zero_sensitivities=False):
     shipped = shipped._replace(initial_state=shipped.initial_state._replace(
         sensitivities=jax.tree.map(np.zeros_like, jax.device_get(
             shipped.initial_state.sensitivities))))
-  pieces = [jax.device_put(jax.device_get(t), info["local_shardings"])
+  pieces = [jax.device_put(jax.device_get(t), system.learner.local_shardings)
             for t in _split(shipped, threads)]
-  batch = sebulba.combine(pieces, info["global_shardings"])
+  batch = sebulba.combine(pieces, system.learner.global_shardings)
   replicated = jax.sharding.NamedSharding(system.mesh,
                                           jax.sharding.PartitionSpec())
   params, opt_state = jax.device_put((runner.params, runner.opt_state),
                                      replicated)
-  sebulba_out = info["jitted_learner_step"](params, opt_state, batch)
+  sebulba_out = system.learner.jitted_step(params, opt_state, batch)
   return jax.device_get(anakin_out), jax.device_get(sebulba_out), runner
 
 
@@ -342,9 +371,19 @@ def test_env_groups_config_and_order_are_checked():
     sebulba.check_group(np.array([0, 1, 2, 4]), np.arange(4))
 
 
+LOGGED_PHASES = ("actor/params_wait", "actor/inference", "actor/env_send",
+                 "actor/env_recv", "actor/transfer", "actor/queue_put",
+                 "learner/queue_get", "learner/combine", "learner/step",
+                 "learner/publish")
+
+
 @pytest.mark.timeout(300, method="thread")
 def test_short_pong_run_on_one_device():
-  """One env group (synchronous envpool); tiny_atari has two (8-device test)."""
+  """One env group (synchronous envpool); tiny_atari has two (8-device test).
+  The phase timings are real: every documented phase (docs/SEBULBA.md) and
+  no other was timed, each learner phase once per update, and the phases of
+  a thread, which run one after another, add up to no more than the wall
+  time measured around them."""
   config = sebulba_configs.tiny_atari()
   config.total_updates = 2
   config.sebulba.env_groups = 1
@@ -352,21 +391,34 @@ def test_short_pong_run_on_one_device():
   hook = _Hook()
   system = sebulba.make_system(config, trajectory_hook=hook)
   state = system.init(jax.random.PRNGKey(0))
+  begin = time.perf_counter()
   system.start(state)
+  learner_seconds = 0.0
   try:
     for _ in range(2):
-      state, metrics = system.train_step(state)
+      step_begin = time.perf_counter()
+      state, metrics = system.step(state)
+      learner_seconds += time.perf_counter() - step_begin
       assert np.isfinite(float(metrics["loss/total"]))
   finally:
     system.stop()
+  wall_seconds = time.perf_counter() - begin
   traj = hook.captured[0]
   assert traj.obs.shape == (config.unroll_length + 1, 8, 84, 84, 4)
   assert int(state.update) == 2
-  timings = system.info["timing_metrics"]()
-  for phase in ("actor/env_send", "actor/env_recv", "actor/inference",
-                "actor/transfer", "learner/queue_get", "learner/step"):
-    assert timings[f"time/{phase}"] >= 0
-  assert timings["sps"] > 0
+  sums, counts = system.timings.window(reset=False)
+  assert sorted(sums) == sorted(LOGGED_PHASES)
+  assert all(sums[phase] > 0 and counts[phase] > 0 for phase in sums), counts
+  learner = [p for p in LOGGED_PHASES if p.startswith("learner/")]
+  assert all(counts[phase] == 2 for phase in learner), counts
+  assert sum(sums[phase] for phase in learner) <= learner_seconds
+  assert config.sebulba.num_actor_threads == 1
+  assert sum(sums[p] for p in LOGGED_PHASES if p.startswith("actor/")) <= (
+      wall_seconds)
+  logged = system.timing_metrics()
+  for phase in LOGGED_PHASES:
+    assert logged[f"time/{phase}"] == sums[phase] / counts[phase]
+  assert logged["sps"] > 0
 
 
 EIGHT_DEVICES = textwrap.dedent("""
@@ -383,7 +435,7 @@ EIGHT_DEVICES = textwrap.dedent("""
       system.start(state)
       try:
         for _ in range(updates):
-          state, m = system.train_step(state)
+          state, m = system.step(state)
           assert np.isfinite(float(m["loss/total"]))
       finally:
         system.stop()
