@@ -300,8 +300,10 @@ def _sum_over_batch(cell, hidden_cotangent, sensitivities):
   platform compiled for:
 
   * CPU: `_looped_sum`, a `lax.scan` over the examples. XLA:CPU runs a
-    multiply-and-reduce over the leading (batch) axis ~20x slower than this
-    loop, which reads S once into one parameter-sized accumulator.
+    multiply-and-reduce over the leading (batch) axis far slower than this
+    loop, which reads S once into one parameter-sized accumulator
+    (docs/BENCHMARKS.md, "The past-gradient contraction", has the numbers
+    and the command).
   * anything else (GPU, TPU): `_vectorised_sum`, one fused contraction per
     leaf. A loop there would launch B small kernels in sequence per update
     (B = 1024 environments per device is ordinary).
@@ -329,7 +331,7 @@ def _looped_sum(contract, hidden_cotangent, sensitivities):
 
   A loop over the batch reads S once and keeps one parameter-sized
   accumulator; `vmap` followed by a sum over the batch axis materialises
-  B x |θ_r| products first and measured ~20x slower on XLA:CPU. The batch is
+  B x |θ_r| products first, far slower on XLA:CPU (docs/BENCHMARKS.md). The batch is
   cut into C = gcd(B, device count) contiguous chunks, looped over within a
   chunk and vmapped across chunks: when B is sharded over (a mesh axis of)
   the devices, each device loops over its own examples, and XLA sums C

@@ -183,10 +183,23 @@ def test_bptt_oracle(name):
   assert max(later) > 1e-3, f"{name}: TBPTT matches BPTT; the test is vacuous"
 
 
-def test_every_boundary_reset_is_on_a_boundary_of_some_tested_length():
-  for length in SEGMENT_LENGTHS:
-    assert any(step % length == 0 and step < prefix_length(length)
-               for step, _ in BOUNDARY_RESETS), length
+@pytest.mark.parametrize("name", ORACLE_NAMES)
+def test_the_oracle_problem_resets_on_and_inside_segments(name):
+  """The resets `test_bptt_oracle` differentiates through (the problem's own
+  array, not the constants that seed it) fall exactly on a segment boundary
+  and strictly inside a segment, within the tested prefix, for every
+  segment length tested on this model, and reset different examples.
+  (Moving BOUNDARY_RESETS one step off the boundaries fails it.)"""
+  with jax.enable_x64(True):
+    _, _, _, resets, _ = make_problem(make_model(name))
+  steps, examples = np.nonzero(np.asarray(resets))
+  for length in segment_lengths(name):
+    tested = steps < prefix_length(length)
+    on_boundary = tested & (steps % length == 0) & (steps > 0)
+    inside = tested & (steps % length != 0)
+    assert on_boundary.any(), (name, length)
+    assert length == 1 or inside.any(), (name, length)   # 1: all boundaries
+    assert len(set(examples[tested])) > 1, (name, length)
 
 
 @dataclasses.dataclass(frozen=True)

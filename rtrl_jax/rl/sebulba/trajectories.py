@@ -26,7 +26,7 @@ def trajectory_shardings(mesh, example):
 def _concatenate(pieces):
   """Trajectories on one device joined along the environment axis (0 for
   the initial state, 1 for the time-major fields), in one call: op-by-op
-  concatenation of each leaf cost ~0.3 ms a leaf on a 2-core CPU."""
+  concatenation dispatches one computation per leaf."""
   joined = {field: jax.tree.map(lambda *xs: jnp.concatenate(xs, 1),
                                *[getattr(p, field) for p in pieces])
             for field in Trajectory._fields if field != "initial_state"}
