@@ -23,6 +23,7 @@ import sys
 
 from absl import app, flags
 
+from experiments.configs import r2ac as r2ac_configs
 from rtrl_jax.experiment.r2ac_training import run
 from rtrl_jax.experiment.r2ac_training import where_to_look
 from rtrl_jax import experiment
@@ -43,6 +44,7 @@ def main(argv):
   workdir = experiment.cli.run_workdir(
       _WORKDIR.value, f"r2ac_{config.gradient}", _RESUME.value)
   try:
+    r2ac_configs.check(config)
     results = run(config, workdir, _RESUME.value)
   except (experiment.ConfigError, experiment.NonFiniteLossError) as error:
     sys.exit(f"error: {error}")

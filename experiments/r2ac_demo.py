@@ -61,6 +61,7 @@ def demo_config(gradient, memory_length, unroll_length, frames):
   frames_per_call = config.num_envs * unroll_length * UPDATES_PER_CALL
   config.total_updates = max(1, round(frames / frames_per_call)) * (
       UPDATES_PER_CALL)
+  r2ac_configs.check(config)
   return config
 
 

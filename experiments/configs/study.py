@@ -213,6 +213,7 @@ def defaults_config(study, name):
       node = node[part]
     node[key] = value
   config.run.progress = False
+  r2ac.check(config)
   return config
 
 
@@ -243,4 +244,5 @@ def run_config(study, task_name, system_name, learning_rate, overrides=None):
         config.network.core_kwargs[core][key] = value
     else:
       config[key] = value
+  r2ac.check(config)
   return config

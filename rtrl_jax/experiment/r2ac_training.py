@@ -4,7 +4,9 @@ run with logs, checkpoints and evaluations) and `train_seeds(config, seeds,
 
 The library half of experiments/r2ac_anakin.py (which adds the absl flags),
 so that other scripts (experiments/study.py, experiments/r2ac_demo.py) can
-train in-process without defining the script's flags twice.
+train in-process without defining the script's flags twice. The config is
+one of experiments/configs/r2ac.py, checked by the caller
+(`experiments.configs.r2ac.check`) before it is passed here.
 """
 
 import os
@@ -15,7 +17,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from experiments.configs import r2ac as r2ac_configs
 from rtrl_jax.rl import anakin
 from rtrl_jax.rl import evaluation
 from rtrl_jax.rl import from_config
@@ -108,7 +109,6 @@ def train_seeds(config, seeds, eval_episodes, greedy_episodes,
   returns [S]) is called after every call (progress). Raises
   NonFiniteLossError on a non-finite loss.
   """
-  r2ac_configs.check(config)
   system = from_config.anakin_system(config, num_seeds=len(seeds))
   runner = system.init(anakin.seed_keys(seeds))
   calls = config.total_updates // config.updates_per_call
@@ -215,7 +215,6 @@ def run(config, workdir, resume):
   each; at the end it evaluates `eval.final_episodes` episodes of each kind
   (results.json: final/sampled_return, final/greedy_return).
   """
-  r2ac_configs.check(config)
   try:      # before prepare_workdir: a bad config leaves no run folder behind
     system = from_config.anakin_system(config)
   except (TypeError, ValueError) as error:
