@@ -37,15 +37,9 @@ def test_sigterm_in_the_step_that_stops_keeps_status_stopped(tmp_path):
   try:
     _, result = experiment.train_loop(
         {"step": jnp.zeros((), jnp.int32)}, jax.jit(_train_step),
-        experiment.LoopOptions(
-            num_steps=20,
-            log_every=2,
-            eval_every=4,
-            checkpoint_every=100,
-            progress=False),
-        start_step=0,
-        logger=logger,
-        checkpointer=checkpointer,
+        experiment.LoopOptions(num_steps=20, log_every=2, eval_every=4,
+                               checkpoint_every=100, progress=False),
+        start_step=0, logger=logger, checkpointer=checkpointer,
         evaluate=lambda state: {"valid/x": 1.0},
         should_stop=should_stop)
   finally:

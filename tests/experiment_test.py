@@ -495,15 +495,9 @@ def test_non_finite_loss_names_the_step_and_keeps_last_good(tmp_path):
                            r"checkpoint: step 5"):
     experiment.train_loop(
         state, jax.jit(train_step),
-        experiment.LoopOptions(
-            num_steps=20,
-            log_every=4,
-            eval_every=100,
-            checkpoint_every=5,
-            progress=False),
-        start_step=0,
-        logger=logger,
-        checkpointer=checkpointer)
+        experiment.LoopOptions(num_steps=20, log_every=4, eval_every=100,
+                               checkpoint_every=5, progress=False),
+        start_step=0, logger=logger, checkpointer=checkpointer)
   assert checkpointer.all_steps() == [5]
   restored, _ = checkpointer.restore(state)
   np.testing.assert_array_equal(restored["w"], 5.0)

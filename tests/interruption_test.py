@@ -462,15 +462,9 @@ def test_a_diverging_loss_stops_before_saving(tmp_path):
   with pytest.raises(experiment.DivergenceError) as error:
     experiment.train_loop(
         {"step": jnp.zeros((), jnp.int32)}, jax.jit(_diverging_step),
-        experiment.LoopOptions(
-            num_steps=40,
-            log_every=2,
-            eval_every=100,
-            checkpoint_every=5,
-            progress=False),
-        start_step=0,
-        logger=logger,
-        checkpointer=checkpointer)
+        experiment.LoopOptions(num_steps=40, log_every=2, eval_every=100,
+                               checkpoint_every=5, progress=False),
+        start_step=0, logger=logger, checkpointer=checkpointer)
   logger.close()
   assert str(error.value) == (
       "loss diverged at step 13: 1e+08 is more than 1e+06x its reference "
@@ -490,15 +484,9 @@ def test_divergence_reference_survives_a_resume(tmp_path):
   checkpointer = experiment.Checkpointer(os.path.join(workdir, "checkpoints"))
   state, _ = experiment.train_loop(
       {"step": jnp.zeros((), jnp.int32)}, jax.jit(_diverging_step),
-      experiment.LoopOptions(
-          num_steps=10,
-          log_every=2,
-          eval_every=100,
-          checkpoint_every=5,
-          progress=False),
-      start_step=0,
-      logger=logger,
-      checkpointer=checkpointer)
+      experiment.LoopOptions(num_steps=10, log_every=2, eval_every=100,
+                             checkpoint_every=5, progress=False),
+      start_step=0, logger=logger, checkpointer=checkpointer)
   logger.close()
   logger = experiment.RunLogger(workdir, config, resume_step=10)
   assert logger.values("train/loss", 5) == pytest.approx(
@@ -506,15 +494,9 @@ def test_divergence_reference_survives_a_resume(tmp_path):
   with pytest.raises(experiment.DivergenceError, match="at step 13"):
     experiment.train_loop(
         state, jax.jit(_diverging_step),
-        experiment.LoopOptions(
-            num_steps=40,
-            log_every=2,
-            eval_every=100,
-            checkpoint_every=5,
-            progress=False),
-        start_step=10,
-        logger=logger,
-        checkpointer=checkpointer)
+        experiment.LoopOptions(num_steps=40, log_every=2, eval_every=100,
+                               checkpoint_every=5, progress=False),
+        start_step=10, logger=logger, checkpointer=checkpointer)
   logger.close()
   checkpointer.close()
 
