@@ -17,13 +17,9 @@ def loss_params(config) -> r2ac.LossParams:
                             for name in r2ac.LossParams._fields})
 
 
-def agent(config, obs_shape, num_actions, gradient=None) -> r2ac.Agent:
-  """The agent of `config.network`, `config.gradient` and `config.loss`.
-
-  gradient: overrides `config.gradient` (e.g. an RTRL twin of a TBPTT run).
-  """
-  net = config.network
-  gradient = gradient or config.gradient
+def agent(config, obs_shape, num_actions) -> r2ac.Agent:
+  """The agent of `config.network`, `config.gradient` and `config.loss`."""
+  net, gradient = config.network, config.gradient
   r2ac.check_core(net.core, gradient)
   core = r2ac.make_core(net.core, net.hidden_size,
                         **dict(net.get("core_kwargs", {}).get(net.core, {})))
