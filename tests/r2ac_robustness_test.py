@@ -9,10 +9,16 @@ tests/interruption_test.py, whose helpers these reuse.
 """
 
 import os
+import random
+import shutil
 import subprocess
 import sys
+import time
 
+import jax
 import pytest
+import interruption_test
+from experiment_test import assert_same_state
 from run_helpers import script_environment
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -21,6 +27,8 @@ sys.path.insert(0, ROOT)
 from experiments.configs import r2ac as r2ac_configs
 from experiments.configs import sebulba as sebulba_configs
 from rtrl_jax import experiment
+from rtrl_jax.experiment import r2ac_training
+from rtrl_jax.rl import evaluation
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
 TIMEOUT = 240
@@ -81,3 +89,151 @@ def test_sizes_beyond_memory_exit_with_one_line_and_no_folder(tmp_path,
                          "memory (with "), line
   assert " GiB; " in line and line.endswith(f"got {HUGE[key]}")
   assert not os.path.exists(workdir)
+
+
+# ---- shared by the kill and extension tests -------------------------------------
+
+@pytest.fixture(scope="module")
+def environment(tmp_path_factory):
+  """One persistent compilation cache for every run of this module (only
+  the first run compiles); one CPU device per process, as the Sebulba
+  script tests run."""
+  env = script_environment(tmp_path_factory.mktemp("jax_cache"))
+  env["XLA_FLAGS"] = " ".join(
+      f for f in env.get("XLA_FLAGS", "").split() if "device_count" not in f)
+  return env
+
+
+def start(system, workdir, environment, *flags):
+  return subprocess.Popen(command(system, *flags, f"--workdir={workdir}"),
+                          cwd=ROOT, env=environment, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True)
+
+
+def finish(system, workdir, environment, *flags):
+  process = start(system, workdir, environment, *flags)
+  stdout, stderr = process.communicate(timeout=TIMEOUT)
+  assert process.returncode == 0, stderr[-3000:]
+  return stdout
+
+
+def wait_for_a_random_moment(process, rng):
+  """Sleeps until a random moment of a run: a quarter of the time within
+  its first 10 s (imports, tracing, restoring, compiling), else within 6 s
+  after it printed "... logs in <workdir>" (training, evaluations,
+  checkpoint saves, the final evaluation and plot). Returns what it chose."""
+  if rng.random() < 0.25:
+    delay = rng.uniform(0.5, 10.0)
+    time.sleep(delay)
+    return ("start-up", round(delay, 2))
+  delay = rng.uniform(0.0, 6.0)
+  for line in process.stdout:          # consumed; communicate() reads on
+    if "logs in " in line:
+      break
+  time.sleep(delay)
+  return ("training", round(delay, 2))
+
+
+def optimizer_counts(opt_state):
+  """The update counts the optimizer state keeps (the learning-rate
+  schedule is read at them)."""
+  return [int(leaf) for path, leaf in
+          jax.tree_util.tree_leaves_with_path(opt_state)
+          if "count" in jax.tree_util.keystr(path)]
+
+
+# ---- Anakin --------------------------------------------------------------------
+
+# 6 calls of 5 updates, a checkpoint after every call, evaluations at
+# calls 0, 2, 4, 6 and the final one: tiny, and several checkpoints.
+ANAKIN_CALLS, ANAKIN_UPDATES_PER_CALL = 6, 5
+ANAKIN_FLAGS = [
+    f"--config.total_updates={ANAKIN_CALLS * ANAKIN_UPDATES_PER_CALL}",
+    f"--config.updates_per_call={ANAKIN_UPDATES_PER_CALL}",
+    "--config.run.checkpoint_every=1", "--config.eval.every=2",
+    "--config.run.progress=false"]
+
+
+@pytest.fixture(scope="module")
+def anakin_reference(tmp_path_factory, environment):
+  workdir = str(tmp_path_factory.mktemp("anakin_reference"))
+  finish("anakin", workdir, environment, *ANAKIN_FLAGS)
+  return workdir
+
+
+def test_anakin_kills_at_random_moments_then_resume_end_like_an_uninterrupted_run(
+    anakin_reference, environment, tmp_path):
+  """Up to 3 kills (SIGKILL, SIGTERM, SIGINT) at random moments of
+  `python -m experiments.r2ac_anakin` (start-up, training, checkpoint
+  saves, final evaluation), a --resume after each, then one to the end:
+  the whole RunnerState (parameters, optimizer state, environment and core
+  states with the RTRL sensitivities, RNG key, update counter),
+  results.json, metrics.jsonl/csv and TensorBoard equal the uninterrupted
+  run's."""
+  workdir = str(tmp_path / "killed")
+  kills, history = interruption_test.kill_at_random_moments(
+      lambda resume: start("anakin", workdir, environment, *ANAKIN_FLAGS,
+                           *(["--resume"] if resume else [])),
+      workdir, wait_for_a_random_moment, random.Random(18), max_kills=3,
+      seconds=60)
+  finish("anakin", workdir, environment, *ANAKIN_FLAGS, "--resume")
+  assert kills >= 2, history
+  _, _, runner, metadata = evaluation.restore_run(workdir)
+  _, _, reference_runner, reference_metadata = evaluation.restore_run(
+      anakin_reference)
+  assert metadata == reference_metadata == {
+      "call": ANAKIN_CALLS, "update": ANAKIN_CALLS * ANAKIN_UPDATES_PER_CALL}
+  assert_same_state(runner, reference_runner)
+  interruption_test.assert_same_rows_and_results(workdir, anakin_reference,
+                                                 history)
+
+
+def test_anakin_resume_may_extend_total_updates(anakin_reference,
+                                                 environment, tmp_path):
+  """A finished run resumed with a larger total_updates trains on from its
+  last checkpoint (update counter and optimizer state restored) to the new
+  total; the linear learning-rate decay is stretched to reach 0 there, so
+  the rate rises at the resume to the new schedule's value (the printed
+  line says so). A smaller total is refused in one line."""
+  workdir = str(tmp_path / "extended")
+  shutil.copytree(anakin_reference, workdir)
+  old_total = ANAKIN_CALLS * ANAKIN_UPDATES_PER_CALL
+  new_calls = ANAKIN_CALLS + 2
+  new_total = new_calls * ANAKIN_UPDATES_PER_CALL
+  config = r2ac_configs.tiny()
+  config.updates_per_call = ANAKIN_UPDATES_PER_CALL
+  config.total_updates = old_total - ANAKIN_UPDATES_PER_CALL
+  with pytest.raises(experiment.ConfigError) as error:
+    r2ac_training.run(config, workdir, resume=True)
+  assert str(error.value) == (
+      f"config.total_updates: is {config.total_updates} but the run in "
+      f"{workdir} was started with {old_total}; --resume may only increase "
+      "it")
+  stdout = finish("anakin", workdir, environment, *ANAKIN_FLAGS,
+                  f"--config.total_updates={new_total}", "--resume")
+  lr = r2ac_configs.LEARNING_RATE
+  assert (f"total_updates: {old_total} -> {new_total}: the learning rate's "
+          f"linear decay now reaches 0 at update {new_total}, so at update "
+          f"{old_total} it rises from 0 to {lr * (1 - old_total / new_total):.4g}"
+          f" ({lr:g}·(1 - {old_total}/{new_total})) and decays from there"
+          ) in stdout.splitlines(), stdout
+  _, _, runner, metadata = evaluation.restore_run(workdir)
+  assert metadata == {"call": new_calls, "update": new_total}
+  assert int(runner.update) == new_total
+  # The optimizer state was restored: its count (the schedule's clock) went
+  # on from the checkpoint's, not from 0.
+  assert optimizer_counts(runner.opt_state) and set(
+      optimizer_counts(runner.opt_state)) == {new_total}
+  rows = interruption_test.jsonl_rows(workdir)
+  train = [row for row in rows if "train/learning_rate" in row]
+  assert [row["step"] for row in train] == list(range(1, new_calls + 1))
+  reference = interruption_test.jsonl_rows(anakin_reference)
+  assert interruption_test.without_timing(rows[:len(reference)]) == (
+      interruption_test.without_timing(reference))
+  for row in train:         # the rate of each call's last update
+    schedule_total = old_total if row["step"] <= ANAKIN_CALLS else new_total
+    update = row["step"] * ANAKIN_UPDATES_PER_CALL - 1
+    assert row["train/learning_rate"] == pytest.approx(
+        lr * (1 - update / schedule_total), rel=1e-5, abs=1e-9), row
+  assert interruption_test.results(workdir)["updates"] == new_total
+  interruption_test.assert_tensorboard_equals_jsonl(workdir)
