@@ -19,7 +19,7 @@ import jax
 import pytest
 import interruption_test
 from experiment_test import assert_same_state
-from run_helpers import script_environment
+from run_helpers import checkpoint_steps, script_environment
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -117,21 +117,30 @@ def finish(system, workdir, environment, *flags):
   return stdout
 
 
-def wait_for_a_random_moment(process, rng):
-  """Sleeps until a random moment of a run: a quarter of the time within
-  its first 10 s (imports, tracing, restoring, compiling), else within 6 s
-  after it printed "... logs in <workdir>" (training, evaluations,
-  checkpoint saves, the final evaluation and plot). Returns what it chose."""
-  if rng.random() < 0.25:
-    delay = rng.uniform(0.5, 10.0)
+def random_moment(workdir, num_steps, after=0.8):
+  """wait(process, rng) for kill_at_random_moments: sleeps until a random
+  moment of a run of `workdir` (`num_steps` loop steps). A quarter of the
+  time within the run's first 10 s (imports, tracing, restoring,
+  compiling); else up to `after` seconds (about two loop steps) after a
+  random checkpoint of this session was saved (a step past the one it resumed from, the last one included):
+  training calls, evaluations, the next checkpoint's save, the final
+  evaluation and plot. Returns what it chose."""
+
+  def wait(process, rng):
+    if rng.random() < 0.25:
+      delay = rng.uniform(0.5, 10.0)
+      time.sleep(delay)
+      return ("start-up", round(delay, 2))
+    first = (checkpoint_steps(workdir) or [0])[-1] + 1
+    step = min(num_steps, first + int(rng.random() * (num_steps + 1 - first)))
+    delay = rng.uniform(0.0, after)
+    while process.poll() is None and (checkpoint_steps(workdir)
+                                      or [0])[-1] < step:
+      time.sleep(0.02)
     time.sleep(delay)
-    return ("start-up", round(delay, 2))
-  delay = rng.uniform(0.0, 6.0)
-  for line in process.stdout:          # consumed; communicate() reads on
-    if "logs in " in line:
-      break
-  time.sleep(delay)
-  return ("training", round(delay, 2))
+    return (f"checkpoint {step} +", round(delay, 2))
+
+  return wait
 
 
 def optimizer_counts(opt_state):
@@ -174,9 +183,10 @@ def test_anakin_kills_at_random_moments_then_resume_end_like_an_uninterrupted_ru
   kills, history = interruption_test.kill_at_random_moments(
       lambda resume: start("anakin", workdir, environment, *ANAKIN_FLAGS,
                            *(["--resume"] if resume else [])),
-      workdir, wait_for_a_random_moment, random.Random(18), max_kills=3,
+      workdir, random_moment(workdir, ANAKIN_CALLS), random.Random(34), max_kills=2,
       seconds=60)
-  finish("anakin", workdir, environment, *ANAKIN_FLAGS, "--resume")
+  finish("anakin", workdir, environment, *ANAKIN_FLAGS,
+         *(["--resume"] if os.path.exists(workdir) else []))
   assert kills >= 2, history
   _, _, runner, metadata = evaluation.restore_run(workdir)
   _, _, reference_runner, reference_metadata = evaluation.restore_run(
@@ -237,3 +247,121 @@ def test_anakin_resume_may_extend_total_updates(anakin_reference,
         lr * (1 - update / schedule_total), rel=1e-5, abs=1e-9), row
   assert interruption_test.results(workdir)["updates"] == new_total
   interruption_test.assert_tensorboard_equals_jsonl(workdir)
+
+
+# ---- Sebulba (synchronous) -------------------------------------------------------
+
+# 12 updates, a checkpoint every 2 (all kept, to compare them), logs every 2.
+SEBULBA_UPDATES = 12
+SEBULBA_FLAGS = ["--config.sebulba.synchronous=true",
+                 f"--config.total_updates={SEBULBA_UPDATES}",
+                 "--config.run.checkpoint_every=2", "--config.run.log_every=2",
+                 "--config.run.max_checkpoints=20"]
+# Scalars that measure time or the queue, not what was trained.
+SEBULBA_TIMING = ("train/time/", "train/sps", "train/steps_per_second",
+                  "train/queue_size")
+# Scalars that do not depend on the environments' trajectories.
+SEBULBA_COUNTERS = ("step", "train/env_steps", "train/policy_lag_mean",
+                    "train/policy_lag_max")
+
+
+def names(row):
+  """The names of a Sebulba metrics row or results.json, but the log
+  window's episode statistics (train/window/*), which are there only when
+  an episode ended in the window: after a resume that depends on the
+  episodes."""
+  return [name for name in row if "window/" not in name]
+
+
+def without_sebulba_timing(row):
+  return {k: v for k, v in row.items() if not k.startswith(SEBULBA_TIMING)}
+
+
+@pytest.fixture(scope="module")
+def sebulba_reference(tmp_path_factory, environment):
+  pytest.importorskip("envpool")
+  workdir = str(tmp_path_factory.mktemp("sebulba_reference"))
+  finish("sebulba", workdir, environment, *SEBULBA_FLAGS)
+  return workdir
+
+
+def test_sebulba_kills_at_random_moments_then_resume_end_like_an_uninterrupted_run(
+    sebulba_reference, environment, tmp_path):
+  """Kills of `python -m experiments.r2ac_sebulba` in synchronous mode, as
+  the Anakin test does, compared with an uninterrupted run where Sebulba is
+  deterministic.
+
+  Synchronous Sebulba is bit-reproducible within one session (an
+  uninterrupted run repeats exactly), but not across a resume, by design
+  of rtrl_jax/rl/sebulba.py and not of the checkpoint layer: envpool's
+  environment states cannot be saved, so a resumed session's actors start
+  new episodes with fresh core states, from an envpool seeded with
+  seed + 100003·(resumed update) and actor keys folded with it (so that a
+  resume does not replay the first session's levels). After the first
+  resume the trajectories, hence parameters, losses and episode statistics,
+  differ from the uninterrupted run's. What is compared:
+
+  * every checkpoint the first session saved (up to the update the next
+    session resumed from) equals the uninterrupted run's bit for bit, and
+    so does every metrics row up to that update (but timings);
+  * every row of metrics.jsonl has the uninterrupted run's step and names
+    (but train/window/*, logged only when an episode ended in the log
+    window), in order (none duplicated, none missing), with equal env-step
+    and policy-lag counters; metrics.csv has as many lines; TensorBoard equals
+    metrics.jsonl;
+  * the final checkpoint is at the last update, with the uninterrupted
+    run's tree of arrays, and its optimizer count (the learning-rate
+    schedule's clock) is the last update: the optimizer state was carried
+    over every resume;
+  * results.json has the same keys (but window/*), status, update and
+    counters.
+  """
+  workdir = str(tmp_path / "killed")
+  starts = []     # the checkpoints there when each session started
+
+  def start_session(resume):
+    starts.append(checkpoint_steps(workdir))
+    return start("sebulba", workdir, environment, *SEBULBA_FLAGS,
+                 *(["--resume"] if resume else []))
+
+  kills, history = interruption_test.kill_at_random_moments(
+      start_session, workdir, random_moment(workdir, SEBULBA_UPDATES, after=0.3),
+      random.Random(38), max_kills=2, seconds=60)
+  starts.append(checkpoint_steps(workdir))
+  finish("sebulba", workdir, environment, *SEBULBA_FLAGS,
+         *(["--resume"] if os.path.exists(workdir) else []))
+  assert kills >= 2, history
+  first_resume = (starts[1] or [0])[-1]
+  for update in [step for step in checkpoint_steps(sebulba_reference)
+                 if step <= first_resume]:
+    state = evaluation.restore_sebulba_run(workdir, update)[3]
+    assert_same_state(state, evaluation.restore_sebulba_run(
+        sebulba_reference, update)[3])
+  *_, state, metadata = evaluation.restore_sebulba_run(workdir)
+  *_, reference_state, reference_metadata = evaluation.restore_sebulba_run(
+      sebulba_reference)
+  assert metadata == reference_metadata == {"update": SEBULBA_UPDATES}
+  assert int(state.update) == SEBULBA_UPDATES
+  assert set(optimizer_counts(state.opt_state)) == {SEBULBA_UPDATES}
+  assert (jax.tree.structure(state) == jax.tree.structure(reference_state))
+  assert [(x.shape, x.dtype) for x in jax.tree.leaves(state)] == [
+      (x.shape, x.dtype) for x in jax.tree.leaves(reference_state)]
+  rows, reference_rows = (
+      [without_sebulba_timing(row) for row in interruption_test.jsonl_rows(w)]
+      for w in (workdir, sebulba_reference))
+  assert [sorted(names(row)) for row in rows] == [
+      sorted(names(row)) for row in reference_rows], history
+  for row, reference_row in zip(rows, reference_rows):
+    assert {k: row[k] for k in SEBULBA_COUNTERS if k in row} == {
+        k: reference_row[k] for k in SEBULBA_COUNTERS if k in reference_row}
+    if row["step"] <= first_resume:
+      assert row == pytest.approx(reference_row, nan_ok=True), (row["step"],
+                                                                history)
+  assert len(interruption_test.csv_without_timing(workdir)) == len(
+      interruption_test.csv_without_timing(sebulba_reference))
+  interruption_test.assert_tensorboard_equals_jsonl(workdir)
+  got, want = (interruption_test.results(w)
+               for w in (workdir, sebulba_reference))
+  assert sorted(names(got)) == sorted(names(want))
+  for key in ("status", "update", "env_steps", "policy_lag_mean"):
+    assert got[key] == want[key], key
