@@ -117,14 +117,15 @@ def finish(system, workdir, environment, *flags):
   return stdout
 
 
-def random_moment(workdir, num_steps, after=0.8):
+def random_moment(workdir, num_steps, after):
   """wait(process, rng) for kill_at_random_moments: sleeps until a random
   moment of a run of `workdir` (`num_steps` loop steps). A quarter of the
   time within the run's first 10 s (imports, tracing, restoring,
-  compiling); else up to `after` seconds (about two loop steps) after a
-  random checkpoint of this session was saved (a step past the one it resumed from, the last one included):
-  training calls, evaluations, the next checkpoint's save, the final
-  evaluation and plot. Returns what it chose."""
+  compiling); else up to `after` seconds (about a loop step and its save)
+  after a random checkpoint of this session was saved (past the one it
+  resumed from, the last one included): training calls, evaluations, the
+  next checkpoint's save, the final evaluation and plot. Returns what it
+  chose."""
 
   def wait(process, rng):
     if rng.random() < 0.25:
@@ -151,6 +152,33 @@ def optimizer_counts(opt_state):
           if "count" in jax.tree_util.keystr(path)]
 
 
+def kill_and_resume(system, workdir, environment, flags, num_steps, after):
+  """Up to 2 kills at random moments (random_moment; seed 38 draws a
+  SIGKILL after the third checkpoint and a SIGINT after a later one), a
+  --resume after each, then one to the end. Returns (history, resumed
+  from: the latest checkpoint when each later session started, 0 for
+  none). Fails unless 2 signals were sent and a session resumed from a
+  checkpoint before the last step (the case a broken restore shows in)."""
+  starts = []
+
+  def start_session(resume):
+    starts.append((checkpoint_steps(workdir) or [0])[-1])
+    return start(system, workdir, environment, *flags,
+                 *(["--resume"] if resume else []))
+
+  kills, history = interruption_test.kill_at_random_moments(
+      start_session, workdir, random_moment(workdir, num_steps, after),
+      random.Random(38), max_kills=2, seconds=60)
+  starts.append((checkpoint_steps(workdir) or [0])[-1])
+  finish(system, workdir, environment, *flags,
+         *(["--resume"] if os.path.exists(workdir) else []))
+  resumed_from = starts[1:]
+  assert kills == 2, history
+  assert any(0 < step < num_steps for step in resumed_from), (resumed_from,
+                                                             history)
+  return history, resumed_from
+
+
 # ---- Anakin --------------------------------------------------------------------
 
 # 6 calls of 5 updates, a checkpoint after every call, evaluations at
@@ -172,22 +200,16 @@ def anakin_reference(tmp_path_factory, environment):
 
 def test_anakin_kills_at_random_moments_then_resume_end_like_an_uninterrupted_run(
     anakin_reference, environment, tmp_path):
-  """Up to 3 kills (SIGKILL, SIGTERM, SIGINT) at random moments of
-  `python -m experiments.r2ac_anakin` (start-up, training, checkpoint
-  saves, final evaluation), a --resume after each, then one to the end:
+  """Kills (SIGKILL, SIGTERM, SIGINT) at random moments of `python -m
+  experiments.r2ac_anakin` (start-up, training, checkpoint saves, final
+  evaluation), a --resume after each, then one to the end (kill_and_resume):
   the whole RunnerState (parameters, optimizer state, environment and core
   states with the RTRL sensitivities, RNG key, update counter),
   results.json, metrics.jsonl/csv and TensorBoard equal the uninterrupted
   run's."""
   workdir = str(tmp_path / "killed")
-  kills, history = interruption_test.kill_at_random_moments(
-      lambda resume: start("anakin", workdir, environment, *ANAKIN_FLAGS,
-                           *(["--resume"] if resume else [])),
-      workdir, random_moment(workdir, ANAKIN_CALLS), random.Random(34), max_kills=2,
-      seconds=60)
-  finish("anakin", workdir, environment, *ANAKIN_FLAGS,
-         *(["--resume"] if os.path.exists(workdir) else []))
-  assert kills >= 2, history
+  history, _ = kill_and_resume("anakin", workdir, environment, ANAKIN_FLAGS,
+                               ANAKIN_CALLS, after=0.3)
   _, _, runner, metadata = evaluation.restore_run(workdir)
   _, _, reference_runner, reference_metadata = evaluation.restore_run(
       anakin_reference)
@@ -317,21 +339,10 @@ def test_sebulba_kills_at_random_moments_then_resume_end_like_an_uninterrupted_r
     counters.
   """
   workdir = str(tmp_path / "killed")
-  starts = []     # the checkpoints there when each session started
-
-  def start_session(resume):
-    starts.append(checkpoint_steps(workdir))
-    return start("sebulba", workdir, environment, *SEBULBA_FLAGS,
-                 *(["--resume"] if resume else []))
-
-  kills, history = interruption_test.kill_at_random_moments(
-      start_session, workdir, random_moment(workdir, SEBULBA_UPDATES, after=0.3),
-      random.Random(38), max_kills=2, seconds=60)
-  starts.append(checkpoint_steps(workdir))
-  finish("sebulba", workdir, environment, *SEBULBA_FLAGS,
-         *(["--resume"] if os.path.exists(workdir) else []))
-  assert kills >= 2, history
-  first_resume = (starts[1] or [0])[-1]
+  history, resumed_from = kill_and_resume(
+      "sebulba", workdir, environment, SEBULBA_FLAGS, SEBULBA_UPDATES,
+      after=0.3)
+  first_resume = resumed_from[0]
   for update in [step for step in checkpoint_steps(sebulba_reference)
                  if step <= first_resume]:
     state = evaluation.restore_sebulba_run(workdir, update)[3]
