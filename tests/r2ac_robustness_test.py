@@ -121,23 +121,31 @@ def random_moment(workdir, num_steps, after):
   """wait(process, rng) for kill_at_random_moments: sleeps until a random
   moment of a run of `workdir` (`num_steps` loop steps). A quarter of the
   time within the run's first 10 s (imports, tracing, restoring,
-  compiling); else up to `after` seconds (about a loop step and its save)
-  after a random checkpoint of this session was saved (past the one it
-  resumed from, the last one included): training calls, evaluations, the
-  next checkpoint's save, the final evaluation and plot. Returns what it
-  chose."""
+  compiling); else after a random checkpoint k of this session (past the
+  one it resumed from, the last one included) was saved, by a random
+  fraction of the time between this session's last two checkpoints (or
+  `after` seconds without two), so that the signal lands in the step after
+  k, its checkpoint save or, after the last one, the final evaluation and
+  plot, on a slow machine or a fast one. Returns what it chose."""
 
   def wait(process, rng):
     if rng.random() < 0.25:
       delay = rng.uniform(0.5, 10.0)
       time.sleep(delay)
       return ("start-up", round(delay, 2))
-    first = (checkpoint_steps(workdir) or [0])[-1] + 1
-    step = min(num_steps, first + int(rng.random() * (num_steps + 1 - first)))
-    delay = rng.uniform(0.0, after)
-    while process.poll() is None and (checkpoint_steps(workdir)
-                                      or [0])[-1] < step:
-      time.sleep(0.02)
+    resumed_from = (checkpoint_steps(workdir) or [0])[-1]
+    step = min(num_steps, resumed_from + 1 + int(
+        rng.random() * (num_steps - resumed_from)))
+    fraction = rng.uniform(0.0, 1.0)
+    seen = {}                 # checkpoint -> when it was first seen
+    latest = resumed_from
+    while process.poll() is None and latest < step:
+      latest = (checkpoint_steps(workdir) or [0])[-1]
+      if latest > resumed_from:
+        seen.setdefault(latest, time.time())
+      time.sleep(0.01)
+    times = sorted(seen.values())
+    delay = fraction * (times[-1] - times[-2] if len(times) > 1 else after)
     time.sleep(delay)
     return (f"checkpoint {step} +", round(delay, 2))
 
@@ -153,8 +161,10 @@ def optimizer_counts(opt_state):
 
 
 def kill_and_resume(system, workdir, environment, flags, num_steps, after):
-  """Up to 2 kills at random moments (random_moment; seed 38 draws a
-  SIGKILL after the third checkpoint and a SIGINT after a later one), a
+  """Up to 2 kills at random moments (random_moment; seed 38 draws, for 6
+  or 12 steps, a SIGKILL mid-run and then a SIGINT after a later checkpoint;
+  start-up moments are drawn with other seeds, and tested in
+  tests/interruption_test.py), a
   --resume after each, then one to the end. Returns (history, resumed
   from: the latest checkpoint when each later session started, 0 for
   none). Fails unless 2 signals were sent and a session resumed from a
