@@ -43,7 +43,7 @@ def command(system, *flags):
           f"--config=experiments/configs/{config_file}:tiny", *flags]
 
 
-# ---- sizes beyond memory ------------------------------------------------------
+# ---- sizes beyond memory -----------------------------------------------------
 
 HUGE = {"num_envs": 10**12, "sebulba.num_envs_per_thread": 10**12,
         "network.hidden_size": 3 * 10**9}
@@ -91,7 +91,7 @@ def test_sizes_beyond_memory_exit_with_one_line_and_no_folder(tmp_path,
   assert not os.path.exists(workdir)
 
 
-# ---- shared by the kill and extension tests -------------------------------------
+# ---- shared by the kill and extension tests ----------------------------------
 
 @pytest.fixture(scope="module")
 def environment(tmp_path_factory):
@@ -164,11 +164,11 @@ def kill_and_resume(system, workdir, environment, flags, num_steps, after):
   """Up to 2 kills at random moments (random_moment; seed 38 draws, for 6
   or 12 steps, a SIGKILL mid-run and then a SIGINT after a later checkpoint;
   start-up moments are drawn with other seeds, and tested in
-  tests/interruption_test.py), a
-  --resume after each, then one to the end. Returns (history, resumed
-  from: the latest checkpoint when each later session started, 0 for
-  none). Fails unless 2 signals were sent and a session resumed from a
-  checkpoint before the last step (the case a broken restore shows in)."""
+  tests/interruption_test.py), a --resume after each, then one to the
+  end. Returns (history, resumed from: the latest checkpoint when each
+  later session started, 0 for none). Fails unless 2 signals were sent
+  and a session resumed from a checkpoint before the last step (where a
+  broken restore shows)."""
   starts = []
 
   def start_session(resume):
@@ -178,7 +178,7 @@ def kill_and_resume(system, workdir, environment, flags, num_steps, after):
 
   kills, history = interruption_test.kill_at_random_moments(
       start_session, workdir, random_moment(workdir, num_steps, after),
-      random.Random(38), max_kills=2, seconds=60)
+      random.Random(38), max_kills=2, seconds=150)
   starts.append((checkpoint_steps(workdir) or [0])[-1])
   finish(system, workdir, environment, *flags,
          *(["--resume"] if os.path.exists(workdir) else []))
@@ -189,7 +189,7 @@ def kill_and_resume(system, workdir, environment, flags, num_steps, after):
   return history, resumed_from
 
 
-# ---- Anakin --------------------------------------------------------------------
+# ---- Anakin ------------------------------------------------------------------
 
 # 6 calls of 5 updates, a checkpoint after every call, evaluations at
 # calls 0, 2, 4, 6 and the final one: tiny, and several checkpoints.
@@ -208,7 +208,7 @@ def anakin_reference(tmp_path_factory, environment):
   return workdir
 
 
-def test_anakin_kills_at_random_moments_then_resume_end_like_an_uninterrupted_run(
+def test_anakin_kills_at_random_moments_then_resume_end_as_uninterrupted(
     anakin_reference, environment, tmp_path):
   """Kills (SIGKILL, SIGTERM, SIGINT) at random moments of `python -m
   experiments.r2ac_anakin` (start-up, training, checkpoint saves, final
@@ -254,10 +254,11 @@ def test_anakin_resume_may_extend_total_updates(anakin_reference,
   stdout = finish("anakin", workdir, environment, *ANAKIN_FLAGS,
                   f"--config.total_updates={new_total}", "--resume")
   lr = r2ac_configs.LEARNING_RATE
+  new_rate = lr * (1 - old_total / new_total)
   assert (f"total_updates: {old_total} -> {new_total}: the learning rate's "
           f"linear decay now reaches 0 at update {new_total}, so at update "
-          f"{old_total} it rises from 0 to {lr * (1 - old_total / new_total):.4g}"
-          f" ({lr:g}·(1 - {old_total}/{new_total})) and decays from there"
+          f"{old_total} it rises from 0 to {new_rate:.4g} ({lr:g}·(1 - "
+          f"{old_total}/{new_total})) and decays from there"
           ) in stdout.splitlines(), stdout
   _, _, runner, metadata = evaluation.restore_run(workdir)
   assert metadata == {"call": new_calls, "update": new_total}
@@ -281,7 +282,7 @@ def test_anakin_resume_may_extend_total_updates(anakin_reference,
   interruption_test.assert_tensorboard_equals_jsonl(workdir)
 
 
-# ---- Sebulba (synchronous) -------------------------------------------------------
+# ---- Sebulba (synchronous) ---------------------------------------------------
 
 # 12 updates, a checkpoint every 2 (all kept, to compare them), logs every 2.
 SEBULBA_UPDATES = 12
@@ -317,7 +318,7 @@ def sebulba_reference(tmp_path_factory, environment):
   return workdir
 
 
-def test_sebulba_kills_at_random_moments_then_resume_end_like_an_uninterrupted_run(
+def test_sebulba_kills_at_random_moments_then_resume_end_as_uninterrupted(
     sebulba_reference, environment, tmp_path):
   """Kills of `python -m experiments.r2ac_sebulba` in synchronous mode, as
   the Anakin test does, compared with an uninterrupted run where Sebulba is
