@@ -9,7 +9,10 @@ program (rtrl_jax/rl/anakin.py); the loop (rtrl_jax/experiment) logs after every
 call, runs a greedy evaluation every `eval.every` calls and saves the
 whole RunnerState (parameters, optimizer state, environment states, core
 states with their RTRL sensitivities, RNG key, update counter) every
-`run.checkpoint_every`, so that `--resume` continues bit-exactly.
+`run.checkpoint_every`, so that `--resume` continues bit-exactly. A
+`--resume` may change the cadence and raise `total_updates` (the learning
+rate's linear decay then reaches 0 at the new total: the run prints the
+rate it rises to).
 
 The run folder gets config.json, metrics.jsonl/.csv and TensorBoard events
 (x-axis: calls; `train/frames` is the number of environment frames),

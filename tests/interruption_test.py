@@ -632,6 +632,68 @@ KILL_FLAGS = [TINY, "--config.train.num_steps=120",
               "--config.run.checkpoint_every=20", "--config.run.eval_every=30"]
 
 
+SIGNALS = (signal.SIGKILL, signal.SIGTERM, signal.SIGINT)
+
+
+def kill_at_random_moments(start, workdir, wait, rng, max_kills, seconds):
+  """Starts runs in `workdir` and signals each at a random moment, until
+  `max_kills` signals were sent, `seconds` have passed or a run wrote
+  results.json. Returns (kills, history).
+
+  start(resume) -> a Popen of the script (resume: pass --resume);
+  wait(process, rng) sleeps until a random moment and returns what it
+  chose (for the history); the signal is one of SIGNALS, drawn after it.
+  Each run must exit 0 (preempted: SIGTERM, SIGINT) or die of the SIGKILL,
+  without a traceback. A final --resume is the caller's."""
+  started, kills = time.time(), 0
+  history = []     # what happened, for the failure messages
+  while kills < max_kills and time.time() - started < seconds:
+    process = start(os.path.exists(workdir))
+    try:
+      moment = wait(process, rng)
+      signum = rng.choice(SIGNALS)
+      if process.poll() is None:
+        process.send_signal(signum)
+        kills += 1
+        history.append((signum.name, moment))
+      stdout, stderr = process.communicate(timeout=TIMEOUT)
+    finally:
+      if process.poll() is None:
+        process.kill()
+    history.append((process.returncode, stdout.strip().splitlines()[-1:],
+                    checkpoint_steps(workdir)))
+    assert process.returncode in (0, -signal.SIGKILL), (history,
+                                                        stderr[-3000:])
+    assert "Traceback" not in stderr, stderr[-3000:]
+    if os.path.exists(os.path.join(workdir, "results.json")):
+      break
+  return kills, history
+
+
+def assert_same_rows_and_results(workdir, reference, history, rel=1e-6):
+  """metrics.jsonl (but its timing column), metrics.csv, results.json and
+  TensorBoard of `workdir` are those of `reference`: the same rows in the
+  same order, none duplicated, none missing, values equal to `rel`.
+
+  An evaluation's float scalars are compared to 1e-6: once in ~10 loaded
+  copy-task runs a test/loss differed in its 7th digit with parameters
+  equal bit for bit (XLA:CPU rounding)."""
+  rows, reference_rows = (without_timing(jsonl_rows(w))
+                          for w in (workdir, reference))
+  assert [sorted(r) for r in rows] == [sorted(r) for r in reference_rows]
+  for row, reference_row in zip(rows, reference_rows, strict=True):
+    assert row == pytest.approx(reference_row, rel=rel, nan_ok=True), history
+  assert len(csv_without_timing(workdir)) == len(
+      csv_without_timing(reference))
+  got, want = results(workdir), results(reference)
+  assert sorted(got) == sorted(want)
+  for key, value in want.items():
+    assert got[key] == (value if isinstance(value, str)
+                        else pytest.approx(value, rel=rel, nan_ok=True)), (
+                            key, history)
+  assert_tensorboard_equals_jsonl(workdir)
+
+
 def test_kills_at_random_moments_then_resume_end_like_an_uninterrupted_run(
     tmp_path):
   """Up to 6 kills (SIGKILL, SIGTERM, SIGINT) at random moments, a --resume
@@ -641,27 +703,19 @@ def test_kills_at_random_moments_then_resume_end_like_an_uninterrupted_run(
   done = run_script(*KILL_FLAGS, workdir=reference)
   assert done.returncode == 0, done.stderr[-3000:]
   workdir = str(tmp_path / "killed")
-  rng = random.Random(18)
-  signals = [signal.SIGKILL, signal.SIGTERM, signal.SIGINT]
-  started = time.time()
-  kills = 0
-  history = []     # what happened, for the failure messages
-  while kills < 6 and time.time() - started < 150:
-    flags = KILL_FLAGS + (["--resume"] if os.path.exists(workdir) else [])
-    process = _start(workdir, *flags)
-    delay, signum = rng.uniform(0.5, 9.0), rng.choice(signals)
+
+  def start(resume):
+    return _start(workdir, *KILL_FLAGS, *(["--resume"] if resume else []))
+
+  def wait(process, rng):
+    del process
+    delay = rng.uniform(0.5, 9.0)
     time.sleep(delay)
-    if process.poll() is None:
-      process.send_signal(signum)
-      kills += 1
-      history.append((signum.name, round(delay, 2)))
-    stdout, stderr = process.communicate(timeout=TIMEOUT)
-    history.append((process.returncode, stdout.strip().splitlines()[-1:],
-                    checkpoint_steps(workdir)))
-    assert process.returncode in (0, -signal.SIGKILL), stderr[-3000:]
-    assert "Traceback" not in stderr, stderr[-3000:]
-    if os.path.exists(os.path.join(workdir, "results.json")):
-      break
+    return round(delay, 2)
+
+  kills, history = kill_at_random_moments(start, workdir, wait,
+                                          random.Random(18), max_kills=6,
+                                          seconds=150)
   final = run_script(*KILL_FLAGS, "--resume", workdir=workdir)
   assert final.returncode == 0, final.stderr[-3000:]
   assert kills >= 2, history
@@ -669,19 +723,4 @@ def test_kills_at_random_moments_then_resume_end_like_an_uninterrupted_run(
   reference_state, reference_metadata = final_state(reference)
   assert metadata == reference_metadata, history
   assert_same_state(state, reference_state)
-  # The same rows with the same values. An evaluation's float scalars are
-  # compared to 1e-6: once in ~10 loaded runs a test/loss differed in its
-  # 7th digit with parameters equal bit for bit (XLA:CPU rounding).
-  rows, reference_rows = (without_timing(jsonl_rows(w))
-                          for w in (workdir, reference))
-  assert [sorted(r) for r in rows] == [sorted(r) for r in reference_rows]
-  for row, reference_row in zip(rows, reference_rows, strict=True):
-    assert row == pytest.approx(reference_row, rel=1e-6), history
-  assert len(csv_without_timing(workdir)) == len(
-      csv_without_timing(reference))
-  got, want = results(workdir), results(reference)
-  assert sorted(got) == sorted(want)
-  for key, value in want.items():
-    assert got[key] == (value if isinstance(value, str)
-                        else pytest.approx(value, rel=1e-6)), (key, history)
-  assert_tensorboard_equals_jsonl(workdir)
+  assert_same_rows_and_results(workdir, reference, history)

@@ -141,6 +141,48 @@ def agent_rules():
   ]
 
 
+def estimated_bytes(config, num_envs):
+  """A lower estimate of the float32 bytes training allocates with
+  `num_envs` environments, before anything is built (the observation size
+  is not known yet): the parameters with their gradient and RMSProp
+  accumulator (the core's weights dominate: eLSTM-like cells have two
+  H x I matrices, an LSTM four H x (I + H)), the RTRL sensitivities (one
+  per recurrent parameter per environment, gradient 'rtrl') and the
+  activations an unroll keeps for the gradient (M steps x environments x
+  (I + 4H)). I is the encoder's output size."""
+  net = config.network
+  hidden = net.hidden_size
+  inputs = (net.feature_size if net.encoder == "impala"
+            else (list(net.encoder_sizes) or [1])[-1])
+  core = (4 * hidden * (inputs + hidden + 1) if net.core == "lstm"
+          else 2 * hidden * (inputs + 2))
+  params = core + 2 * hidden             # + the policy and value heads
+  sensitivities = num_envs * core if config.gradient == "rtrl" else 0
+  unroll = num_envs * config.unroll_length * (inputs + 4 * hidden)
+  return 4 * (3 * params + sensitivities + unroll)
+
+
+def memory_rules(envs_key, num_envs, envs_sizes=None):
+  """Rules that refuse, before anything is allocated, a config whose
+  `estimated_bytes` exceed this machine's memory (`fits_in_memory`), each
+  naming the key to blame: network.hidden_size when the network alone (one
+  environment) does not fit, else `envs_key` (`num_envs(config)`: the
+  environments one process steps; `envs_sizes` the keys it grows with, for
+  the message, default `envs_key`)."""
+  from rtrl_jax import experiment  # pylint: disable=g-import-not-at-top
+  fits = experiment.config.fits_in_memory
+  return [
+      ("@network.hidden_size", *fits(
+          lambda c: estimated_bytes(c, 1),
+          "network.hidden_size and the encoder's output size, for one "
+          "environment")),
+      (f"@{envs_key}", *fits(
+          lambda c: estimated_bytes(c, num_envs(c)),
+          f"{envs_sizes or envs_key}, unroll_length and "
+          "network.hidden_size")),
+  ]
+
+
 # Keys whose contents depend on the environment or the core: make_env and the
 # core's constructor check them, the reference config does not.
 FREE_KEYS = ("env.kwargs", "network.core_kwargs")

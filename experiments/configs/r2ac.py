@@ -148,7 +148,7 @@ def config_rules():
       ("eval.final_episodes", positive, "a positive int"),
       ("run.checkpoint_every", positive, "a positive int"),
       ("run.log_every", positive, "a positive int"),
-  ]
+  ] + parts.memory_rules("num_envs", lambda c: c.num_envs)
 
 
 def check(config):

@@ -178,7 +178,10 @@ def config_rules():
       ("sebulba.env_groups", positive, "a positive int"),
       ("sebulba.queue_size", positive, "a positive int"),
       ("run.checkpoint_every", positive, "a positive int"),
-  ]
+  ] + parts.memory_rules(
+      "sebulba.num_envs_per_thread",
+      lambda c: c.sebulba.num_actor_threads * c.sebulba.num_envs_per_thread,
+      "sebulba.num_actor_threads x sebulba.num_envs_per_thread")
 
 
 def check(config):

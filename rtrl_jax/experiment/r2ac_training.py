@@ -9,6 +9,7 @@ one of experiments/configs/r2ac.py, checked by the caller
 (`experiments.configs.r2ac.check`) before it is passed here.
 """
 
+import json
 import os
 import time
 from typing import NamedTuple
@@ -20,21 +21,62 @@ import numpy as np
 from rtrl_jax.rl import anakin
 from rtrl_jax.rl import evaluation
 from rtrl_jax.rl import from_config
+from rtrl_jax.rl.agents import r2ac
 from rtrl_jax import experiment
 from rtrl_jax.experiment.run_logger import write_json
 
 RETURN_PLOT = "return_vs_frames.png"
 # What a --resume may change: cadence and output only, not what is trained.
-# total_updates is not among them: it is the learning-rate decay's horizon.
 RESUME_MAY_CHANGE = ("run.progress", "run.checkpoint_every", "run.log_every",
                      "run.max_checkpoints", "run.wandb", "eval.every",
                      "eval.episodes", "eval.final_episodes")
+# What a --resume may raise: total_updates, to train on past the planned
+# end. It is also the learning-rate decay's horizon: see extension_note.
+RESUME_MAY_EXTEND = ("total_updates",)
 # |loss| beyond this stops a run at once (the divergence guard's relative
 # test needs 5 logged calls first). The loss is summed over the unroll:
 # M·B steps of value errors below ~1e2 (returns of γ = 0.99) and policy
 # terms keep it below ~1e7 on the CPU presets and :paper; a diverging run
 # (learning rate 10) reaches 5e9 in its first call.
 LOSS_LIMIT = 1e9
+
+
+def extension_note(config, saved_total, update):
+  """The line a --resume that raises total_updates from `saved_total` (at
+  update `update`) prints, or None if it does not raise it.
+
+  The schedule, r2ac.learning_rate_schedule(lr, total_updates), is read at
+  the update counter the optimizer state carries (restored from the
+  checkpoint), so the resumed run follows the new schedule: the linear
+  decay now reaches 0 at the new total, and at `update` the learning rate
+  rises from the old schedule's value to the new one's. That keeps the
+  schedule a function of (update, total_updates) alone, as the logged
+  train/learning_rate is; decaying from the current value instead would
+  make it depend on where the run was resumed, which no state records."""
+  if saved_total is None or config.total_updates <= saved_total:
+    return None
+  new, opt = config.total_updates, config.optimizer
+  if not opt.anneal_lr:
+    return (f"total_updates: {saved_total} -> {new} (constant learning rate "
+            f"{opt.learning_rate:g}, unchanged)")
+  old_lr = float(r2ac.learning_rate_schedule(opt.learning_rate, saved_total)(
+      update))
+  new_lr = float(from_config.learning_rate_schedule(config)(update))
+  return (f"total_updates: {saved_total} -> {new}: the learning rate's "
+          f"linear decay now reaches 0 at update {new}, so at update {update} "
+          f"it rises from {old_lr:.4g} to {new_lr:.4g} "
+          f"({opt.learning_rate:g}·(1 - {update}/{new})) and decays from "
+          "there")
+
+
+def _saved_total_updates(workdir):
+  """total_updates in the config.json of the run in `workdir` (read before
+  the RunLogger writes the resumed config over it), or None."""
+  path = os.path.join(workdir, "config.json")
+  if not os.path.exists(path):
+    return None
+  with open(path) as f:
+    return json.load(f).get("total_updates")
 
 
 def make_train_step(config, system):
@@ -221,7 +263,8 @@ def run(config, workdir, resume):
     raise experiment.ConfigError(str(error).splitlines()[0]) from error
   checkpointer, resume_step = experiment.prepare_workdir(
       workdir, config, resume, max_to_keep=config.run.max_checkpoints,
-      resume_may_change=RESUME_MAY_CHANGE)
+      resume_may_change=RESUME_MAY_CHANGE,
+      resume_may_extend=RESUME_MAY_EXTEND)
   num_calls = config.total_updates // config.updates_per_call
   done = experiment.finished_results(workdir, resume_step, num_calls)
   if done is not None:
@@ -237,6 +280,10 @@ def run(config, workdir, resume):
     runner, _ = checkpointer.restore(runner, resume_step)
     print(f"resumed {workdir} from call {resume_step} (update "
           f"{int(runner.update)})", flush=True)
+    note = extension_note(config, _saved_total_updates(workdir),
+                          int(runner.update))
+    if note:
+      print(note, flush=True)
   evaluate = make_evaluation(config, system)
   logger = experiment.RunLogger(workdir, config, resume_step=resume_step,
                                 use_wandb=config.run.wandb)
