@@ -8,7 +8,11 @@ Data flow (as the paper's torchbeast code):
 
 * The actor steps the core one step at a time with its copy of the
   parameters, carrying the state *and* (for gradient="rtrl") the
-  sensitivities, resetting both where an episode starts.
+  sensitivities, resetting both where an episode starts. (The Anakin
+  rollout steps the state only, records the core inputs x(t) and resets,
+  and advances the sensitivities over the unroll afterwards in one call,
+  `advance_sensitivities`: the same recursion, one pass over S per unroll
+  for the eLSTM.)
 * Each unroll of M steps ships its initial core state (c and sensitivities)
   and M+1 observations (the last one only bootstraps).
 * The learner recomputes the unroll from that state with the current
