@@ -9,7 +9,10 @@ steps, then a learner step), minimum over repeats.
 Memory-bandwidth roofline of the RTRL loop: per update the actor reads and
 writes the sensitivities S of all environments once per step (M passes) and
 the learner reads the unroll's initial S once to inject the past gradient,
-i.e. (M + ½)·2·|S| bytes for M·B environment steps. In the same run we time a
+i.e. (M + ½)·2·|S| bytes for M·B environment steps. (That is the floor of an
+actor that steps S every step; `anakin.rollout` now advances S once per unroll,
+whose floor is 1½ passes: the columns keep the old floor so that runs before
+and after that change compare, docs/ANAKIN.md.) In the same run we time a
 bare fused read+write pass over the same S (experiments/timing.py, the same
 pass as benchmark_cells.py); the roofline time of a call is
 updates_per_call·(M + ½) bare steps, and "roofline" is that time over the

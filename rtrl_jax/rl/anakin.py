@@ -149,8 +149,9 @@ def env_step(actors, runner):
   """One actor step in every environment: (runner, transition dict)."""
   agent, params = actors.agent, runner.params
   key, k_act, k_env = jax.random.split(runner.key, 3)
-  core_state, out = agent.act(params, runner.core_state, runner.obs,
-                              runner.prev_reward, runner.reset, k_act)
+  inputs = agent.core_inputs(params, runner.obs, runner.prev_reward)
+  core_state, out = agent.act_on_inputs(params, runner.core_state, inputs,
+                                        runner.reset, k_act)
   env_state, step = jax.vmap(actors.env.step)(
       jax.random.split(k_env, actors.num_envs), runner.env_state, out.action)
   if agent.loss_params.bootstrap_truncated:
@@ -170,7 +171,7 @@ def env_step(actors, runner):
       action=out.action, behaviour_logits=out.logits, reward=step.reward,
       terminated=step.terminated, truncated=step.truncated,
       truncation_value=jax.lax.stop_gradient(truncation_value),
-      stats=episodes.stats)
+      stats=episodes.stats, core_inputs=inputs)
   runner = runner._replace(
       env_state=env_state, obs=step.obs, prev_reward=episodes.prev_reward,
       reset=done, core_state=core_state, key=key,
@@ -206,13 +207,36 @@ def desynchronise(actors, runner):
 
 
 def rollout(actors, runner):
-  """M actor steps: (runner, Trajectory, EpisodeStats of the ended episodes)."""
+  """M actor steps: (runner, Trajectory, EpisodeStats of the ended episodes).
+
+  With RTRL sensitivities S in the core state, the M steps run the forward
+  pass only (the hidden state is all that acting and the truncation
+  bootstrap need) and record the core's inputs x(t) and resets; then
+  `agent.advance_sensitivities` advances S from the unroll's initial state
+  over them in one call: for the eLSTM one read and write of S per unroll
+  instead of one per step (`core._advance_in_one_pass`). It is the same
+  recursion on the same x(t), resets and hidden states
+  (tests/anakin_deferred_test.py checks it against stepping S every step).
+  The desynchronising warm-up (`desynchronise`) still steps S every step:
+  it runs once, and each environment stops at its own step.
+  """
   if actors.episode_aligned:
     key, k_env = jax.random.split(runner.key)
     runner = start_episodes(actors, runner._replace(key=key), k_env)
   initial_state = runner.core_state
+  # The actor steps without sensitivities; S is advanced over the whole
+  # unroll afterwards (see `rollout`'s docstring).
+  deferred = initial_state.sensitivities is not None
+  if deferred:
+    runner = runner._replace(core_state=initial_state._replace(
+        sensitivities=None))
   runner, steps = jax.lax.scan(lambda r, _: env_step(actors, r), runner, None,
                                actors.unroll_length)
+  if deferred:
+    sensitivities = actors.agent.advance_sensitivities(
+        runner.params, initial_state, steps["core_inputs"], steps["reset"])
+    runner = runner._replace(core_state=runner.core_state._replace(
+        sensitivities=sensitivities))
   append = lambda seq, last: jnp.concatenate([seq, last[None]])
   trajectory = Trajectory(
       initial_state=initial_state,

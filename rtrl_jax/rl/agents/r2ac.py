@@ -8,7 +8,11 @@ Data flow (as the paper's torchbeast code):
 
 * The actor steps the core one step at a time with its copy of the
   parameters, carrying the state *and* (for gradient="rtrl") the
-  sensitivities, resetting both where an episode starts.
+  sensitivities, resetting both where an episode starts. (The Anakin
+  rollout steps the state only, records the core inputs x(t) and resets,
+  and advances the sensitivities over the unroll afterwards in one call,
+  `advance_sensitivities`: the same recursion, one pass over S per unroll
+  for the eLSTM.)
 * Each unroll of M steps ships its initial core state (c and sensitivities)
   and M+1 observations (the last one only bootstraps).
 * The learner recomputes the unroll from that state with the current
@@ -133,6 +137,11 @@ class Agent(NamedTuple):
   encoder: Any
   gradient: str
   loss_params: LossParams
+  # act = core_inputs + act_on_inputs; an actor that records the core
+  # inputs x(t) advances S over its unroll afterwards (rtrl_jax/rl/anakin.py).
+  core_inputs: Callable[..., jax.Array]
+  act_on_inputs: Callable[..., Any]
+  advance_sensitivities: Callable[..., Any]
 
 
 def check_core(core_name, gradient):
@@ -204,7 +213,10 @@ def make_agent(core, encoder, obs_shape, num_actions, gradient="rtrl",
       unroll=partial(_unroll, net),
       loss=partial(_loss, net, loss_params),
       loss_from_outputs=partial(loss_from_outputs, loss_params),
-      core=core, encoder=encoder, gradient=gradient, loss_params=loss_params)
+      core=core, encoder=encoder, gradient=gradient, loss_params=loss_params,
+      core_inputs=partial(_core_inputs, net),
+      act_on_inputs=partial(_act_on_inputs, net),
+      advance_sensitivities=partial(_advance_sensitivities, net))
 
 
 class _Network(NamedTuple):
@@ -292,12 +304,28 @@ def _unroll(net, params, state, obs, prev_reward, reset, method=None,
 def _act(net, params, state, obs, prev_reward, reset, key):
   """One actor step for B environments: (new state, ActorOutput). A state
   without sensitivities steps the same forward pass without them."""
+  inputs = _core_inputs(net, params, obs, prev_reward)
+  return _act_on_inputs(net, params, state, inputs, reset, key)
+
+
+def _act_on_inputs(net, params, state, inputs, reset, key):
+  """`_act` from the core inputs x(t) [B, D] (`_core_inputs`)."""
   method = net.gradient if state.sensitivities is not None else "bptt"
-  logits, values, state = _unroll(net, params, state, obs[None],
-                                  prev_reward[None], reset[None], method=method)
+  hidden, state = _run_core(net.core, method, params, state, inputs[None],
+                            reset[None], keep_sensitivities=True)
+  logits, values = _heads(params, hidden)
   logits, value = logits[0], values[0]
   action = jax.random.categorical(key, logits).astype(jnp.int32)
   return state, ActorOutput(action, logits, value)
+
+
+def _advance_sensitivities(net, params, state, inputs, resets):
+  """S after T steps: `state.sensitivities` advanced over the core inputs
+  x [T, B, D] and resets [T, B] that the core saw from `state` (`rtrl`'s
+  forward pass: for a cell with `sensitivity_factors` one pass over S per
+  chunk of up to `core.ONE_PASS_STEPS` steps, else step by step)."""
+  _, state = rtrl_jax.rtrl(net.core, params["core"], state, inputs, resets)
+  return state.sensitivities
 
 
 def _value_of(net, params, state, obs, prev_reward):
