@@ -49,7 +49,6 @@ import jax
 from experiments import timing
 from experiments.configs import r2ac as r2ac_configs
 from rtrl_jax.rl import from_config
-from rtrl_jax.rl import anakin
 from rtrl_jax import experiment
 
 _HIDDEN = flags.DEFINE_list("hidden", ["64", "256"], "eLSTM hidden sizes N.")
