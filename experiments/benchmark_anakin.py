@@ -200,7 +200,7 @@ def format_table(rows):
 
 
 def main(argv):
-  del argv
+  experiment.cli.start_main(argv, preemptible=False)
   if _QUICK.value:
     sizes, num_envs, updates, repeats = [(16, 8)], 8, 2, 1
   else:

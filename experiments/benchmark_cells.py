@@ -300,7 +300,7 @@ def plot(rows, path):
 
 
 def main(argv):
-  del argv
+  experiment.cli.start_main(argv, preemptible=False)
   if _CONTRACTION.value:
     try:
       hidden = timing.positive_ints("hidden", _HIDDEN.value)

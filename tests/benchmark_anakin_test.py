@@ -28,6 +28,8 @@ def test_quick_run_writes_csv_and_trace(tmp_path):
       cwd=ROOT, env=script_environment(), capture_output=True, text=True,
       timeout=300)
   assert result.returncode == 0, result.stderr[-3000:]
+  # start_main quiets JAX's backend INFO lines (issue 18).
+  assert "Unable to initialize backend" not in result.stderr
   with open(tmp_path / "benchmark_anakin.csv") as f:
     rows = list(csv.DictReader(f))
   assert [r["gradient"] for r in rows] == ["rtrl", "tbptt"]

@@ -17,6 +17,8 @@ def test_quick_run_writes_csv_and_plot(tmp_path):
        f"--out_dir={tmp_path}"], cwd=ROOT, env=script_environment(),
       capture_output=True, text=True, timeout=300)
   assert result.returncode == 0, result.stderr[-3000:]
+  # start_main quiets JAX's backend INFO lines (issue 18).
+  assert "Unable to initialize backend" not in result.stderr
   with open(tmp_path / "benchmark_cells.csv") as f:
     rows = list(csv.DictReader(f))
   sizes = {(r["N"], r["T"]) for r in rows}
