@@ -12,7 +12,7 @@ import subprocess
 import sys
 
 import pytest
-from run_helpers import ROOT, script_environment
+from run_helpers import ROOT, unpinned_platform_environment
 
 sys.path.insert(0, ROOT)
 # pylint: disable=g-import-not-at-top,wrong-import-position
@@ -25,7 +25,7 @@ def test_quick_run_writes_csv_and_trace(tmp_path):
   result = subprocess.run(
       [sys.executable, "-m", "experiments.benchmark_anakin", "--quick",
        f"--out_dir={tmp_path}", f"--trace_dir={trace_dir}"],
-      cwd=ROOT, env=script_environment(), capture_output=True, text=True,
+      cwd=ROOT, env=unpinned_platform_environment(), capture_output=True, text=True,
       timeout=300)
   assert result.returncode == 0, result.stderr[-3000:]
   # start_main quiets JAX's backend INFO lines (issue 18).

@@ -8,13 +8,13 @@ import csv
 import subprocess
 import sys
 
-from run_helpers import ROOT, script_environment
+from run_helpers import ROOT, unpinned_platform_environment
 
 
 def test_quick_run_writes_csv_and_plot(tmp_path):
   result = subprocess.run(
       [sys.executable, "-m", "experiments.benchmark_cells", "--quick",
-       f"--out_dir={tmp_path}"], cwd=ROOT, env=script_environment(),
+       f"--out_dir={tmp_path}"], cwd=ROOT, env=unpinned_platform_environment(),
       capture_output=True, text=True, timeout=300)
   assert result.returncode == 0, result.stderr[-3000:]
   # start_main quiets JAX's backend INFO lines (issue 18).

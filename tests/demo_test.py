@@ -5,12 +5,12 @@ import subprocess
 import sys
 
 import pytest
-from run_helpers import ROOT, script_environment
+from run_helpers import ROOT, unpinned_platform_environment
 
 
 def demo(*flags):
   return subprocess.run([sys.executable, "-m", "experiments.demo", *flags],
-                        cwd=ROOT, env=script_environment(),
+                        cwd=ROOT, env=unpinned_platform_environment(),
                         capture_output=True, text=True, timeout=240)
 
 

@@ -21,6 +21,15 @@ def script_environment(cache_dir=None):
   return env
 
 
+def unpinned_platform_environment():
+  """script_environment() without JAX_PLATFORMS, so that JAX probes its
+  backends as on a user's machine (and would log the TPU probe's INFO line
+  unless the script quiets it)."""
+  env = script_environment()
+  del env["JAX_PLATFORMS"]
+  return env
+
+
 def strict_json_loads(text):
   """json.loads that refuses NaN and Infinity (not JSON, though Python writes
   them by default)."""
