@@ -99,77 +99,129 @@ def _unroll(cell, params, state, inputs, resets):
 
   Sensitivities, if tracked, are advanced outside autodiff: step by step
   with `cell.update_sensitivities`, or, for a cell with
-  `sensitivity_factors` and T > 1, in one pass over S per chunk of up to
-  ONE_PASS_STEPS steps (`_advance_in_one_pass`, after each chunk's scan);
-  the two are the same recursion.
+  `sensitivity_factors` and T > 1, by `_unroll_factored`; the two are the
+  same recursion.
   """
-  recurrent, readout = params["recurrent"], params["readout"]
-  frozen_recurrent = jax.lax.stop_gradient(recurrent)
-  initial_hidden = cell.initial_hidden(params)
-  track = state.sensitivities is not None
-  zero_sensitivities = cell.zero_sensitivities(params) if track else None
-  # One step (an actor's): the per-step update is already one pass over S.
-  factored = (track and inputs.shape[0] > 1
-              and _factors_of(cell) is not None)
-
-  transition = jax.vmap(cell.transition, in_axes=(None, 0, 0))
+  factors = _factors_of(cell)
+  if (state.sensitivities is not None and inputs.shape[0] > 1
+      and factors is not None):
+    # One step (an actor's) keeps the per-step update: already one pass.
+    return _unroll_factored(cell, factors, params, state, inputs, resets)
+  step_cell = _cell_step(cell, params)
+  frozen_recurrent = jax.lax.stop_gradient(params["recurrent"])
   update_sensitivities = jax.vmap(cell.update_sensitivities,
                                   in_axes=(None, 0, 0, 0))
-  read = jax.vmap(cell.readout, in_axes=(None, 0, 0))
-  if factored:
-    outer = {}   # {leaf: whether its term is a ⊗ x(t)}, static, set when traced
-
-    def factor_arrays(recurrent_params, hidden, x):
-      decay, terms = _factors_of(cell)(recurrent_params, hidden, x)
-      outer.update({k: bool(is_outer) for k, (_, is_outer) in terms.items()})
-      return decay, {k: a for k, (a, _) in terms.items()}
-
-    factors = jax.vmap(factor_arrays, in_axes=(None, 0, 0))
+  zero_sensitivities = (None if state.sensitivities is None
+                        else cell.zero_sensitivities(params))
 
   def step(carry, step_inputs):
     hidden, sensitivities = carry
     x, reset = step_inputs
-    hidden = reset_where(reset, initial_hidden, hidden)
-    new_hidden = transition(recurrent, hidden, x)
-    output = read(readout, new_hidden, x)
-    if factored:
-      # A reset replaces S(t-1) by zero: the same as a zero decay.
-      decay, terms = factors(frozen_recurrent, jax.lax.stop_gradient(hidden),
-                             jax.lax.stop_gradient(x))
-      decay = jnp.where(reset[:, None], jnp.zeros_like(decay), decay)
-      return (new_hidden, sensitivities), (output, (decay, terms))
-    if track:
+    hidden, new_hidden, output = step_cell(hidden, x, reset)
+    if sensitivities is not None:
       sensitivities = reset_where(reset, zero_sensitivities, sensitivities)
       sensitivities = update_sensitivities(
           frozen_recurrent, jax.lax.stop_gradient(hidden), x, sensitivities)
-    return (new_hidden, sensitivities), (output, None)
+    return (new_hidden, sensitivities), output
 
-  sensitivities = (jax.lax.stop_gradient(state.sensitivities) if track
-                   else None)
-  if not factored:
-    (hidden, sensitivities), (outputs, _) = jax.lax.scan(
-        step, (state.hidden, sensitivities), (inputs, resets))
-    return outputs, RecurrentState(hidden, sensitivities)
+  sensitivities = (None if state.sensitivities is None
+                   else jax.lax.stop_gradient(state.sensitivities))
+  (hidden, sensitivities), outputs = jax.lax.scan(
+      step, (state.hidden, sensitivities), (inputs, resets))
+  return outputs, RecurrentState(hidden, sensitivities)
+
+
+def _cell_step(cell, params):
+  """One batched step: (h(t-1), x(t), reset(t)) -> (h(t-1) after the
+  reset, h(t), output(t))."""
+  initial_hidden = cell.initial_hidden(params)
+  transition = jax.vmap(cell.transition, in_axes=(None, 0, 0))
+  read = jax.vmap(cell.readout, in_axes=(None, 0, 0))
+
+  def step(hidden, x, reset):
+    hidden = reset_where(reset, initial_hidden, hidden)
+    new_hidden = transition(params["recurrent"], hidden, x)
+    return hidden, new_hidden, read(params["readout"], new_hidden, x)
+
+  return step
+
+
+def _unroll_factored(cell, factors, params, state, inputs, resets):
+  """`_unroll` for a cell whose recursion has `sensitivity_factors`:
+  S_k(t) = d(t) ⊙ S_k(t-1) + a_k(t) ⊗ x(t), or + a_k(t) for a vector leaf.
+
+  Vector leaves ([B, N]) are advanced in the scan, step by step (cheap).
+  The outer-product leaves ([B, N, D], nearly all of S) are advanced once
+  per chunk of up to ONE_PASS_STEPS steps (`_advance_in_one_pass`, after
+  the chunk's scan has collected d and the a_k), so S is read and written
+  once per chunk instead of once per step.
+  """
+  step_cell = _cell_step(cell, params)
+  frozen_recurrent = jax.lax.stop_gradient(params["recurrent"])
+  outer = _outer_leaves(factors, frozen_recurrent,
+                        cell.initial_hidden(params), inputs[0, 0])
+
+  def factor_arrays(recurrent_params, hidden, x):
+    decay, terms = factors(recurrent_params, hidden, x)
+    return decay, {k: a for k, (a, _) in terms.items()}
+
+  batched_factors = jax.vmap(factor_arrays, in_axes=(None, 0, 0))
+
+  def step(carry, step_inputs):
+    hidden, vectors = carry
+    x, reset = step_inputs
+    hidden, new_hidden, output = step_cell(hidden, x, reset)
+    decay, rows = batched_factors(frozen_recurrent,
+                                  jax.lax.stop_gradient(hidden),
+                                  jax.lax.stop_gradient(x))
+    # A reset replaces S(t-1) by zero: the same as a zero decay.
+    decay = jnp.where(reset[:, None], jnp.zeros_like(decay), decay)
+    vectors = {k: decay * v + rows[k] for k, v in vectors.items()}
+    matrix_rows = {k: a for k, a in rows.items() if outer[k]}
+    return (new_hidden, vectors), (output, (decay, matrix_rows))
 
   def chunk(carry, chunk_inputs):
-    """K steps, then S advanced over them in one pass."""
-    hidden, sensitivities = carry
-    (hidden, _), (outputs, per_step) = jax.lax.scan(
-        step, (hidden, None), chunk_inputs)
-    sensitivities = _advance_in_one_pass(
-        sensitivities, jax.lax.stop_gradient(chunk_inputs[0]), *per_step,
-        outer)
-    return (hidden, sensitivities), outputs
+    """K steps, then the outer-product leaves advanced over them."""
+    hidden, vectors, matrices = carry
+    (hidden, vectors), (outputs, (decay, rows)) = jax.lax.scan(
+        step, (hidden, vectors), chunk_inputs)
+    matrices = _advance_in_one_pass(
+        matrices, jax.lax.stop_gradient(chunk_inputs[0]), decay, rows)
+    return (hidden, vectors, matrices), outputs
 
-  # Chunks of K ≤ ONE_PASS_STEPS steps bound the per-step factors kept
-  # ([K, B, N] arrays, not [T, B, N]); the last chunk takes any remainder.
+  sensitivities = jax.lax.stop_gradient(state.sensitivities)
+  carry = (state.hidden,
+           {k: s for k, s in sensitivities.items() if not outer[k]},
+           {k: s for k, s in sensitivities.items() if outer[k]})
+  (hidden, vectors, matrices), outputs = _in_chunks(chunk, carry, inputs,
+                                                    resets)
+  return outputs, RecurrentState(hidden, {**vectors, **matrices})
+
+
+def _outer_leaves(factors, recurrent_params, hidden, x):
+  """{leaf: True where its term is a_k ⊗ x(t)}, as `factors` declares it
+  (static: read while tracing one step abstractly)."""
+  outer = {}
+
+  def declared(p, h, x):
+    decay, terms = factors(p, h, x)
+    outer.update({k: bool(is_outer) for k, (_, is_outer) in terms.items()})
+    return decay
+
+  jax.eval_shape(declared, recurrent_params, hidden, x)
+  return outer
+
+
+def _in_chunks(chunk, carry, inputs, resets):
+  """`chunk` scanned over the T steps in chunks of K = `_chunk_steps(T)`
+  (bounding the per-step factors kept to [K, B, N] arrays, not [T, B, N]);
+  the last chunk takes any remainder. Returns (carry, outputs [T, ...])."""
   steps = inputs.shape[0]
   size = _chunk_steps(steps)
   full, rest = divmod(steps, size)
-  carry, pieces = (state.hidden, sensitivities), []
   if full == 1 and not rest:
-    carry, outputs = chunk(carry, (inputs, resets))
-    return outputs, RecurrentState(*carry)
+    return chunk(carry, (inputs, resets))
+  pieces = []
   if full:
     split = lambda a: a[:full * size].reshape((full, size) + a.shape[1:])
     carry, outputs = jax.lax.scan(chunk, carry, (split(inputs),
@@ -182,7 +234,7 @@ def _unroll(cell, params, state, inputs, resets):
     pieces.append(outputs)
   outputs = (pieces[0] if len(pieces) == 1 else
              jax.tree.map(lambda *a: jnp.concatenate(a), *pieces))
-  return outputs, RecurrentState(*carry)
+  return carry, outputs
 
 
 # Most steps per one-pass sensitivity advance (`_unroll`): S is read and
@@ -216,58 +268,50 @@ def _factors_of(cell):
   return cell.sensitivity_factors
 
 
-def _advance_in_one_pass(sensitivities, inputs, decay, rows, outer):
+def _advance_in_one_pass(sensitivities, inputs, decay, rows):
   r"""S(T) from S(0) and the T steps' factors, reading and writing S once.
 
-  For a recursion S_k(t) = d(t) ⊙ S_k(t-1) + a_k(t) ⊗ x(t) (or + a_k(t)
-  for a leaf that is not an outer product), d = 0 where a reset zeroes
-  S(t-1), unrolling gives
+  For a recursion S_k(t) = d(t) ⊙ S_k(t-1) + a_k(t) ⊗ x(t), d = 0 where a
+  reset zeroes S(t-1), unrolling gives
 
       S_k(T) = P ⊙ S_k(0) + Σ_t R(t) ⊙ a_k(t) ⊗ x(t),
       P = Π_{t=1..T} d(t),   R(t) = Π_{j=t+1..T} d(j)   (R(T) = 1),
 
   exact in real arithmetic. The sum over t is one batched matrix product
-  ([K·N, T] x [T, D] per example, all outer-product leaves stacked), so S is
-  read and written once per segment instead of once per step; the products
-  R(t) take one reverse scan over [B, N] vectors.
+  ([K·N, T] x [T, D] per example, all leaves stacked), so S is read and
+  written once per segment instead of once per step; the products R(t)
+  take one reverse scan over [B, N] vectors.
 
   Args:
-    sensitivities: S(0), {leaf: [B, N] or [B, N, D]}.
+    sensitivities: S(0), {leaf: [B, N, D]}.
     inputs: x, [T, B, D].
     decay: d, [T, B, N].
     rows: {leaf: a_k [T, B, N]}.
-    outer: {leaf: True for a_k ⊗ x(t), False for a_k}.
   """
   def backwards(product, d):          # R(t) = product, then R(t-1) = R(t)·d(t)
     return product * d, product
 
   total, after = jax.lax.scan(backwards, jnp.ones_like(decay[0]), decay,
                               reverse=True)
-  out = {}
-  for k, s in sensitivities.items():
-    out[k] = total.reshape(total.shape + (1,) * (s.ndim - 2)) * s
-    if not outer[k]:
-      out[k] = out[k] + jnp.sum(after * rows[k], axis=0)
-  stacked = [k for k in sensitivities if outer[k]]
-  if stacked and inputs.shape[0] <= ELEMENTWISE_STEPS:
+  out = {k: total[:, :, None] * s for k, s in sensitivities.items()}
+  if inputs.shape[0] <= ELEMENTWISE_STEPS:
     # Few steps: P ⊙ S(0) + Σ_t (R(t) a_k(t)) ⊗ x(t) as one elementwise
     # expression that XLA can fuse into one pass over S; measured faster
     # than the einsum and its separate [B, N, D] sum for the Anakin actor's
     # 5-step unrolls (docs/ANAKIN.md).
-    for k in stacked:
+    for k in out:
       weighted = after * rows[k]
       for t in range(inputs.shape[0]):
         out[k] = out[k] + weighted[t][:, :, None] * inputs[t][:, None, :]
-    stacked = []
-  if stacked:
-    weighted = jnp.concatenate([after * rows[k] for k in stacked], axis=2)
-    summed = jnp.einsum("tbn,tbd->bnd", weighted, inputs,
-                        precision=jax.lax.Precision.HIGHEST)
-    start = 0
-    for k in stacked:
-      width = rows[k].shape[2]
-      out[k] = out[k] + summed[:, start:start + width]
-      start += width
+    return out
+  weighted = jnp.concatenate([after * rows[k] for k in out], axis=2)
+  summed = jnp.einsum("tbn,tbd->bnd", weighted, inputs,
+                      precision=jax.lax.Precision.HIGHEST)
+  start = 0
+  for k in out:
+    width = rows[k].shape[2]
+    out[k] = out[k] + summed[:, start:start + width]
+    start += width
   return out
 
 
