@@ -34,7 +34,7 @@ demo-rtrl: $(STAMP)
 	$(PY) -m experiments.demo
 
 test: $(STAMP) system-deps
-	$(PY) -m pytest -q -n 2 --dist loadfile tests
+	$(PY) -m pytest -q -n 2 --dist loadfile --durations=30 tests
 
 bench: $(STAMP)
 	$(PY) -m experiments.benchmark_cells
