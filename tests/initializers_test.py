@@ -8,19 +8,22 @@ from scipy import stats
 import rtrl_jax
 from rtrl_jax.cells.lstm import LSTM
 
-N, D, T_MAX = 4096, 3, 50.0
+# Enough biases for the KS tests below to have power. The LSTM is smaller:
+# its orthogonal recurrent init (a QR of a [4N, N] matrix) dominates the time.
+N, N_LSTM, D, T_MAX = 4096, 1024, 3, 50.0
 
 
 def forget_and_input_bias(cell, params):
   """(b_f, b_i or None) of an eLSTM or LSTM parameter tree, as NumPy."""
   if isinstance(cell, LSTM):
+    n = cell.hidden_size
     b = np.asarray(params["recurrent"]["b"])
-    return b[N:2 * N], b[:N]
+    return b[n:2 * n], b[:n]
   return np.asarray(params["recurrent"]["b_f"]), None
 
 
 @pytest.mark.parametrize("make", [
-    lambda **kw: rtrl_jax.ELSTM(N, **kw), lambda **kw: LSTM(N, **kw)])
+    lambda **kw: rtrl_jax.ELSTM(N, **kw), lambda **kw: LSTM(N_LSTM, **kw)])
 def test_chrono_bias_is_log_of_uniform_on_1_to_tmax_minus_1(make):
   cell = make(forget_init="chrono", chrono_t_max=T_MAX, forget_bias=7.0)
   b_f, b_i = forget_and_input_bias(cell, cell.init(jax.random.PRNGKey(0), D))
@@ -51,10 +54,10 @@ def test_constant_bias_elstm_is_normal_around_forget_bias():
 
 
 def test_constant_bias_lstm_sets_only_the_forget_gate():
-  cell = LSTM(N, forget_bias=2.5)
+  cell = LSTM(N_LSTM, forget_bias=2.5)
   b = np.asarray(cell.init(jax.random.PRNGKey(0), D)["recurrent"]["b"])
-  np.testing.assert_array_equal(b[N:2 * N], 2.5)
-  np.testing.assert_array_equal(np.delete(b, np.s_[N:2 * N]), 0.0)
+  np.testing.assert_array_equal(b[N_LSTM:2 * N_LSTM], 2.5)
+  np.testing.assert_array_equal(np.delete(b, np.s_[N_LSTM:2 * N_LSTM]), 0.0)
 
 
 @pytest.mark.parametrize("make", [rtrl_jax.ELSTM, LSTM])
