@@ -315,6 +315,13 @@ def run(config, workdir, resume):
     checkpointer.close()
   if result.status == "preempted":
     return {"status": "preempted", "call": result.step}
+  return _finish(config, system, workdir, runner, result, started)
+
+
+def _finish(config, system, workdir, runner, result, started):
+  """The final evaluation, results.json and the return plot of a run whose
+  training loop ended (this session began at time.time() = `started`);
+  returns the results dict."""
   rows = experiment.read_jsonl(os.path.join(workdir, "metrics.jsonl"))
   last_train = [row for row in rows if "train/frames" in row][-1]
   final = jax.device_get(make_evaluation(
