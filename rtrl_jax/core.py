@@ -237,8 +237,8 @@ def _in_chunks(chunk, carry, inputs, resets):
   return carry, outputs
 
 
-# Most steps per one-pass sensitivity advance (`_unroll`): S is read and
-# written once per chunk; the factors of one chunk ([K, B, N] arrays) are kept.
+# Most steps per one-pass sensitivity advance (`_unroll_factored`): S is read
+# and written once per chunk; the factors of one chunk ([K, B, N]) are kept.
 ONE_PASS_STEPS = 64
 # Up to this many steps `_advance_in_one_pass` sums the outer products
 # elementwise (one fused pass over S); longer chunks use one einsum.
@@ -246,8 +246,8 @@ ELEMENTWISE_STEPS = 8
 
 
 def _chunk_steps(steps):
-  """K for `_unroll`: the largest divisor of T up to ONE_PASS_STEPS (no
-  remainder chunk: the outputs need no concatenation, the inputs no copy),
+  """K for `_unroll_factored`: the largest divisor of T up to ONE_PASS_STEPS
+  (no remainder chunk: the outputs need no concatenation, the inputs no copy),
   unless that is under a quarter of ONE_PASS_STEPS (T prime, say): then
   ONE_PASS_STEPS, with a remainder chunk."""
   limit = min(steps, ONE_PASS_STEPS)

@@ -25,8 +25,8 @@ def test_quick_run_writes_csv_and_trace(tmp_path):
   result = subprocess.run(
       [sys.executable, "-m", "experiments.benchmark_anakin", "--quick",
        f"--out_dir={tmp_path}", f"--trace_dir={trace_dir}"],
-      cwd=ROOT, env=unpinned_platform_environment(), capture_output=True, text=True,
-      timeout=300)
+      cwd=ROOT, env=unpinned_platform_environment(), capture_output=True,
+      text=True, timeout=300)
   assert result.returncode == 0, result.stderr[-3000:]
   # start_main quiets JAX's backend INFO lines (issue 18).
   assert "Unable to initialize backend" not in result.stderr
