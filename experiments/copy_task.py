@@ -27,6 +27,7 @@ from absl import app, flags, logging
 
 from experiments.configs import copy_task as copy_task_configs
 from rtrl_jax.tasks import copy_task
+from rtrl_jax.tasks import from_config
 from rtrl_jax import experiment
 from rtrl_jax.experiment.run_logger import write_json
 
@@ -124,7 +125,7 @@ def run(config, workdir, resume):
       print(f"{workdir}: ended before ({done['status']} at step "
             f"{done['step']}); nothing to resume", flush=True)
       return done
-    state = copy_task.init_train_state(config)
+    state = from_config.init_train_state(config)
     if resume_step is not None:
       state, _ = checkpointer.restore(state, resume_step)
       logging.info("resumed %s from step %d", workdir, resume_step)
@@ -133,11 +134,9 @@ def run(config, workdir, resume):
     raise
   logger = experiment.RunLogger(workdir, config, resume_step=resume_step,
                                 use_wandb=config.run.wandb)
-  valid_set, test_set = copy_task.evaluation_sets(
-      config.data.seed, config.data.valid_size, config.data.test_size,
-      config.data.max_length)
-  evaluate = jax.jit(copy_task.make_evaluate(config))
-  train_step = jax.jit(copy_task.make_train_step(config), donate_argnums=0)
+  valid_set, test_set = from_config.evaluation_sets(config)
+  evaluate = jax.jit(from_config.evaluate(config))
+  train_step = jax.jit(from_config.train_step(config), donate_argnums=0)
 
   def evaluate_valid(state):
     return {f"valid/{k}": v for k, v in evaluate(state.params,

@@ -13,7 +13,7 @@ import jax
 import numpy as np
 from absl import app, flags
 
-from rtrl_jax.tasks import copy_task
+from rtrl_jax.tasks import from_config
 from rtrl_jax.rl import evaluation
 from rtrl_jax import experiment
 
@@ -24,12 +24,10 @@ def accuracy_by_length(workdir):
   """{L: test sequence accuracy over the test patterns of length L}."""
   config = evaluation.load_run_config(workdir)
   checkpointer = experiment.Checkpointer(os.path.join(workdir, "checkpoints"))
-  state, _ = checkpointer.restore(copy_task.init_train_state(config))
+  state, _ = checkpointer.restore(from_config.init_train_state(config))
   checkpointer.close()
-  _, test = copy_task.evaluation_sets(config.data.seed, config.data.valid_size,
-                                      config.data.test_size,
-                                      config.data.max_length)
-  right = np.asarray(jax.jit(copy_task.make_sequences_right(config))(
+  _, test = from_config.evaluation_sets(config)
+  right = np.asarray(jax.jit(from_config.sequences_right(config))(
       state.params, test))
   lengths = np.asarray(test.lengths)
   return {int(n): float(right[lengths == n].mean())
@@ -49,8 +47,8 @@ def main(argv):
   print("| run | " + " | ".join(f"L={n}" for n in lengths) + " |")
   print("|---|" + "---|" * len(lengths))
   for workdir, table in tables.items():
-    label = copy_task.describe_training(
-        evaluation.load_run_config(workdir).train.to_dict())
+    label = from_config.describe_training(
+        evaluation.load_run_config(workdir).train)
     print(f"| {label} | " + " | ".join(
         f"{100 * table[n]:.0f}" if n in table else "–" for n in lengths)
           + " |")

@@ -22,7 +22,7 @@ from absl import app, flags  # pylint: disable=g-import-not-at-top,wrong-import-
 
 from rtrl_jax.rl import evaluation  # pylint: disable=wrong-import-position
 from rtrl_jax import experiment  # pylint: disable=wrong-import-position
-from rtrl_jax.tasks.copy_task import describe_training  # pylint: disable=wrong-import-position
+from rtrl_jax.tasks.from_config import describe_training  # pylint: disable=wrong-import-position
 
 _RUNS = flags.DEFINE_list("runs", None, "Run folders.", required=True)
 _LABELS = flags.DEFINE_list("labels", None, "One label per run (optional).")

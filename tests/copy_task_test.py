@@ -8,7 +8,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import rtrl_jax
 from rtrl_jax.tasks import copy_task
+from rtrl_jax.tasks import from_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -68,13 +70,34 @@ def test_data_is_reproducible_from_the_seed():
 
 def test_train_stream_depends_on_data_position_only():
   config = tiny_config()
-  state = copy_task.init_train_state(config)
-  step = jax.jit(copy_task.make_train_step(config))
+  state = from_config.init_train_state(config)
+  step = jax.jit(from_config.train_step(config))
   _, metrics_a = step(state._replace(data_position=jnp.asarray(7, jnp.int32)))
   _, metrics_b = step(state._replace(data_position=jnp.asarray(7, jnp.int32)))
   _, metrics_c = step(state._replace(data_position=jnp.asarray(8, jnp.int32)))
   assert float(metrics_a["loss"]) == float(metrics_b["loss"])
   assert float(metrics_a["loss"]) != float(metrics_c["loss"])
+
+
+def test_library_takes_explicit_arguments_as_from_config_builds_them():
+  """No config needed: a cell, an optax optimizer and a Training make the
+  same train step as the config does (from_config is only unpacking)."""
+  config = tiny_config(mode="tbptt", segment_length=4,
+                       update_every="sequence")
+  cell = rtrl_jax.ELSTM(16, init_scale=0.1, forget_bias=0.0)
+  optimizer = copy_task.make_optimizer(1e-2)
+  training = copy_task.Training(mode="tbptt", segment_length=4,
+                                update_every="sequence", batch_size=8,
+                                max_length=4)
+  state = copy_task.init_train_state(cell, optimizer, seed=1)
+  explicit, _ = jax.jit(copy_task.make_train_step(cell, optimizer,
+                                                  training))(state)
+  configured, _ = jax.jit(from_config.train_step(config))(
+      from_config.init_train_state(config))
+  for a, b in zip(jax.tree.leaves(explicit), jax.tree.leaves(configured)):
+    np.testing.assert_array_equal(a, b)
+  assert copy_task.describe_training("tbptt", 4, "sequence") == (
+      from_config.describe_training(config.train)) == "tbptt M=4, per sequence"
 
 
 def _max_relative_error(estimate, truth):
@@ -88,21 +111,21 @@ def _max_relative_error(estimate, truth):
 def test_rtrl_sequence_gradient_equals_bptt(segment_length):
   """Σ_s ∇ℓ_s by RTRL on k-step segments is the full BPTT gradient."""
   config = tiny_config(mode="bptt", update_every="sequence")
-  params = copy_task.init_train_state(config).params
+  params = from_config.init_train_state(config).params
   batch = copy_task.sample_batch(jax.random.PRNGKey(1), 8,
                                  config.data.max_length)
   bptt_grads, bptt_metrics = jax.jit(
-      copy_task.make_sequence_gradient(config))(params, batch)
+      from_config.sequence_gradient(config))(params, batch)
   config = tiny_config(mode="rtrl", segment_length=segment_length)
   rtrl_grads, rtrl_metrics = jax.jit(
-      copy_task.make_sequence_gradient(config))(params, batch)
+      from_config.sequence_gradient(config))(params, batch)
   assert _max_relative_error(rtrl_grads, bptt_grads) < 1e-4
   np.testing.assert_allclose(rtrl_metrics["loss"], bptt_metrics["loss"],
                              rtol=1e-6)
   # Negative control: truncation at the same segments loses the past.
   config = tiny_config(mode="tbptt", segment_length=segment_length)
   tbptt_grads, _ = jax.jit(
-      copy_task.make_sequence_gradient(config))(params, batch)
+      from_config.sequence_gradient(config))(params, batch)
   assert _max_relative_error(tbptt_grads["cell"]["recurrent"],
                              bptt_grads["cell"]["recurrent"]) > 1e-2
 
@@ -113,8 +136,8 @@ def test_rtrl_sequence_gradient_equals_bptt(segment_length):
 def test_train_step_modes(mode, segment_length, update_every):
   config = tiny_config(mode=mode, segment_length=segment_length,
                        update_every=update_every)
-  state = copy_task.init_train_state(config)
-  new_state, metrics = jax.jit(copy_task.make_train_step(config))(state)
+  state = from_config.init_train_state(config)
+  new_state, metrics = jax.jit(from_config.train_step(config))(state)
   assert int(new_state.step) == 1 and int(new_state.data_position) == 1
   assert all(np.isfinite(float(v)) for v in metrics.values())
   changed = jax.tree.map(lambda a, b: bool(jnp.any(a != b)), state.params,
@@ -135,10 +158,10 @@ def test_online_rtrl_with_one_segment_is_bptt():
   """k = T: one online update per sequence, the same as a BPTT step."""
   config = tiny_config()
   full = 2 * config.data.max_length
-  state = copy_task.init_train_state(config)
-  online = copy_task.make_train_step(tiny_config(
+  state = from_config.init_train_state(config)
+  online = from_config.train_step(tiny_config(
       mode="rtrl", segment_length=full, update_every="segment"))
-  whole = copy_task.make_train_step(tiny_config(mode="bptt",
+  whole = from_config.train_step(tiny_config(mode="bptt",
                                                 update_every="sequence"))
   online_state, _ = jax.jit(online)(state)
   bptt_state, _ = jax.jit(whole)(state)
@@ -150,11 +173,11 @@ def test_online_rtrl_with_one_segment_is_bptt():
 def test_evaluate_counts_only_copy_positions():
   """A head that always says 1 gets exactly the all-ones patterns right."""
   config = tiny_config()
-  params = copy_task.init_train_state(config).params
+  params = from_config.init_train_state(config).params
   params["head"] = {"w": jnp.zeros_like(params["head"]["w"]),
                     "b": jnp.asarray([0.0, 1.0])}
   valid, _ = copy_task.evaluation_sets(0, 64, 32, config.data.max_length)
-  metrics = jax.jit(copy_task.make_evaluate(config))(params, valid)
+  metrics = jax.jit(from_config.evaluate(config))(params, valid)
   mask, targets = np.asarray(valid.mask), np.asarray(valid.targets)
   all_ones = np.all((targets == 1) | ~mask, axis=0).mean()
   ones = (targets[mask] == 1).mean()

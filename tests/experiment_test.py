@@ -21,6 +21,7 @@ from run_helpers import (checkpoint_steps, script_environment,
                          signal_after_checkpoint, strict_json_loads)
 
 from rtrl_jax.tasks import copy_task
+from rtrl_jax.tasks import from_config
 from rtrl_jax import experiment
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -62,7 +63,7 @@ def final_params(workdir):
   config = ml_collections.ConfigDict(
       json.load(open(os.path.join(workdir, "config.json"))))
   checkpointer = experiment.Checkpointer(os.path.join(workdir, "checkpoints"))
-  state, metadata = checkpointer.restore(copy_task.init_train_state(config))
+  state, metadata = checkpointer.restore(from_config.init_train_state(config))
   checkpointer.close()
   return state, metadata
 
@@ -215,13 +216,13 @@ def test_metrics_jsonl_is_strict_json_and_reads_back_nan(tmp_path):
 
 def test_checkpoint_round_trip(tmp_path):
   config = configs.get_config("tiny")
-  state = copy_task.init_train_state(config)
-  state, _ = jax.jit(copy_task.make_train_step(config))(state)
+  state = from_config.init_train_state(config)
+  state, _ = jax.jit(from_config.train_step(config))(state)
   checkpointer = experiment.Checkpointer(str(tmp_path), max_to_keep=2)
   for step in (1, 2, 3):
     checkpointer.save(step, state, {"step": step, "data_position": 1})
   assert checkpointer.all_steps() == [2, 3]
-  fresh = copy_task.init_train_state(config)
+  fresh = from_config.init_train_state(config)
   restored, metadata = checkpointer.restore(fresh)
   assert metadata == {"step": 3, "data_position": 1}
   assert isinstance(restored, copy_task.TrainState)
@@ -439,9 +440,9 @@ def test_accuracy_by_length_of_a_finished_run(uninterrupted, tmp_path):
   _, test = copy_task.evaluation_sets(config.data.seed, config.data.valid_size,
                                       config.data.test_size,
                                       config.data.max_length)
-  right = jax.jit(copy_task.make_sequences_right(config))(state.params, test)
-  accuracy = jax.jit(copy_task.make_evaluate(config))(state.params,
-                                                       test)["accuracy"]
+  right = jax.jit(from_config.sequences_right(config))(state.params, test)
+  accuracy = jax.jit(from_config.evaluate(config))(state.params,
+                                                     test)["accuracy"]
   assert right.shape == (config.data.test_size,)
   np.testing.assert_allclose(float(np.mean(right)), float(accuracy),
                              rtol=1e-6)
@@ -508,8 +509,8 @@ def test_script_exits_nonzero_on_non_finite_loss(tmp_path, monkeypatch):
   """The script turns the error into a one-line message and exit status 1."""
   real_make_train_step = copy_task.make_train_step
 
-  def poisoned(config):
-    step = real_make_train_step(config)
+  def poisoned(*args):
+    step = real_make_train_step(*args)
 
     def train_step(state):
       state, metrics = step(state)

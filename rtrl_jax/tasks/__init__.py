@@ -1,1 +1,2 @@
-"""Supervised sequence tasks: `copy_task`, the paper's copy task."""
+"""Supervised sequence tasks: `copy_task`, the paper's copy task, and
+`from_config`, its objects from the scripts' config."""

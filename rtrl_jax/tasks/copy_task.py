@@ -37,8 +37,11 @@ sequence is cut into T / k segments of k steps; segment s has the loss
 * `bptt`: `rtrl_jax.bptt` over the whole sequence (one segment of T steps),
   one update per sequence.
 
-Everything a train step needs is in `TrainState`; `make_train_step(config)`
-returns a pure function `TrainState -> (TrainState, metrics)` to `jax.jit`.
+Everything a train step needs is in `TrainState`; `make_train_step(cell,
+optimizer, training)` returns a pure function `TrainState -> (TrainState,
+metrics)` to `jax.jit`. The functions here take explicit arguments (a cell,
+an optax optimizer, a `Training`); `rtrl_jax.tasks.from_config` builds them
+from the scripts' config (experiments/configs/copy_task.py).
 Batch i of the training stream is `sample_batch(fold_in(state.rng, i))` with
 i = `state.data_position`, so a run restored from a checkpoint sees exactly the
 batches it would have seen.
@@ -50,7 +53,6 @@ import jax
 import jax.numpy as jnp
 import optax
 
-import rtrl_jax
 from rtrl_jax.core import bptt, rtrl
 
 Array = jax.Array
@@ -76,6 +78,26 @@ class CopyBatch(NamedTuple):
   targets: Array
   mask: Array
   lengths: Array
+
+
+class Training(NamedTuple):
+  """How a train step computes and applies the gradient of a sequence.
+
+  Attributes:
+    mode: "rtrl", "tbptt" or "bptt" (see the module doc).
+    segment_length: k (rtrl) or the truncation M (tbptt); it must divide
+      2·max_length. bptt runs one segment of 2·max_length steps.
+    update_every: "segment" (an optimizer step after every segment that has
+      a copy position: fully online) or "sequence" (one step per batch);
+      bptt always updates per sequence.
+    batch_size: B, the fresh sequences of one train step.
+    max_length: T_max; sequences are 2·T_max steps long.
+  """
+  mode: str
+  segment_length: int
+  update_every: str
+  batch_size: int
+  max_length: int
 
 
 class TrainState(NamedTuple):
@@ -123,14 +145,6 @@ def evaluation_sets(data_seed, size_valid, size_test, max_length,
                        dtype))
 
 
-def make_cell(model_config):
-  """The recurrent cell named by `model_config.cell` (e.g. "elstm")."""
-  cell_class = rtrl_jax.CELLS[model_config.cell]
-  return cell_class(hidden_size=model_config.hidden_size,
-                    init_scale=model_config.init_scale,
-                    forget_bias=model_config.forget_bias)
-
-
 def init_params(cell, key):
   """eLSTM params for 3-token inputs plus the linear head h → 2 logits.
 
@@ -148,40 +162,36 @@ def init_params(cell, key):
   }
 
 
-def make_optimizer(train_config):
+def make_optimizer(learning_rate, clip_norm=1.0, b1=0.9, b2=0.995, eps=1e-9):
   """Global-norm clipping then Adam (the paper: β=(0.9, 0.995), ε=1e-9)."""
-  return optax.chain(
-      optax.clip_by_global_norm(train_config.clip_norm),
-      optax.adam(train_config.learning_rate, b1=train_config.b1,
-                 b2=train_config.b2, eps=train_config.eps))
+  return optax.chain(optax.clip_by_global_norm(clip_norm),
+                     optax.adam(learning_rate, b1=b1, b2=b2, eps=eps))
 
 
-def init_train_state(config):
-  """The state before step 0: params from `config.seed`, fresh optimizer."""
-  root = jax.random.PRNGKey(config.seed)
-  params = init_params(make_cell(config.model), jax.random.fold_in(root, 0))
-  opt_state = make_optimizer(config.train).init(params)
+def init_train_state(cell, optimizer, seed):
+  """The state before step 0: params from `seed`, fresh optimizer state."""
+  root = jax.random.PRNGKey(seed)
+  params = init_params(cell, jax.random.fold_in(root, 0))
+  opt_state = optimizer.init(params)
   return TrainState(step=jnp.zeros((), jnp.int32),
                     data_position=jnp.zeros((), jnp.int32), params=params,
                     opt_state=opt_state, rng=jax.random.fold_in(root, 1))
 
 
-def describe_training(train_config):
+def describe_training(mode, segment_length, update_every):
   """A label such as "rtrl k=1, online", "tbptt M=4, per sequence", "bptt"."""
-  mode = train_config["mode"]
   if mode == "bptt":
     return "bptt"
   letter = "k" if mode == "rtrl" else "M"
-  update = ("online" if train_config["update_every"] == "segment"
-            else "per sequence")
-  return f"{mode} {letter}={train_config['segment_length']}, {update}"
+  update = "online" if update_every == "segment" else "per sequence"
+  return f"{mode} {letter}={segment_length}, {update}"
 
 
-def segment_length(config):
-  """Steps per segment: k for rtrl/tbptt, the whole 2·T_max for bptt."""
-  if config.train.mode == "bptt":
-    return 2 * config.data.max_length
-  return config.train.segment_length
+def _steps_per_segment(training):
+  """k for rtrl/tbptt, the whole 2·T_max for bptt."""
+  if training.mode == "bptt":
+    return 2 * training.max_length
+  return training.segment_length
 
 
 def _segment_loss(cell, method, params, state, segment, normalizer):
@@ -230,14 +240,13 @@ def _segments(batch, length):
   return split(batch.inputs), split(batch.targets), split(batch.mask)
 
 
-def _run_sequence(config, params, opt_state, batch):
-  """Runs the segments of `batch` in order, updating per segment if online.
+def _run_sequence(cell, optimizer, training, params, opt_state, batch):
+  """Runs the segments of `batch` in order, updating per segment if online
+  (`optimizer` may be None when not).
 
-  Returns (params, opt_state, summed segment gradients, metrics).
+  Returns (params, opt_state, summed segment gradients, online, metrics).
   """
-  cell = make_cell(config.model)
-  optimizer = make_optimizer(config.train)
-  mode, update = config.train.mode, config.train.update_every
+  mode, update = training.mode, training.update_every
   method = "rtrl" if mode == "rtrl" else "bptt"
   online = mode != "bptt" and update == "segment"
   batch_size = batch.mask.shape[1]
@@ -269,7 +278,7 @@ def _run_sequence(config, params, opt_state, batch):
   carry = (params, opt_state, state, jax.tree.map(jnp.zeros_like, params),
            jnp.ones((batch_size,), jnp.bool_), jnp.zeros((), jnp.int32))
   carry, (losses, num_right) = jax.lax.scan(
-      one_segment, carry, _segments(batch, segment_length(config)))
+      one_segment, carry, _segments(batch, _steps_per_segment(training)))
   params, opt_state, _, grad_sum, all_right, num_updates = carry
   metrics = {
       "loss": jnp.sum(losses),
@@ -281,39 +290,35 @@ def _run_sequence(config, params, opt_state, batch):
   return params, opt_state, grad_sum, online, metrics
 
 
-def make_sequence_gradient(config):
+def make_sequence_gradient(cell, training):
   """(params, batch) → (Σ_s ∇ℓ_s, metrics) with the params held fixed.
 
   For `rtrl` this is the BPTT gradient of the sequence loss, for `tbptt` the
-  truncated one; `config.train.update_every` is ignored (nothing is updated).
+  truncated one; `training.update_every` is ignored (nothing is updated).
   """
-  fixed = config.copy_and_resolve_references()
-  with fixed.unlocked():
-    fixed.train.update_every = "sequence"
+  fixed = training._replace(update_every="sequence")
 
   def sequence_gradient(params, batch):
-    _, _, grads, _, metrics = _run_sequence(fixed, params, None, batch)
+    _, _, grads, _, metrics = _run_sequence(cell, None, fixed, params, None,
+                                            batch)
     return grads, metrics
   return sequence_gradient
 
 
-def make_train_step(config):
+def make_train_step(cell, optimizer, training):
   """A pure `TrainState -> (TrainState, metrics)` for one batch; jit it.
 
   Draws batch `state.data_position` of the stream keyed by `state.rng`, runs
-  the mode of `config.train` over it (see the module doc) and returns scalar
+  the mode of `training` over it (see the module doc) and returns scalar
   metrics: loss (the sequence loss), accuracy (sequence-level, online modes
   count predictions made while the weights change), token_accuracy,
   grad_norm (of Σ_s ∇ℓ_s, before clipping) and updates (optimizer steps).
   """
-  optimizer = make_optimizer(config.train)
-  batch_size, max_length = config.train.batch_size, config.data.max_length
-
   def train_step(state):
     batch = sample_batch(jax.random.fold_in(state.rng, state.data_position),
-                         batch_size, max_length)
+                         training.batch_size, training.max_length)
     params, opt_state, grads, online, metrics = _run_sequence(
-        config, state.params, state.opt_state, batch)
+        cell, optimizer, training, state.params, state.opt_state, batch)
     if not online:
       updates, opt_state = optimizer.update(grads, opt_state, params)
       params = optax.apply_updates(params, updates)
@@ -324,14 +329,13 @@ def make_train_step(config):
   return train_step
 
 
-def make_evaluate(config):
+def make_evaluate(cell, eval_batch_size):
   """(params, batch) → {loss, accuracy, token_accuracy} over a whole set.
 
-  Runs a forward pass over the full sequences in chunks of
-  `config.data.eval_batch_size` (the set size must be a multiple of it).
+  Runs a forward pass over the full sequences in chunks of `eval_batch_size`
+  (the set size must be a multiple of it).
   """
-  cell = make_cell(config.model)
-  chunk = config.data.eval_batch_size
+  chunk = eval_batch_size
 
   def evaluate_chunk(params, inputs, targets, mask):
     cross_entropy, right_or_free, right = _copy_scores(
@@ -354,10 +358,9 @@ def make_evaluate(config):
   return evaluate
 
 
-def make_sequences_right(config):
+def make_sequences_right(cell):
   """(params, batch) → [B] bool: every copy position of the sequence is
   predicted right (what make_evaluate's accuracy averages)."""
-  cell = make_cell(config.model)
 
   def sequences_right(params, batch):
     _, right_or_free, _ = _copy_scores(
