@@ -437,9 +437,7 @@ def test_accuracy_by_length_of_a_finished_run(uninterrupted, tmp_path):
   config = ml_collections.ConfigDict(
       json.load(open(os.path.join(uninterrupted, "config.json"))))
   state, _ = final_params(uninterrupted)
-  _, test = copy_task.evaluation_sets(config.data.seed, config.data.valid_size,
-                                      config.data.test_size,
-                                      config.data.max_length)
+  _, test = from_config.evaluation_sets(config)
   right = jax.jit(from_config.sequences_right(config))(state.params, test)
   accuracy = jax.jit(from_config.evaluate(config))(state.params,
                                                      test)["accuracy"]
