@@ -107,7 +107,7 @@ def _unroll(cell, params, state, inputs, resets):
       and factors is not None):
     # One step (an actor's) keeps the per-step update: already one pass.
     return _unroll_factored(cell, factors, params, state, inputs, resets)
-  step_cell = _cell_step(cell, params)
+  step_cell, outputs_of = _cell_step(cell, params, inputs)
   frozen_recurrent = jax.lax.stop_gradient(params["recurrent"])
   update_sensitivities = jax.vmap(cell.update_sensitivities,
                                   in_axes=(None, 0, 0, 0))
@@ -117,33 +117,68 @@ def _unroll(cell, params, state, inputs, resets):
   def step(carry, step_inputs):
     hidden, sensitivities = carry
     x, reset = step_inputs
-    hidden, new_hidden, output = step_cell(hidden, x, reset)
+    hidden, new_hidden, kept = step_cell(hidden, x, reset)
     if sensitivities is not None:
       sensitivities = reset_where(reset, zero_sensitivities, sensitivities)
       sensitivities = update_sensitivities(
           frozen_recurrent, jax.lax.stop_gradient(hidden), x, sensitivities)
-    return (new_hidden, sensitivities), output
+    return (new_hidden, sensitivities), kept
 
   sensitivities = (None if state.sensitivities is None
                    else jax.lax.stop_gradient(state.sensitivities))
-  (hidden, sensitivities), outputs = jax.lax.scan(
+  (hidden, sensitivities), kept = jax.lax.scan(
       step, (state.hidden, sensitivities), (inputs, resets))
-  return outputs, RecurrentState(hidden, sensitivities)
+  return outputs_of(kept, inputs), RecurrentState(hidden, sensitivities)
 
 
-def _cell_step(cell, params):
-  """One batched step: (h(t-1), x(t), reset(t)) -> (h(t-1) after the
-  reset, h(t), output(t))."""
+def _cell_step(cell, params, inputs):
+  """One batched step, and how the outputs come from what the scan keeps.
+
+  Returns (step, outputs_of): step(h(t-1), x(t), reset(t)) -> (h(t-1) after
+  the reset, h(t), kept(t)); outputs_of(kept [T, ...], inputs [T, B, D]) ->
+  outputs [T, B, H].
+
+  The read-out is not in the recurrence, so where the scan can keep h(t)
+  instead of y(t) for little memory (`_reads_out_after_scan`) it runs after
+  the scan, over all T·B examples at once: T times larger matrix products,
+  which XLA runs at a higher rate than T small per-step ones
+  (docs/BENCHMARKS.md, "The read-out after the scan"). Otherwise kept(t) is
+  y(t), read out inside the step.
+  """
   initial_hidden = cell.initial_hidden(params)
   transition = jax.vmap(cell.transition, in_axes=(None, 0, 0))
   read = jax.vmap(cell.readout, in_axes=(None, 0, 0))
+  after_scan = _reads_out_after_scan(cell, params, initial_hidden, inputs[0, 0])
 
   def step(hidden, x, reset):
     hidden = reset_where(reset, initial_hidden, hidden)
     new_hidden = transition(params["recurrent"], hidden, x)
-    return hidden, new_hidden, read(params["readout"], new_hidden, x)
+    kept = (new_hidden if after_scan
+            else read(params["readout"], new_hidden, x))
+    return hidden, new_hidden, kept
 
-  return step
+  def outputs_of(kept, inputs):
+    if not after_scan:
+      return kept
+    return jax.vmap(read, in_axes=(None, 0, 0))(params["readout"], kept,
+                                                inputs)
+
+  return step, outputs_of
+
+
+# The read-out waits for the end of the scan when one example's h(t) has at
+# most this many times the numbers of its y(t): keeping h(1..T) then costs
+# the same order of memory as the outputs themselves. A fast-weight state
+# (the linear Transformer's [H, d_v, d_k] matrices) is far larger, and is
+# read out step by step.
+READ_OUT_AFTER_SCAN_MAX_RATIO = 4
+
+
+def _reads_out_after_scan(cell, params, hidden, x):
+  """Whether `_cell_step` reads out after the scan (static: shapes only)."""
+  output = jax.eval_shape(cell.readout, params["readout"], hidden, x)
+  size = lambda tree: sum(math.prod(leaf.shape) for leaf in jax.tree.leaves(tree))
+  return size(hidden) <= READ_OUT_AFTER_SCAN_MAX_RATIO * size(output)
 
 
 def _unroll_factored(cell, factors, params, state, inputs, resets):
@@ -156,7 +191,7 @@ def _unroll_factored(cell, factors, params, state, inputs, resets):
   the chunk's scan has collected d and the a_k), so S is read and written
   once per chunk instead of once per step.
   """
-  step_cell = _cell_step(cell, params)
+  step_cell, outputs_of = _cell_step(cell, params, inputs)
   frozen_recurrent = jax.lax.stop_gradient(params["recurrent"])
   outer = _outer_leaves(factors, frozen_recurrent,
                         cell.initial_hidden(params), inputs[0, 0])
@@ -170,7 +205,7 @@ def _unroll_factored(cell, factors, params, state, inputs, resets):
   def step(carry, step_inputs):
     hidden, vectors = carry
     x, reset = step_inputs
-    hidden, new_hidden, output = step_cell(hidden, x, reset)
+    hidden, new_hidden, kept = step_cell(hidden, x, reset)
     decay, rows = batched_factors(frozen_recurrent,
                                   jax.lax.stop_gradient(hidden),
                                   jax.lax.stop_gradient(x))
@@ -178,24 +213,25 @@ def _unroll_factored(cell, factors, params, state, inputs, resets):
     decay = jnp.where(reset[:, None], jnp.zeros_like(decay), decay)
     vectors = {k: decay * v + rows[k] for k, v in vectors.items()}
     matrix_rows = {k: a for k, a in rows.items() if outer[k]}
-    return (new_hidden, vectors), (output, (decay, matrix_rows))
+    return (new_hidden, vectors), (kept, (decay, matrix_rows))
 
   def chunk(carry, chunk_inputs):
     """K steps, then the outer-product leaves advanced over them."""
     hidden, vectors, matrices = carry
-    (hidden, vectors), (outputs, (decay, rows)) = jax.lax.scan(
+    (hidden, vectors), (kept, (decay, rows)) = jax.lax.scan(
         step, (hidden, vectors), chunk_inputs)
     matrices = _advance_in_one_pass(
         matrices, jax.lax.stop_gradient(chunk_inputs[0]), decay, rows)
-    return (hidden, vectors, matrices), outputs
+    return (hidden, vectors, matrices), kept
 
   sensitivities = jax.lax.stop_gradient(state.sensitivities)
   carry = (state.hidden,
            {k: s for k, s in sensitivities.items() if not outer[k]},
            {k: s for k, s in sensitivities.items() if outer[k]})
-  (hidden, vectors, matrices), outputs = _in_chunks(chunk, carry, inputs,
-                                                    resets)
-  return outputs, RecurrentState(hidden, {**vectors, **matrices})
+  (hidden, vectors, matrices), kept = _in_chunks(chunk, carry, inputs,
+                                                 resets)
+  return (outputs_of(kept, inputs),
+          RecurrentState(hidden, {**vectors, **matrices}))
 
 
 def _outer_leaves(factors, recurrent_params, hidden, x):
@@ -240,9 +276,13 @@ def _in_chunks(chunk, carry, inputs, resets):
 # Most steps per one-pass sensitivity advance (`_unroll_factored`): S is read
 # and written once per chunk; the factors of one chunk ([K, B, N]) are kept.
 ONE_PASS_STEPS = 64
-# Up to this many steps `_advance_in_one_pass` sums the outer products
-# elementwise (one fused pass over S); longer chunks use one einsum.
+# `_advance_in_one_pass` sums the outer products elementwise (one fused pass
+# over S) for chunks of up to ELEMENTWISE_STEPS steps or inputs of up to
+# ELEMENTWISE_WIDTH features, and with one batched einsum otherwise: for a
+# narrow x(t) the einsum's [2N, K] x [K, D] products run far below the
+# CPU's matrix rate (docs/BENCHMARKS.md, "The read-out after the scan").
 ELEMENTWISE_STEPS = 8
+ELEMENTWISE_WIDTH = 64
 
 
 def _chunk_steps(steps):
@@ -294,14 +334,15 @@ def _advance_in_one_pass(sensitivities, inputs, decay, rows):
   total, after = jax.lax.scan(backwards, jnp.ones_like(decay[0]), decay,
                               reverse=True)
   out = {k: total[:, :, None] * s for k, s in sensitivities.items()}
-  if inputs.shape[0] <= ELEMENTWISE_STEPS:
-    # Few steps: P ⊙ S(0) + Σ_t (R(t) a_k(t)) ⊗ x(t) as one elementwise
-    # expression that XLA can fuse into one pass over S; measured faster
-    # than the einsum and its separate [B, N, D] sum for the Anakin actor's
-    # 5-step unrolls (docs/ANAKIN.md).
+  steps, _, width = inputs.shape
+  if steps <= ELEMENTWISE_STEPS or width <= ELEMENTWISE_WIDTH:
+    # P ⊙ S(0) + Σ_t (R(t) a_k(t)) ⊗ x(t) as one elementwise expression
+    # that XLA can fuse into one pass over S; measured faster than the
+    # einsum and its separate [B, N, D] sum for the Anakin actor's 5-step
+    # unrolls (docs/ANAKIN.md) and for D = 33 (docs/BENCHMARKS.md).
     for k in out:
       weighted = after * rows[k]
-      for t in range(inputs.shape[0]):
+      for t in range(steps):
         out[k] = out[k] + weighted[t][:, :, None] * inputs[t][:, None, :]
     return out
   weighted = jnp.concatenate([after * rows[k] for k in out], axis=2)

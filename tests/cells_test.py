@@ -26,6 +26,7 @@ from rtrl_jax import oracle
 from rtrl_jax.cells.indrnn import IndRNN
 from rtrl_jax.cells.linear_transformer import LinearTransformer
 from rtrl_jax.cells.lru import DiagonalLRU
+from rtrl_jax.cells.lstm import LSTM
 from rtrl_jax.cells.multilayer import ExactTwoLayer
 from rtrl_jax.cells.qrnn import QRNN
 
@@ -307,6 +308,66 @@ def test_rtrl_and_bptt_forward_agree_under_jit_vmap_and_dtype(name):
   np.testing.assert_allclose(  # float32 follows float64.
       results["float32"][0][0], by_rtrl64, rtol=1e-3, atol=1e-3)
   assert not np.allclose(vmapped[1], by_rtrl64)  # The members differ.
+
+
+def _python_loop(model, params, state, inputs, resets):
+  """y(1..T) and h(T) by h(t) = transition(h(t-1), x(t)) and y(t) =
+  readout(h(t), x(t)), one example and one step at a time."""
+  outputs, hidden = [], []
+  for b in range(inputs.shape[1]):
+    h = jax.tree.map(lambda leaf: leaf[b], state.hidden)
+    ys = []
+    for t in range(inputs.shape[0]):
+      if resets[t, b]:
+        h = model.initial_hidden(params)
+      h = model.transition(params["recurrent"], h, inputs[t, b])
+      ys.append(model.readout(params["readout"], h, inputs[t, b]))
+    outputs.append(jnp.stack(ys))
+    hidden.append(h)
+  return (jnp.stack(outputs, 1),
+          jax.tree.map(lambda *leaves: jnp.stack(leaves), *hidden))
+
+
+@pytest.mark.parametrize("after_scan_ratio", [0, 4])
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_outputs_equal_a_python_loop_of_transition_and_readout(
+    name, after_scan_ratio, monkeypatch):
+  """`rtrl`'s and `bptt`'s outputs and last hidden state equal the cell's
+  transition and read-out run step by step in Python (float64, with resets),
+  with the read-out inside the scan (ratio 0) and where `core` puts it by
+  default (after the scan for every model here: their states are small)."""
+  monkeypatch.setattr(rtrl_jax.core, "READ_OUT_AFTER_SCAN_MAX_RATIO",
+                      after_scan_ratio)
+  model = make_model(name)
+  steps = 7
+  with jax.enable_x64(True):
+    params, state, inputs, resets, _ = make_problem(model)
+    inputs, resets = inputs[:steps], resets[:steps].at[3, 1].set(True)
+    expected = _python_loop(model, params, state, inputs, resets)
+    run = jax.jit(lambda method: method(model, params, state, inputs, resets),
+                  static_argnums=0, compiler_options=FAST_COMPILE)
+    for method in (rtrl_jax.rtrl, rtrl_jax.bptt):
+      outputs, new_state = run(method)
+      for got, want in zip(jax.tree.leaves((outputs, new_state.hidden)),
+                           jax.tree.leaves(expected)):
+        np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12,
+                                   err_msg=method.__name__)
+
+
+def test_the_read_out_waits_for_the_scan_unless_the_state_is_large():
+  """After the scan where h(t) has at most READ_OUT_AFTER_SCAN_MAX_RATIO = 4
+  times the numbers of y(t); inside it for a linear Transformer whose
+  [H, d_v, d_k] state is d_k > 4 times its output."""
+  cells = {rtrl_jax.ELSTM(8): True, LSTM(8): True, IndRNN(8): True,
+           DiagonalLRU(8): True, QRNN(8, window=3): True,
+           LinearTransformer(8, key_size=4, num_heads=2): True,
+           LinearTransformer(8, key_size=5, num_heads=2): False,
+           LinearTransformer(8): False}
+  for cell, expected in cells.items():
+    params = cell.init(jax.random.PRNGKey(0), INPUT_SIZE)
+    assert rtrl_jax.core._reads_out_after_scan(
+        cell, params, cell.initial_hidden(params),
+        jnp.zeros(INPUT_SIZE)) == expected, cell
 
 
 BAD_HYPERPARAMETERS = [

@@ -549,16 +549,20 @@ def _step_by_step(cell, params, state, inputs, resets):
   return sens
 
 
-@pytest.mark.parametrize("steps,most", [(1, 4), (2, 4), (7, 4), (9, 4),
-                                        (17, 16)])
-def test_one_pass_advance_equals_the_per_step_recursion(steps, most,
+@pytest.mark.parametrize("steps,most,width", [
+    (1, 4, 64), (2, 4, 64), (7, 4, 64), (9, 4, 64), (17, 16, 64),
+    (17, 16, 0)])
+def test_one_pass_advance_equals_the_per_step_recursion(steps, most, width,
                                                         monkeypatch):
   """`rtrl`'s new_state.sensitivities (one pass over S, `sensitivity_factors`)
   equal the per-step recursion from a random S(0), with resets at the first
   and at a later step, in float64."""
   cell = rtrl_jax.ELSTM(HIDDEN, forget_bias=1.0, init_scale=0.5)
-  # Chunks: 7 steps as 7 x 1, 9 as 3 x 3, 17 as 16 + a remainder of 1.
+  # Chunks: 7 steps as 7 x 1, 9 as 3 x 3, 17 as 16 + a remainder of 1. The
+  # 16-step chunk is summed elementwise (x(t) narrower than `width`) or, with
+  # width 0, by the einsum.
   monkeypatch.setattr(rtrl_jax.core, "ONE_PASS_STEPS", most)
+  monkeypatch.setattr(rtrl_jax.core, "ELEMENTWISE_WIDTH", width)
   with jax.enable_x64(True):
     keys = jax.random.split(jax.random.PRNGKey(3), 4)
     params = cell.init(keys[0], INPUT_SIZE, jnp.float64)

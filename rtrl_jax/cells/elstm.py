@@ -149,5 +149,8 @@ class ELSTM(ElementwiseCell):
 
   def readout(self, readout_params, hidden, inputs):
     p = readout_params
-    o = jax.nn.sigmoid(p["O"] @ inputs + p["W_o"] @ hidden + p["b_o"])
+    # x O^T rather than O x: batched over [T, B] after the scan (core's
+    # `_cell_step`), the row form is one plain matrix product with the
+    # batch axes in front; O x puts them last and costs a transpose.
+    o = jax.nn.sigmoid(inputs @ p["O"].T + hidden @ p["W_o"].T + p["b_o"])
     return o * hidden

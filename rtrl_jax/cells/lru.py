@@ -180,5 +180,6 @@ class DiagonalLRU(ElementwiseCell):
 
   def readout(self, readout_params, hidden, inputs):
     p = readout_params
-    return jnp.tanh(p["C_re"] @ hidden["re"] + p["C_im"] @ hidden["im"]
-                    + p["E"] @ inputs + p["b_y"])
+    # Row form (h C^T, not C h): see `ELSTM.readout`.
+    return jnp.tanh(hidden["re"] @ p["C_re"].T + hidden["im"] @ p["C_im"].T
+                    + inputs @ p["E"].T + p["b_y"])

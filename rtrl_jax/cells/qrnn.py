@@ -135,5 +135,6 @@ class QRNN(ElementwiseCell):
   def readout(self, readout_params, hidden, inputs):
     del inputs  # x(t) is the newest row of the window.
     p = readout_params
-    o = jax.nn.sigmoid(p["W_o"] @ hidden["window"].reshape(-1) + p["b_o"])
+    # Row form (x W^T, not W x): see `ELSTM.readout`.
+    o = jax.nn.sigmoid(hidden["window"].reshape(-1) @ p["W_o"].T + p["b_o"])
     return o * hidden["c"]
