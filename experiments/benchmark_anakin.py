@@ -4,7 +4,11 @@ For every hidden size N it builds the Anakin system (rtrl_jax/rl/anakin.py) of
 experiments/configs/r2ac.py (MemoryChain, eLSTM) twice, with gradient="rtrl"
 and gradient="tbptt" (same network, M = unroll length), and times one jitted
 call of `updates_per_call` updates (acting in `num_envs` environments for M
-steps, then a learner step), minimum over repeats.
+steps, then a learner step). Every number comes from --rounds rounds that
+time the bare pass below, the RTRL call and the TBPTT call back to back
+(`timing.paired_seconds`): times are medians over rounds, fractions medians
+of the per-round fractions (on a shared machine the three drift apart when
+timed minutes apart).
 
 Memory-bandwidth roofline of the RTRL loop: per update the actor reads and
 writes the sensitivities S of all environments once per step (M passes) and
@@ -38,13 +42,15 @@ Two more columns say where the rest of the time goes:
 Prints a table and writes benchmark_anakin.csv into --out_dir.
 """
 
+import math
 import os
+import statistics
 import sys
-import time
 
 from absl import app
 from absl import flags
 import jax
+import jax.numpy as jnp
 
 from experiments import timing
 from experiments.configs import r2ac as r2ac_configs
@@ -64,9 +70,11 @@ _UPDATES = flags.DEFINE_integer("updates_per_call", 20, "Updates per call.",
                                 lower_bound=1)
 _MEMORY = flags.DEFINE_integer("memory_length", 10, "MemoryChain length.",
                                lower_bound=1)
-_REPEATS = flags.DEFINE_integer("repeats", 3,
-                                "Timed calls (the minimum is kept).",
-                                lower_bound=1)
+_ROUNDS = flags.DEFINE_integer(
+    "rounds", 9,
+    "Paired rounds: each round times the bare pass, the RTRL call and the "
+    "TBPTT call back to back; times are medians over rounds, fractions "
+    "medians of the per-round fractions.", lower_bound=1)
 _OUT_DIR = flags.DEFINE_string(
     "out_dir", "docs/benchmarks",
     "Where the CSV goes (--quick: runs/quick_benchmarks unless given).")
@@ -92,53 +100,61 @@ def benchmark_config(hidden, gradient, num_envs, unroll_length,
   return config
 
 
-def time_calls(train, runner, repeats):
-  """(seconds of one call of train.step (min over repeats), runner)."""
-  runner, metrics = train.step(runner)          # compiles
-  jax.block_until_ready(metrics)
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    runner, metrics = train.step(runner)
-    jax.block_until_ready((runner, metrics))
-    times.append(time.perf_counter() - start)
-  return min(times), runner
+def _stepper(train, runner):
+  """A call that advances `runner` by one `train.step` and waits for it."""
+  state = {"runner": runner}
+
+  def call():
+    state["runner"], metrics = train.step(state["runner"])
+    jax.block_until_ready((state["runner"], metrics))
+
+  return call
 
 
 def run(sizes, num_envs, unroll_length, updates_per_call, memory_length,
-        repeats, trace_dir=None, on_size=None):
+        rounds, trace_dir=None, on_size=None):
   """Rows of the table for `sizes`, a list of (N, encoder features).
 
+  Every column comes from `rounds` paired rounds (`timing.paired_seconds`):
+  times are medians over rounds, fractions medians of per-round fractions.
   `on_size(rows)`, if given, gets the rows so far after each size (main
   writes the CSV then, so a run cut off part-way keeps its finished sizes).
   """
   rows = []
   steps_per_call = updates_per_call * num_envs * unroll_length
+  actor_steps = updates_per_call * unroll_length
   for hidden, features in sizes:
-    seconds = {}
+    steppers = {}
     for gradient in ("rtrl", "tbptt"):
       config = benchmark_config(hidden, gradient, num_envs, unroll_length,
                                 updates_per_call, memory_length, features)
       train = from_config.anakin_system(config)
       runner = train.init(jax.random.PRNGKey(0))
-      seconds[gradient], runner = time_calls(train, runner, repeats)
+      runner, metrics = train.step(runner)          # compiles
+      jax.block_until_ready((runner, metrics))
       if trace_dir:
         print_top_operations(train, runner, os.path.join(
             trace_dir, f"N{hidden}_D{features + 1}_{gradient}"))
-      if gradient == "rtrl":
-        sensitivities = runner.core_state.sensitivities
+      if gradient == "rtrl":  # A copy: the paired rounds donate the runner.
+        sensitivities = jax.tree.map(jnp.copy, runner.core_state.sensitivities)
+      steppers[gradient] = _stepper(train, runner)
     sensitivity_bytes = sum(s.nbytes for s in jax.tree.leaves(sensitivities))
-    actor_steps = updates_per_call * unroll_length
-    bare_seconds, _ = timing.measure(
-        lambda s: timing.bare_sensitivity_pass(s, actor_steps),
-        (sensitivities,), repeats)
-    bare_per_step = bare_seconds / actor_steps
-    roofline_seconds = updates_per_call * (unroll_length + 0.5) * bare_per_step
-    fraction = roofline_seconds / seconds["rtrl"]
-    added = seconds["rtrl"] - seconds["tbptt"]
-    # Timing noise can make the RTRL call the faster one at tiny sizes.
-    rtrl_part = roofline_seconds / added if added > 0 else float("nan")
-    ceiling = roofline_seconds / (roofline_seconds + seconds["tbptt"])
+    bare = jax.jit(lambda s: timing.bare_sensitivity_pass(s, actor_steps))
+    paired = timing.paired_seconds(
+        {"bare": lambda: jax.block_until_ready(bare(sensitivities)),
+         **steppers}, rounds)
+    seconds = {k: statistics.median(v) for k, v in paired.items()}
+    bare_per_step = seconds["bare"] / actor_steps
+    roofline = [updates_per_call * (unroll_length + 0.5) * b / actor_steps
+                for b in paired["bare"]]
+    fraction = timing.median_ratio(roofline, paired["rtrl"])
+    added = [r - t for r, t in zip(paired["rtrl"], paired["tbptt"])]
+    # Noise can make the RTRL call the faster one in a round: that round
+    # counts as RTRL's work costing nothing (inf), so the median is defined.
+    rtrl_part = statistics.median(roof / a if a > 0 else math.inf
+                                  for roof, a in zip(roofline, added))
+    ceiling = timing.median_ratio(
+        roofline, [r + t for r, t in zip(roofline, paired["tbptt"])])
     for gradient in ("rtrl", "tbptt"):
       rows.append({
           "N": hidden, "D": features + 1, "B": num_envs, "M": unroll_length,
@@ -202,17 +218,17 @@ def format_table(rows):
 def main(argv):
   experiment.cli.start_main(argv, preemptible=False)
   if _QUICK.value:
-    sizes, num_envs, updates, repeats = [(16, 8)], 8, 2, 1
+    sizes, num_envs, updates, rounds = [(16, 8)], 8, 2, 1
   else:
     try:
       sizes = parse_sizes(_HIDDEN.value, _FEATURES.value)
     except ValueError as error:
       sys.exit(f"error: {error}")
-    num_envs, updates, repeats = _NUM_ENVS.value, _UPDATES.value, _REPEATS.value
+    num_envs, updates, rounds = _NUM_ENVS.value, _UPDATES.value, _ROUNDS.value
   print(f"devices: {jax.devices()}", flush=True)
   out_dir = timing.output_dir(_OUT_DIR, _QUICK.value)
   write = lambda rows: timing.write_csv(rows, out_dir, "benchmark_anakin.csv")
-  rows = run(sizes, num_envs, _UNROLL.value, updates, _MEMORY.value, repeats,
+  rows = run(sizes, num_envs, _UNROLL.value, updates, _MEMORY.value, rounds,
              _TRACE_DIR.value, on_size=write)
   print(format_table(rows))
   print(f"wrote {write(rows)}")

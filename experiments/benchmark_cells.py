@@ -21,7 +21,10 @@ For every hidden size N and segment length T it measures, in one process:
   call), so `bare / rtrl fwd` is RTRL's fraction of that roofline. Over a
   T-step segment the eLSTM's `rtrl` advances S in one pass per segment
   (`core._advance_in_one_pass`), so there the ratio can exceed 1: the bare
-  pass is then a reference, no longer a floor.
+  pass is then a reference, no longer a floor. The printed fractions (and
+  the CSV's `*_fraction_of_roofline` columns) are medians over --rounds
+  rounds that time the bare pass and the rtrl forward back to back
+  (`timing.paired_seconds`); the table's ms/step are minima over --repeats.
 
 Memory is `jit(...).lower(...).compile().memory_analysis()`: arguments +
 outputs + temporaries of the compiled program, deterministic and
@@ -71,6 +74,11 @@ _TRUNCATION = flags.DEFINE_integer("truncation", 10, "TBPTT chunk length M.",
                                    lower_bound=1)
 _REPEATS = flags.DEFINE_integer("repeats", 3, "Timed runs (the minimum is kept).",
                                 lower_bound=1)
+_ROUNDS = flags.DEFINE_integer(
+    "rounds", 9,
+    "Paired rounds for the roofline fractions: each round times the bare pass "
+    "and both rtrl forwards back to back; the median ratio is reported.",
+    lower_bound=1)
 _OUT_DIR = flags.DEFINE_string(
     "out_dir", "docs/benchmarks",
     "Where CSV and PNG go (--quick: runs/quick_benchmarks unless given).")
@@ -165,6 +173,10 @@ def programs(cell, truncation):
           "bare pass": bare_pass}
 
 
+def _call(fn, args):
+  jax.block_until_ready(fn(*args))
+
+
 def print_top_operations(fn, args, trace_dir):
   compiled = jax.jit(fn)
   ops = timing.top_operations(lambda: compiled(*args), trace_dir)
@@ -174,7 +186,7 @@ def print_top_operations(fn, args, trace_dir):
 
 
 def run(hidden_sizes, lengths, batch, input_size, truncation, repeats,
-        trace_dir=None):
+        rounds, trace_dir=None):
   rows = []
   for hidden in hidden_sizes:
     cell = rtrl_jax.ELSTM(hidden)
@@ -184,10 +196,12 @@ def run(hidden_sizes, lengths, batch, input_size, truncation, repeats,
     for length in lengths:
       inputs = jax.random.normal(jax.random.PRNGKey(1), (length, batch, input_size))
       resets = jnp.zeros((length, batch), bool)
-      results = {}
+      results, jitted = {}, {}
+      args = (params, state, inputs, resets)
       for name, fn in programs(cell, truncation).items():
-        seconds, memory = timing.measure(fn, (params, state, inputs, resets), repeats)
+        seconds, memory = timing.measure(fn, args, repeats)
         results[name] = seconds
+        jitted[name] = jax.jit(fn)
         rows.append({"N": hidden, "T": length, "B": batch, "D": input_size,
                      "method": name, "ms_per_step": 1e3 * seconds / length,
                      "memory_MiB": memory / 2**20,
@@ -198,13 +212,18 @@ def run(hidden_sizes, lengths, batch, input_size, truncation, repeats,
               programs(cell, truncation)[name], (params, state, inputs, resets),
               os.path.join(trace_dir,
                            f"N{hidden}_T{length}_{name.replace(' ', '_')}"))
-      roofline = results["bare pass"] / results["rtrl fwd"]
-      per_step = results["bare pass"] / results["rtrl fwd per-step"]
+      paired = timing.paired_seconds(
+          {k: functools.partial(_call, jitted[k], args)
+           for k in ("bare pass", "rtrl fwd", "rtrl fwd per-step")}, rounds)
+      roofline, per_step = (
+          timing.median_ratio(paired["bare pass"], paired[k])
+          for k in ("rtrl fwd", "rtrl fwd per-step"))
       for row in rows[-len(results):]:
         row["rtrl_fwd_fraction_of_roofline"] = roofline
         row["rtrl_fwd_per_step_fraction_of_roofline"] = per_step
       print(f"N={hidden} T={length}: rtrl fwd at {roofline:.0%} of the bare "
-            f"read+write pass (step by step: {per_step:.0%})", flush=True)
+            f"read+write pass (step by step: {per_step:.0%}; medians of "
+            f"{rounds} paired rounds)", flush=True)
   return rows
 
 
@@ -312,21 +331,21 @@ def main(argv):
                       _INPUT.value, 1 if _QUICK.value else _REPEATS.value)
     return
   if _QUICK.value:
-    hidden, lengths, repeats = [16, 32], [20], 1
+    hidden, lengths, repeats, rounds = [16, 32], [20], 1, 1
   else:
     try:
       hidden = timing.positive_ints("hidden", _HIDDEN.value)
       lengths = timing.positive_ints("length", _LENGTH.value)
     except ValueError as error:
       sys.exit(f"error: {error}")
-    repeats = _REPEATS.value
+    repeats, rounds = _REPEATS.value, _ROUNDS.value
   for t in lengths:
     if t % _TRUNCATION.value:
       sys.exit(f"error: --length {t} is not a multiple of --truncation "
                f"{_TRUNCATION.value}")
   print(f"devices: {jax.devices()}  B={_BATCH.value} D={_INPUT.value}", flush=True)
   rows = run(hidden, lengths, _BATCH.value, _INPUT.value, _TRUNCATION.value,
-             repeats, _TRACE_DIR.value)
+             repeats, rounds, _TRACE_DIR.value)
   print_table(rows)
   out_dir = timing.output_dir(_OUT_DIR, _QUICK.value)
   csv_path = timing.write_csv(rows, out_dir, "benchmark_cells.csv")

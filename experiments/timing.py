@@ -1,7 +1,8 @@
 """Timing helpers shared by the benchmark scripts.
 
 `measure` times a compiled function (minimum over repeats) and reports its
-compiled memory; `bare_sensitivity_pass` is the memory-bandwidth floor of an
+compiled memory; `paired_seconds` and `median_ratio` compare functions
+round by round, which a drifting machine needs; `bare_sensitivity_pass` is the memory-bandwidth floor of an
 RTRL step: one read and one write of every sensitivity byte per step;
 `top_operations` profiles calls and lists the XLA operations that take longest;
 `output_dir`, `write_csv` and `positive_ints` are the scripts' shared plumbing.
@@ -13,6 +14,7 @@ import glob
 import gzip
 import json
 import os
+import statistics
 import time
 
 import jax
@@ -32,6 +34,33 @@ def measure(fn, args, repeats):
     jax.block_until_ready(compiled(*args))
     times.append(time.perf_counter() - start)
   return min(times), memory
+
+
+def paired_seconds(calls, rounds):
+  """{name: [seconds of each round]} for `calls`, {name: call()}.
+
+  Each round runs every call once, back to back, in order; a call must
+  return when its work is done (`jax.block_until_ready`). On a shared
+  machine an in-cache pass runs up to ~3x slower at some moments and in
+  some processes than in others (docs/BENCHMARKS.md, "Paired rounds"), so
+  two functions timed minutes apart, each by its minimum, get a ratio that
+  the drift decides. Within a round they see nearly the same machine: take
+  the ratio per round, then the median over rounds (`median_ratio`).
+  """
+  for call in calls.values():
+    call()                                   # Compiled and warm.
+  seconds = {name: [] for name in calls}
+  for _ in range(rounds):
+    for name, call in calls.items():
+      start = time.perf_counter()
+      call()
+      seconds[name].append(time.perf_counter() - start)
+  return seconds
+
+
+def median_ratio(numerators, denominators):
+  """Median over rounds of numerator / denominator (`paired_seconds`)."""
+  return statistics.median(n / d for n, d in zip(numerators, denominators))
 
 
 def bare_sensitivity_pass(sensitivities, num_steps):

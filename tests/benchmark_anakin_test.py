@@ -56,7 +56,7 @@ def test_quick_run_writes_csv_and_trace(tmp_path):
 def test_rows_are_handed_over_after_each_size():
   handed = []
   rows = benchmark_anakin.run([(4, 2), (6, 2)], num_envs=2, unroll_length=2,
-                              updates_per_call=1, memory_length=2, repeats=1,
+                              updates_per_call=1, memory_length=2, rounds=1,
                               on_size=lambda r: handed.append(list(r)))
   assert [[r["N"] for r in h] for h in handed] == [[4, 4], [4, 4, 6, 6]]
   assert handed[-1] == rows
