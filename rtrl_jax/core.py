@@ -124,11 +124,15 @@ def _unroll(cell, params, state, inputs, resets):
           frozen_recurrent, jax.lax.stop_gradient(hidden), x, sensitivities)
     return (new_hidden, sensitivities), kept
 
+  def chunk(carry, chunk_inputs):
+    carry, kept = jax.lax.scan(step, carry, chunk_inputs)
+    return carry, outputs_of(kept, chunk_inputs[0])
+
   sensitivities = (None if state.sensitivities is None
                    else jax.lax.stop_gradient(state.sensitivities))
-  (hidden, sensitivities), kept = jax.lax.scan(
-      step, (state.hidden, sensitivities), (inputs, resets))
-  return outputs_of(kept, inputs), RecurrentState(hidden, sensitivities)
+  (hidden, sensitivities), outputs = _in_chunks(
+      chunk, (state.hidden, sensitivities), inputs, resets)
+  return outputs, RecurrentState(hidden, sensitivities)
 
 
 def _cell_step(cell, params, inputs):
@@ -140,10 +144,10 @@ def _cell_step(cell, params, inputs):
 
   The read-out is not in the recurrence, so where the scan can keep h(t)
   instead of y(t) for little memory (`_reads_out_after_scan`) it runs after
-  the scan, over all T·B examples at once: T times larger matrix products,
-  which XLA runs at a higher rate than T small per-step ones
-  (docs/BENCHMARKS.md, "The read-out after the scan"). Otherwise kept(t) is
-  y(t), read out inside the step.
+  the scan of each chunk of K steps (`_in_chunks`), over its K·B examples at
+  once: K times larger matrix products, which XLA runs at a higher rate than
+  K small per-step ones (docs/BENCHMARKS.md, "The read-out after the scan").
+  Otherwise kept(t) is y(t), read out inside the step.
   """
   initial_hidden = cell.initial_hidden(params)
   transition = jax.vmap(cell.transition, in_axes=(None, 0, 0))
@@ -222,16 +226,15 @@ def _unroll_factored(cell, factors, params, state, inputs, resets):
         step, (hidden, vectors), chunk_inputs)
     matrices = _advance_in_one_pass(
         matrices, jax.lax.stop_gradient(chunk_inputs[0]), decay, rows)
-    return (hidden, vectors, matrices), kept
+    return (hidden, vectors, matrices), outputs_of(kept, chunk_inputs[0])
 
   sensitivities = jax.lax.stop_gradient(state.sensitivities)
   carry = (state.hidden,
            {k: s for k, s in sensitivities.items() if not outer[k]},
            {k: s for k, s in sensitivities.items() if outer[k]})
-  (hidden, vectors, matrices), kept = _in_chunks(chunk, carry, inputs,
-                                                 resets)
-  return (outputs_of(kept, inputs),
-          RecurrentState(hidden, {**vectors, **matrices}))
+  (hidden, vectors, matrices), outputs = _in_chunks(chunk, carry, inputs,
+                                                    resets)
+  return outputs, RecurrentState(hidden, {**vectors, **matrices})
 
 
 def _outer_leaves(factors, recurrent_params, hidden, x):
@@ -250,8 +253,9 @@ def _outer_leaves(factors, recurrent_params, hidden, x):
 
 def _in_chunks(chunk, carry, inputs, resets):
   """`chunk` scanned over the T steps in chunks of K = `_chunk_steps(T)`
-  (bounding the per-step factors kept to [K, B, N] arrays, not [T, B, N]);
-  the last chunk takes any remainder. Returns (carry, outputs [T, ...])."""
+  (bounding what is kept per step, h(t) for the read-out and the factors of
+  `_unroll_factored`, to [K, B, ...] arrays, not [T, B, ...]); the last
+  chunk takes any remainder. Returns (carry, outputs [T, ...])."""
   steps = inputs.shape[0]
   size = _chunk_steps(steps)
   full, rest = divmod(steps, size)
@@ -273,8 +277,9 @@ def _in_chunks(chunk, carry, inputs, resets):
   return carry, outputs
 
 
-# Most steps per one-pass sensitivity advance (`_unroll_factored`): S is read
-# and written once per chunk; the factors of one chunk ([K, B, N]) are kept.
+# Most steps per chunk (`_in_chunks`): per one-pass sensitivity advance
+# (`_unroll_factored`: S is read and written once per chunk; the factors of
+# one chunk, [K, B, N], are kept) and per read-out after the scan.
 ONE_PASS_STEPS = 64
 # `_advance_in_one_pass` sums the outer products elementwise (one fused pass
 # over S) for chunks of up to ELEMENTWISE_STEPS steps or inputs of up to

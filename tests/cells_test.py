@@ -335,9 +335,11 @@ def test_outputs_equal_a_python_loop_of_transition_and_readout(
   """`rtrl`'s and `bptt`'s outputs and last hidden state equal the cell's
   transition and read-out run step by step in Python (float64, with resets),
   with the read-out inside the scan (ratio 0) and where `core` puts it by
-  default (after the scan for every model here: their states are small)."""
+  default (after the scan for every model here: their states are small).
+  The 7 steps run as a chunk of 5 and a remainder of 2 (`core._in_chunks`)."""
   monkeypatch.setattr(rtrl_jax.core, "READ_OUT_AFTER_SCAN_MAX_RATIO",
                       after_scan_ratio)
+  monkeypatch.setattr(rtrl_jax.core, "ONE_PASS_STEPS", 5)
   model = make_model(name)
   steps = 7
   with jax.enable_x64(True):
