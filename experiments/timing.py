@@ -2,8 +2,9 @@
 
 `measure` times a compiled function (minimum over repeats) and reports its
 compiled memory; `paired_seconds` and `median_ratio` compare functions
-round by round, which a drifting machine needs; `bare_sensitivity_pass` is the memory-bandwidth floor of an
-RTRL step: one read and one write of every sensitivity byte per step;
+round by round, which a drifting machine needs; `bare_sensitivity_pass` is
+the memory-bandwidth floor of an RTRL step: one read and one write of every
+sensitivity byte per step;
 `top_operations` profiles calls and lists the XLA operations that take longest;
 `output_dir`, `write_csv` and `positive_ints` are the scripts' shared plumbing.
 """

@@ -139,8 +139,8 @@ def _cell_step(cell, params, inputs):
   """One batched step, and how the outputs come from what the scan keeps.
 
   Returns (step, outputs_of): step(h(t-1), x(t), reset(t)) -> (h(t-1) after
-  the reset, h(t), kept(t)); outputs_of(kept [T, ...], inputs [T, B, D]) ->
-  outputs [T, B, H].
+  the reset, h(t), kept(t)); outputs_of(kept [K, ...], inputs [K, B, D]) ->
+  outputs [K, B, H], for the K steps of one chunk.
 
   The read-out is not in the recurrence, so where the scan can keep h(t)
   instead of y(t) for little memory (`_reads_out_after_scan`) it runs after
@@ -170,9 +170,9 @@ def _cell_step(cell, params, inputs):
   return step, outputs_of
 
 
-# The read-out waits for the end of the scan when one example's h(t) has at
-# most this many times the numbers of its y(t): keeping h(1..T) then costs
-# the same order of memory as the outputs themselves. A fast-weight state
+# The read-out waits for the end of a chunk's scan when one example's h(t)
+# has at most this many times the numbers of its y(t): keeping h(t) for the
+# chunk's steps then costs the same order of memory as their outputs. A fast-weight state
 # (the linear Transformer's [H, d_v, d_k] matrices) is far larger, and is
 # read out step by step.
 READ_OUT_AFTER_SCAN_MAX_RATIO = 4
@@ -181,7 +181,8 @@ READ_OUT_AFTER_SCAN_MAX_RATIO = 4
 def _reads_out_after_scan(cell, params, hidden, x):
   """Whether `_cell_step` reads out after the scan (static: shapes only)."""
   output = jax.eval_shape(cell.readout, params["readout"], hidden, x)
-  size = lambda tree: sum(math.prod(leaf.shape) for leaf in jax.tree.leaves(tree))
+  size = lambda tree: sum(math.prod(leaf.shape)
+                         for leaf in jax.tree.leaves(tree))
   return size(hidden) <= READ_OUT_AFTER_SCAN_MAX_RATIO * size(output)
 
 
