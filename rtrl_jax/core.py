@@ -192,9 +192,10 @@ def _unroll_factored(cell, factors, params, state, inputs, resets):
 
   Vector leaves ([B, N]) are advanced in the scan, step by step (cheap).
   The outer-product leaves ([B, N, D], nearly all of S) are advanced once
-  per chunk of up to ONE_PASS_STEPS steps (`_advance_in_one_pass`, after
-  the chunk's scan has collected d and the a_k), so S is read and written
-  once per chunk instead of once per step.
+  per chunk of up to ONE_PASS_STEPS steps, or NARROW_INPUT_STEPS for a
+  narrow x(t) (`_advance_in_one_pass`, after the chunk's scan has collected
+  d and the a_k), so S is read and written once per chunk instead of once
+  per step.
   """
   step_cell, outputs_of = _cell_step(cell, params, inputs)
   frozen_recurrent = jax.lax.stop_gradient(params["recurrent"])
@@ -233,8 +234,12 @@ def _unroll_factored(cell, factors, params, state, inputs, resets):
   carry = (state.hidden,
            {k: s for k, s in sensitivities.items() if not outer[k]},
            {k: s for k, s in sensitivities.items() if outer[k]})
+  # A narrow x(t) is summed elementwise (`_advance_in_one_pass`), fastest
+  # in short chunks; the einsum is fastest in long ones.
+  most = (NARROW_INPUT_STEPS if inputs.shape[2] <= ELEMENTWISE_WIDTH
+          else ONE_PASS_STEPS)
   (hidden, vectors, matrices), outputs = _in_chunks(chunk, carry, inputs,
-                                                    resets)
+                                                    resets, most)
   return outputs, RecurrentState(hidden, {**vectors, **matrices})
 
 
@@ -252,13 +257,13 @@ def _outer_leaves(factors, recurrent_params, hidden, x):
   return outer
 
 
-def _in_chunks(chunk, carry, inputs, resets):
-  """`chunk` scanned over the T steps in chunks of K = `_chunk_steps(T)`
+def _in_chunks(chunk, carry, inputs, resets, most=None):
+  """`chunk` scanned over the T steps in chunks of K = `_chunk_steps(T, most)`
   (bounding what is kept per step, h(t) for the read-out and the factors of
   `_unroll_factored`, to [K, B, ...] arrays, not [T, B, ...]); the last
   chunk takes any remainder. Returns (carry, outputs [T, ...])."""
   steps = inputs.shape[0]
-  size = _chunk_steps(steps)
+  size = _chunk_steps(steps, most or ONE_PASS_STEPS)
   full, rest = divmod(steps, size)
   if full == 1 and not rest:
     return chunk(carry, (inputs, resets))
@@ -289,16 +294,21 @@ ONE_PASS_STEPS = 64
 # CPU's matrix rate (docs/BENCHMARKS.md, "The read-out after the scan").
 ELEMENTWISE_STEPS = 8
 ELEMENTWISE_WIDTH = 64
+# Most steps per chunk of `_unroll_factored` when x(t) has at most
+# ELEMENTWISE_WIDTH features. The elementwise sum over K steps costs about
+# one plain pass over S up to K ≈ 10 and runs slower per step beyond
+# (docs/BENCHMARKS.md, "Short chunks for a narrow x(t)").
+NARROW_INPUT_STEPS = 10
 
 
-def _chunk_steps(steps):
-  """K for `_unroll_factored`: the largest divisor of T up to ONE_PASS_STEPS
-  (no remainder chunk: the outputs need no concatenation, the inputs no copy),
-  unless that is under a quarter of ONE_PASS_STEPS (T prime, say): then
-  ONE_PASS_STEPS, with a remainder chunk."""
-  limit = min(steps, ONE_PASS_STEPS)
+def _chunk_steps(steps, most):
+  """K for `_in_chunks`: the largest divisor of T up to `most` (no remainder
+  chunk: the outputs need no concatenation, the inputs no copy), unless that
+  is under a quarter of `most` (T prime, say): then `most`, with a
+  remainder chunk."""
+  limit = min(steps, most)
   divisor = next(k for k in range(limit, 0, -1) if steps % k == 0)
-  return divisor if 4 * divisor >= ONE_PASS_STEPS else limit
+  return divisor if 4 * divisor >= most else limit
 
 
 def _factors_of(cell):
@@ -323,9 +333,10 @@ def _advance_in_one_pass(sensitivities, inputs, decay, rows):
       S_k(T) = P ⊙ S_k(0) + Σ_t R(t) ⊙ a_k(t) ⊗ x(t),
       P = Π_{t=1..T} d(t),   R(t) = Π_{j=t+1..T} d(j)   (R(T) = 1),
 
-  exact in real arithmetic. The sum over t is one batched matrix product
+  exact in real arithmetic. The sum over t is one elementwise expression
+  per leaf (short chunks or a narrow x(t)) or one batched matrix product
   ([K·N, T] x [T, D] per example, all leaves stacked), so S is read and
-  written once per segment instead of once per step; the products R(t)
+  written once per chunk instead of once per step; the products R(t)
   take one reverse scan over [B, N] vectors.
 
   Args:
@@ -334,32 +345,43 @@ def _advance_in_one_pass(sensitivities, inputs, decay, rows):
     decay: d, [T, B, N].
     rows: {leaf: a_k [T, B, N]}.
   """
-  def backwards(product, d):          # R(t) = product, then R(t-1) = R(t)·d(t)
-    return product * d, product
-
-  total, after = jax.lax.scan(backwards, jnp.ones_like(decay[0]), decay,
-                              reverse=True)
-  out = {k: total[:, :, None] * s for k, s in sensitivities.items()}
+  leaves = list(sensitivities)
   steps, _, width = inputs.shape
-  if steps <= ELEMENTWISE_STEPS or width <= ELEMENTWISE_WIDTH:
+  elementwise = steps <= ELEMENTWISE_STEPS or width <= ELEMENTWISE_WIDTH
+
+  def backwards(product, factors):    # R(t) = product, then R(t-1) = R(t)·d(t)
+    if not elementwise:
+      return product * factors, product
+    d, a, x = factors
+    return product * d, jnp.concatenate([product * a[k] for k in leaves] + [x],
+                                        axis=1)
+
+  total, emitted = jax.lax.scan(
+      backwards, jnp.ones_like(decay[0]),
+      (decay, rows, inputs) if elementwise else decay, reverse=True)
+  out = {k: total[:, :, None] * s for k, s in sensitivities.items()}
+  starts = np.cumsum([0] + [rows[k].shape[2] for k in leaves])
+  if elementwise:
     # P ⊙ S(0) + Σ_t (R(t) a_k(t)) ⊗ x(t) as one elementwise expression
     # that XLA can fuse into one pass over S; measured faster than the
     # einsum and its separate [B, N, D] sum for the Anakin actor's 5-step
-    # unrolls (docs/ANAKIN.md) and for D = 33 (docs/BENCHMARKS.md).
-    for k in out:
-      weighted = after * rows[k]
+    # unrolls (docs/ANAKIN.md) and for D = 33 (docs/BENCHMARKS.md). Its
+    # operands, the weights R(t) a_k(t) and x(t), come out of the reverse
+    # scan in one materialised [K, B, |leaves|·N + D] array: left as a
+    # product and a slice of the chunk's inputs, XLA may fuse them into the
+    # pass over S and recompute them for every element of S (measured 3-5x
+    # slower at D = 33; XLA:CPU drops `optimization_barrier`s before fusing).
+    inputs = emitted[:, :, starts[-1]:]
+    for i, k in enumerate(leaves):
+      weighted = emitted[:, :, starts[i]:starts[i + 1]]
       for t in range(steps):
         out[k] = out[k] + weighted[t][:, :, None] * inputs[t][:, None, :]
     return out
-  weighted = jnp.concatenate([after * rows[k] for k in out], axis=2)
+  weighted = jnp.concatenate([emitted * rows[k] for k in leaves], axis=2)
   summed = jnp.einsum("tbn,tbd->bnd", weighted, inputs,
                       precision=jax.lax.Precision.HIGHEST)
-  start = 0
-  for k in out:
-    width = rows[k].shape[2]
-    out[k] = out[k] + summed[:, start:start + width]
-    start += width
-  return out
+  return {k: out[k] + summed[:, starts[i]:starts[i + 1]]
+          for i, k in enumerate(leaves)}
 
 
 def reset_where(reset, initial, batched):

@@ -340,6 +340,7 @@ def test_outputs_equal_a_python_loop_of_transition_and_readout(
   monkeypatch.setattr(rtrl_jax.core, "READ_OUT_AFTER_SCAN_MAX_RATIO",
                       after_scan_ratio)
   monkeypatch.setattr(rtrl_jax.core, "ONE_PASS_STEPS", 5)
+  monkeypatch.setattr(rtrl_jax.core, "NARROW_INPUT_STEPS", 5)
   model = make_model(name)
   steps = 7
   with jax.enable_x64(True):

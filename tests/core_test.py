@@ -551,7 +551,7 @@ def _step_by_step(cell, params, state, inputs, resets):
 
 @pytest.mark.parametrize("steps,most,width", [
     (1, 4, 64), (2, 4, 64), (7, 4, 64), (9, 4, 64), (17, 16, 64),
-    (17, 16, 0)])
+    (17, 16, 0), (23, None, 64)])
 def test_one_pass_advance_equals_the_per_step_recursion(steps, most, width,
                                                         monkeypatch):
   """`rtrl`'s new_state.sensitivities (one pass over S, `sensitivity_factors`)
@@ -560,8 +560,11 @@ def test_one_pass_advance_equals_the_per_step_recursion(steps, most, width,
   cell = rtrl_jax.ELSTM(HIDDEN, forget_bias=1.0, init_scale=0.5)
   # Chunks: 7 steps as 7 x 1, 9 as 3 x 3, 17 as 16 + a remainder of 1. The
   # 16-step chunk is summed elementwise (x(t) narrower than `width`) or, with
-  # width 0, by the einsum.
-  monkeypatch.setattr(rtrl_jax.core, "ONE_PASS_STEPS", most)
+  # width 0, by the einsum. With the defaults (most None), 23 steps of a
+  # narrow x(t) run as 2 x 10 + 3 (NARROW_INPUT_STEPS).
+  if most is not None:
+    monkeypatch.setattr(rtrl_jax.core, "ONE_PASS_STEPS", most)
+    monkeypatch.setattr(rtrl_jax.core, "NARROW_INPUT_STEPS", most)
   monkeypatch.setattr(rtrl_jax.core, "ELEMENTWISE_WIDTH", width)
   with jax.enable_x64(True):
     keys = jax.random.split(jax.random.PRNGKey(3), 4)
@@ -617,6 +620,7 @@ def test_a_subclass_with_its_own_recursion_is_advanced_step_by_step():
 def test_rtrl_gradient_equals_bptt_with_the_advance_in_chunks(monkeypatch):
   """Segments of 8 steps advanced in chunks of 3, 3 and 2: still exact."""
   monkeypatch.setattr(rtrl_jax.core, "ONE_PASS_STEPS", 3)
+  monkeypatch.setattr(rtrl_jax.core, "NARROW_INPUT_STEPS", 3)
   with jax.enable_x64(True):
     errors = oracle_errors(8)
   assert max(max(jax.tree.leaves(per_leaf)) for per_leaf in errors) <= 1e-8
@@ -624,8 +628,9 @@ def test_rtrl_gradient_equals_bptt_with_the_advance_in_chunks(monkeypatch):
 
 def test_chunk_steps():
   core = rtrl_jax.core
-  assert [core._chunk_steps(t) for t in (1, 7, 64, 100, 1000, 1024, 97)] == [
-      1, 7, 64, 50, 50, 64, 64]
+  assert [core._chunk_steps(t, 64) for t in (1, 7, 64, 100, 1000, 1024, 97)
+          ] == [1, 7, 64, 50, 50, 64, 64]
+  assert [core._chunk_steps(t, 10) for t in (5, 64, 100, 97)] == [5, 8, 10, 10]
 
 
 @pytest.mark.parametrize("method", [rtrl_jax.rtrl, rtrl_jax.bptt])

@@ -109,8 +109,10 @@ class ELSTM(ElementwiseCell):
     return jnp.zeros((self.hidden_size,), params["recurrent"]["Z"].dtype)
 
   def _gates(self, p, c_prev, x):
-    z = jnp.tanh(p["Z"] @ x + p["w_z"] * c_prev + p["b_z"])
-    f = jax.nn.sigmoid(p["F"] @ x + p["w_f"] * c_prev + p["b_f"])
+    # x Zᵀ, not Z x: in row form as in `readout` (core batches the factors
+    # over [K, B] after the scan, where Z x would come out transposed).
+    z = jnp.tanh(x @ p["Z"].T + p["w_z"] * c_prev + p["b_z"])
+    f = jax.nn.sigmoid(x @ p["F"].T + p["w_f"] * c_prev + p["b_f"])
     return z, f
 
   def transition(self, recurrent_params, hidden, inputs):
