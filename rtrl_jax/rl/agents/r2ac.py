@@ -323,7 +323,9 @@ def _advance_sensitivities(net, params, state, inputs, resets):
   """S after T steps: `state.sensitivities` advanced over the core inputs
   x [T, B, D] and resets [T, B] that the core saw from `state` (`rtrl`'s
   forward pass: for a cell with `sensitivity_factors` one pass over S per
-  chunk of up to `core.ONE_PASS_STEPS` steps, else step by step)."""
+  chunk of up to `core.ONE_PASS_STEPS` steps, `core.NARROW_INPUT_STEPS` for
+  an x(t) of at most `core.ELEMENTWISE_WIDTH` features, else step by
+  step)."""
   _, state = rtrl_jax.rtrl(net.core, params["core"], state, inputs, resets)
   return state.sensitivities
 
