@@ -453,7 +453,8 @@ def _vectorised_sum(cell, hidden_cotangent, sensitivities):
 
 
 def _looped_sum(contract, hidden_cotangent, sensitivities):
-  """Σ_b contract(λ_b, S_b), accumulated example by example.
+  """Σ_b contract(λ_b, S_b), accumulated up to EXAMPLES_PER_ITERATION examples
+  at a time.
 
   A loop over the batch reads S once and keeps one parameter-sized
   accumulator; `vmap` followed by a sum over the batch axis materialises
@@ -464,14 +465,27 @@ def _looped_sum(contract, hidden_cotangent, sensitivities):
   parameter-sized partial results instead of gathering S onto every device.
   On one device C = 1: one loop, as before.
   """
-  def add_example(total, example):
-    return jax.tree.map(jnp.add, total, contract(*example)), None
-
   def chunk_sum(cotangent, sens):
+    size = jax.tree.leaves(cotangent)[0].shape[0]
+    group = next(g for g in range(min(size, EXAMPLES_PER_ITERATION), 0, -1)
+                 if size % g == 0)
+
+    def add_group(total, examples):
+      # `group` examples per iteration, as one sum XLA can fuse: with one
+      # small example per iteration the loop's overhead dominates
+      # (docs/BENCHMARKS.md, "The past-gradient contraction").
+      for j in range(group):
+        example = jax.tree.map(lambda leaf: leaf[j], examples)
+        total = jax.tree.map(jnp.add, total, contract(*example))
+      return total, None
+
     first = jax.tree.map(lambda leaf: leaf[0], (cotangent, sens))
     total = jax.tree.map(lambda leaf: jnp.zeros(leaf.shape, leaf.dtype),
                          jax.eval_shape(contract, *first))
-    return jax.lax.scan(add_example, total, (cotangent, sens))[0]
+    grouped = jax.tree.map(
+        lambda leaf: leaf.reshape((size // group, group) + leaf.shape[1:]),
+        (cotangent, sens))
+    return jax.lax.scan(add_group, total, grouped)[0]
 
   batch = jax.tree.leaves((hidden_cotangent, sensitivities))[0].shape[0]
   chunks = _batch_chunks(batch)
@@ -481,6 +495,11 @@ def _looped_sum(contract, hidden_cotangent, sensitivities):
   partial = jax.vmap(chunk_sum)(*jax.tree.map(
       split, (hidden_cotangent, sensitivities)))
   return jax.tree.map(lambda leaf: leaf.sum(0), partial)
+
+
+# Examples whose contributions `_looped_sum` adds per loop iteration (at
+# most; a divisor of the batch).
+EXAMPLES_PER_ITERATION = 8
 
 
 def _batch_chunks(batch_size):

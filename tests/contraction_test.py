@@ -198,13 +198,16 @@ def test_no_batch_loop_when_lowered_for_accelerators(name):
 
 @pytest.mark.parametrize("name", ["elstm", "linear_transformer"])
 def test_negative_control_cpu_lowering_loops_over_the_batch(name):
-  """CPU: a while loop of trip count B, so the check above can see one."""
+  """CPU: a while loop whose trip count grows with B (B / 8 iterations of
+  `core.EXAMPLES_PER_ITERATION` = 8 examples), so the check above can see
+  one."""
+  assert rtrl_jax.core.EXAMPLES_PER_ITERATION == 8
   cell = make_model(name)
-  small = while_trip_counts(lowered_gradient(cell, 4, "cpu"))
-  large = while_trip_counts(lowered_gradient(cell, 64, "cpu"))
-  assert 4 in small and 64 in large and 64 not in small, (small, large)
-  assert sorted(c for c in small if c != 4) == sorted(
-      c for c in large if c != 64)
+  small = while_trip_counts(lowered_gradient(cell, 40, "cpu"))
+  large = while_trip_counts(lowered_gradient(cell, 72, "cpu"))
+  assert 5 in small and 9 in large and 9 not in small, (small, large)
+  assert sorted(c for c in small if c != 5) == sorted(
+      c for c in large if c != 9)
 
 
 def test_vectorised_contraction_is_one_op_per_leaf_for_the_elstm():
@@ -277,11 +280,13 @@ def lowered_anakin_update(num_envs, platform):
 def test_anakin_update_has_no_batch_loop_off_cpu():
   """The whole Anakin call (acting, learner, V-trace, optimizer) lowered for
   cuda: the same loops for B = 4 and B = 64 (all over updates and time); the
-  CPU lowering of the same call has a loop of trip count B (control)."""
+  CPU lowering of the same call has a loop of trip count B / 8 (control; 8 =
+  `core.EXAMPLES_PER_ITERATION`: B = 64 gives 8 loops over 8, B = 72 9)."""
   small = sorted(while_trip_counts(lowered_anakin_update(4, "cuda")))
   large = sorted(while_trip_counts(lowered_anakin_update(64, "cuda")))
-  assert small == large and 64 not in large, (small, large)
-  assert 64 in while_trip_counts(lowered_anakin_update(64, "cpu"))
+  assert small == large and 8 not in large, (small, large)
+  assert 8 in while_trip_counts(lowered_anakin_update(64, "cpu"))
+  assert 9 in while_trip_counts(lowered_anakin_update(72, "cpu"))
 
 
 # core_test's sharded-gradient script with the accelerator branch forced on
