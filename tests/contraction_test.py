@@ -74,16 +74,19 @@ def contraction_operands(cell, batch, seed=0, dtype=jnp.float64):
 
 
 @pytest.mark.parametrize("name", MODEL_NAMES)
-def test_looped_and_vectorised_sums_agree(name):
-  """Both contractions equal Σ_b of the per-example contraction (numpy)."""
+@pytest.mark.parametrize("batch", [5, 12, 19])
+def test_looped_and_vectorised_sums_agree(name, batch):
+  """Both contractions equal Σ_b of the per-example contraction (numpy).
+  The loop adds 5 examples in one iteration, 12 in two of 6, 19 in 19 of 1
+  (`core.EXAMPLES_PER_ITERATION`)."""
   cell = make_model(name)
   with jax.enable_x64(True):
-    _, g, s = contraction_operands(cell, batch=5)
+    _, g, s = contraction_operands(cell, batch=batch)
     looped = jax.jit(functools.partial(core._looped_sum,
                                        cell.contract_sensitivities))(g, s)
     vectorised = jax.jit(functools.partial(core._vectorised_sum, cell))(g, s)
     per_example = [cell.contract_sensitivities(*jax.tree.map(
-        lambda l: l[b], (g, s))) for b in range(5)]
+        lambda l: l[b], (g, s))) for b in range(batch)]
     reference = jax.tree.map(lambda *xs: np.sum(np.stack(xs), 0), *per_example)
     assert jax.tree.structure(vectorised) == jax.tree.structure(reference)
     assert relative_error(looped, reference) < 1e-12

@@ -109,8 +109,9 @@ class ELSTM(ElementwiseCell):
     return jnp.zeros((self.hidden_size,), params["recurrent"]["Z"].dtype)
 
   def _gates(self, p, c_prev, x):
-    # x Zᵀ, not Z x: in row form as in `readout` (core batches the factors
-    # over [K, B] after the scan, where Z x would come out transposed).
+    # x Zᵀ, not Z x: the row form of `readout`, which keeps the batch axes
+    # in front when the gates are batched with vmap (docs/BENCHMARKS.md,
+    # "Short chunks for a narrow x(t)").
     z = jnp.tanh(x @ p["Z"].T + p["w_z"] * c_prev + p["b_z"])
     f = jax.nn.sigmoid(x @ p["F"].T + p["w_f"] * c_prev + p["b_f"])
     return z, f
