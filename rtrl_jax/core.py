@@ -306,9 +306,13 @@ def _chunk_steps(steps, most):
   chunk: the outputs need no concatenation, the inputs no copy), unless that
   is under a quarter of `most` (T prime, say): then `most`, with a
   remainder chunk."""
-  limit = min(steps, most)
-  divisor = next(k for k in range(limit, 0, -1) if steps % k == 0)
-  return divisor if 4 * divisor >= most else limit
+  divisor = _largest_divisor(steps, most)
+  return divisor if 4 * divisor >= most else min(steps, most)
+
+
+def _largest_divisor(number, most):
+  """The largest divisor of `number` that is at most `most`."""
+  return next(k for k in range(min(number, most), 0, -1) if number % k == 0)
 
 
 def _factors_of(cell):
@@ -467,8 +471,7 @@ def _looped_sum(contract, hidden_cotangent, sensitivities):
   """
   def chunk_sum(cotangent, sens):
     size = jax.tree.leaves(cotangent)[0].shape[0]
-    group = next(g for g in range(min(size, EXAMPLES_PER_ITERATION), 0, -1)
-                 if size % g == 0)
+    group = _largest_divisor(size, EXAMPLES_PER_ITERATION)
 
     def add_group(total, examples):
       # `group` examples per iteration, as one sum XLA can fuse: with one
