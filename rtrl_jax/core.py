@@ -429,11 +429,12 @@ def _sum_over_batch(cell, hidden_cotangent, sensitivities):
   every cell); `jax.lax.platform_dependent` lowers only the branch of the
   platform compiled for:
 
-  * CPU: `_looped_sum`, a `lax.scan` over the examples. XLA:CPU runs a
-    multiply-and-reduce over the leading (batch) axis far slower than this
-    loop, which reads S once into one parameter-sized accumulator
-    (docs/BENCHMARKS.md, "The past-gradient contraction", has the numbers
-    and the command).
+  * CPU: `_looped_sum`, the per-example contractions added up as one
+    fused sum (up to ONE_SUM_EXAMPLES examples) or in a `lax.scan` over the
+    examples. XLA:CPU runs a multiply-and-reduce over the leading (batch)
+    axis far slower than either, which read S once into one
+    parameter-sized accumulator (docs/BENCHMARKS.md, "The past-gradient
+    contraction", has the numbers and the command).
   * anything else (GPU, TPU): `_vectorised_sum`, one fused contraction per
     leaf. A loop there would launch B small kernels in sequence per update
     (B = 1024 environments per device is ordinary).
@@ -457,21 +458,23 @@ def _vectorised_sum(cell, hidden_cotangent, sensitivities):
 
 
 def _looped_sum(contract, hidden_cotangent, sensitivities):
-  """Σ_b contract(λ_b, S_b), accumulated up to EXAMPLES_PER_ITERATION examples
-  at a time.
+  """Σ_b contract(λ_b, S_b): one fused sum of the B examples' contractions
+  for B ≤ ONE_SUM_EXAMPLES, else a loop over the batch that adds up to
+  EXAMPLES_PER_ITERATION examples per iteration.
 
-  A loop over the batch reads S once and keeps one parameter-sized
-  accumulator; `vmap` followed by a sum over the batch axis materialises
-  B x |θ_r| products first, far slower on XLA:CPU (docs/BENCHMARKS.md). The batch is
-  cut into C = gcd(B, device count) contiguous chunks, looped over within a
+  Either reads S once and keeps one parameter-sized accumulator; `vmap`
+  followed by a sum over the batch axis materialises B x |θ_r| products
+  first, far slower on XLA:CPU (docs/BENCHMARKS.md). The batch is
+  cut into C = gcd(B, device count) contiguous chunks, summed within a
   chunk and vmapped across chunks: when B is sharded over (a mesh axis of)
-  the devices, each device loops over its own examples, and XLA sums C
+  the devices, each device sums its own examples, and XLA adds C
   parameter-sized partial results instead of gathering S onto every device.
-  On one device C = 1: one loop, as before.
+  On one device C = 1.
   """
   def chunk_sum(cotangent, sens):
     size = jax.tree.leaves(cotangent)[0].shape[0]
-    group = _largest_divisor(size, EXAMPLES_PER_ITERATION)
+    group = (size if size <= ONE_SUM_EXAMPLES
+             else _largest_divisor(size, EXAMPLES_PER_ITERATION))
 
     def add_group(total, examples):
       # `group` examples per iteration, as one sum XLA can fuse: with one
@@ -485,6 +488,8 @@ def _looped_sum(contract, hidden_cotangent, sensitivities):
     first = jax.tree.map(lambda leaf: leaf[0], (cotangent, sens))
     total = jax.tree.map(lambda leaf: jnp.zeros(leaf.shape, leaf.dtype),
                          jax.eval_shape(contract, *first))
+    if group == size:
+      return add_group(total, (cotangent, sens))[0]
     grouped = jax.tree.map(
         lambda leaf: leaf.reshape((size // group, group) + leaf.shape[1:]),
         (cotangent, sens))
@@ -500,8 +505,14 @@ def _looped_sum(contract, hidden_cotangent, sensitivities):
   return jax.tree.map(lambda leaf: leaf.sum(0), partial)
 
 
-# Examples whose contributions `_looped_sum` adds per loop iteration (at
-# most; a divisor of the batch).
+# `_looped_sum` adds the contributions of up to ONE_SUM_EXAMPLES examples
+# (per device) as one fused sum, with no loop: measured 1.6-3x faster than
+# the loop for B = 32-64 at N = 64-512, but slower for 128 examples at
+# N = 512, D = 257 and for 256 at N = 256, D = 33 (docs/BENCHMARKS.md, "The
+# past-gradient contraction"). A larger batch is looped over,
+# EXAMPLES_PER_ITERATION (at most; a divisor of the batch) examples per
+# iteration.
+ONE_SUM_EXAMPLES = 64
 EXAMPLES_PER_ITERATION = 8
 
 

@@ -1,6 +1,7 @@
-"""The past-gradient contraction Σ_b λ_bᵀ S_b: loop on CPU, vectorised elsewhere.
+"""The past-gradient contraction Σ_b λ_bᵀ S_b: per example on CPU, vectorised elsewhere.
 
-`core._sum_over_batch` picks `_looped_sum` (a `lax.scan` over the batch) when
+`core._sum_over_batch` picks `_looped_sum` (one fused sum, or beyond
+`core.ONE_SUM_EXAMPLES` examples a `lax.scan` over the batch) when
 compiling for CPU and `_vectorised_sum` (the cell's batched contraction)
 for any other platform. These tests prove, on the CPU that CI has:
 
@@ -9,8 +10,9 @@ for any other platform. These tests prove, on the CPU that CI has:
   1e-10 relative);
 * the program lowered for GPU (cuda, rocm) and TPU has no while loop whose
   trip count is the batch size (its only loops are the T-step scans over
-  time), while the CPU lowering does (negative control), so the dispatch
-  is real and the check can see a batch loop.
+  time), while the CPU lowering has one for a batch over
+  `core.ONE_SUM_EXAMPLES` (negative control), so the dispatch is real and
+  the check can see a batch loop.
 """
 
 import functools
@@ -74,11 +76,16 @@ def contraction_operands(cell, batch, seed=0, dtype=jnp.float64):
 
 
 @pytest.mark.parametrize("name", MODEL_NAMES)
-@pytest.mark.parametrize("batch", [5, 12, 19])
-def test_looped_and_vectorised_sums_agree(name, batch):
+@pytest.mark.parametrize("batch, one_sum_examples", [
+    (5, None), (12, 4), (19, 4)])
+def test_looped_and_vectorised_sums_agree(name, batch, one_sum_examples,
+                                          monkeypatch):
   """Both contractions equal Σ_b of the per-example contraction (numpy).
-  The loop adds 5 examples in one iteration, 12 in two of 6, 19 in 19 of 1
-  (`core.EXAMPLES_PER_ITERATION`)."""
+  The CPU sum adds 5 examples as one sum (up to `core.ONE_SUM_EXAMPLES`);
+  with that bound set to 4, 12 in a loop of two iterations of 6 and 19 in
+  19 of 1 (`core.EXAMPLES_PER_ITERATION`)."""
+  if one_sum_examples is not None:
+    monkeypatch.setattr(core, "ONE_SUM_EXAMPLES", one_sum_examples)
   cell = make_model(name)
   with jax.enable_x64(True):
     _, g, s = contraction_operands(cell, batch=batch)
@@ -190,27 +197,27 @@ def lowered_gradient(cell, batch, platform):
 
 @pytest.mark.parametrize("name", MODEL_NAMES)
 def test_no_batch_loop_when_lowered_for_accelerators(name):
-  """GPU/TPU: the same loops for B = 4 and B = 64, all over time (T = 3)."""
+  """GPU/TPU: the same loops for B = 4 and B = 72, all over time (T = 3).
+  (The CPU lowering loops over B = 72: the negative control below.)"""
   cell = make_model(name)
   for platform in ("cuda", "rocm", "tpu"):
     small = while_trip_counts(lowered_gradient(cell, 4, platform))
-    large = while_trip_counts(lowered_gradient(cell, 64, platform))
+    large = while_trip_counts(lowered_gradient(cell, 72, platform))
     assert small == large, (platform, small, large)
     assert set(large) == {STEPS}, (platform, large)
 
 
 @pytest.mark.parametrize("name", ["elstm", "linear_transformer"])
 def test_negative_control_cpu_lowering_loops_over_the_batch(name):
-  """CPU: a while loop whose trip count grows with B (B / 8 iterations of
-  `core.EXAMPLES_PER_ITERATION` = 8 examples), so the check above can see
-  one."""
-  assert rtrl_jax.core.EXAMPLES_PER_ITERATION == 8
+  """CPU: B = 72 (over `core.ONE_SUM_EXAMPLES` = 64) adds the examples in a
+  while loop of 9 iterations of `core.EXAMPLES_PER_ITERATION` = 8, which
+  B = 40 (one sum) does not have; the check above can see such a loop."""
+  assert (core.ONE_SUM_EXAMPLES, core.EXAMPLES_PER_ITERATION) == (64, 8)
   cell = make_model(name)
   small = while_trip_counts(lowered_gradient(cell, 40, "cpu"))
   large = while_trip_counts(lowered_gradient(cell, 72, "cpu"))
-  assert 5 in small and 9 in large and 9 not in small, (small, large)
-  assert sorted(c for c in small if c != 5) == sorted(
-      c for c in large if c != 9)
+  assert 9 in large and 9 not in small, (small, large)
+  assert sorted(small) == sorted(c for c in large if c != 9), (small, large)
 
 
 def test_vectorised_contraction_is_one_op_per_leaf_for_the_elstm():
@@ -228,11 +235,11 @@ def test_vectorised_contraction_is_one_op_per_leaf_for_the_elstm():
 
 CONTRACTION_CHECK = """
 from experiments import benchmark_cells
-rows = benchmark_cells.contraction_rows(batch=4, hidden=3, input_size=5,
+rows = benchmark_cells.contraction_rows(batch=72, hidden=3, input_size=5,
                                         repeats=1)
 assert [r["path"] for r in rows] == ["dispatched", "looped", "vectorised"]
 assert benchmark_cells.check_contraction(rows) == []
-# On CPU the dispatched program is the loop.
+# On CPU the dispatched program is the loop (72 > core.ONE_SUM_EXAMPLES).
 assert [r["while_loops"] for r in rows] == [1, 1, 0]
 wrong = [dict(r, relative_error=1e-3) if r["path"] == "vectorised" else r
          for r in rows]
@@ -282,14 +289,15 @@ def lowered_anakin_update(num_envs, platform):
 
 def test_anakin_update_has_no_batch_loop_off_cpu():
   """The whole Anakin call (acting, learner, V-trace, optimizer) lowered for
-  cuda: the same loops for B = 4 and B = 64 (all over updates and time); the
-  CPU lowering of the same call has a loop of trip count B / 8 (control; 8 =
-  `core.EXAMPLES_PER_ITERATION`: B = 64 gives 8 loops over 8, B = 72 9)."""
+  cuda: the same loops for B = 4 and B = 72 (all over updates and time); the
+  CPU lowering of the same call has a loop of trip count B / 8 (control:
+  over `core.ONE_SUM_EXAMPLES` = 64 the CPU sum loops over groups of
+  `core.EXAMPLES_PER_ITERATION` = 8, so B = 72 gives 9, B = 80 10)."""
   small = sorted(while_trip_counts(lowered_anakin_update(4, "cuda")))
-  large = sorted(while_trip_counts(lowered_anakin_update(64, "cuda")))
-  assert small == large and 8 not in large, (small, large)
-  assert 8 in while_trip_counts(lowered_anakin_update(64, "cpu"))
+  large = sorted(while_trip_counts(lowered_anakin_update(72, "cuda")))
+  assert small == large and 9 not in large, (small, large)
   assert 9 in while_trip_counts(lowered_anakin_update(72, "cpu"))
+  assert 10 in while_trip_counts(lowered_anakin_update(80, "cpu"))
 
 
 # core_test's sharded-gradient script with the accelerator branch forced on
