@@ -4,6 +4,9 @@
 unroll's recorded core inputs and resets (`agent.advance_sensitivities`).
 Here, in float64, it is checked against the recursion it replaces: the same
 actor stepping S every step (`anakin.env_step` on a state that carries S).
+The training step (`anakin.make_step`) advances S after the learner step
+(`anakin.advance`), so that XLA can write S(M) over S(0): checked for the
+same S(M) and for no copy of S in the compiled update loop.
 """
 
 import jax
@@ -127,3 +130,65 @@ def test_advance_that_drops_the_resets_fails():
     compare(run_both(broken, runner, num_unrolls=1))
     with pytest.raises(AssertionError, match="sensitivities"):
       compare(run_both(broken, runner, num_unrolls=3))
+
+
+def test_update_advances_s_with_the_actor_parameters_after_the_learner():
+  """`make_step` advances S after the learner step (`anakin.advance` with
+  `after`), from S(0) with the parameters the actor used: the same S(M) as
+  `rollout`, although the learner here changes every parameter."""
+  with jax.enable_x64(True):
+    actors, runner = float64_actors("elstm")
+
+    def learner_step(params, opt_state, trajectory):
+      del trajectory
+      return jax.tree.map(lambda p: 1.5 * p + 0.1, params), opt_state, {}
+
+    updated, _ = jax.jit(anakin.make_step(actors, learner_step, 1))(runner)
+    rolled, _, _ = jax.jit(lambda r: anakin.rollout(actors, r))(runner)
+    assert_close(updated.core_state, rolled.core_state, "core state")
+    assert max(float(jnp.abs(s).max())
+               for s in jax.tree.leaves(updated.core_state.sensitivities)) > 0
+    changed = jax.tree.map(lambda a, b: bool((a != b).any()), updated.params,
+                           runner.params)
+    assert all(jax.tree.leaves(changed))
+
+
+def copies_of_sensitivities_per_computation(hlo, shape):
+  """{computation name: copies of an f32 `shape` array} in compiled HLO."""
+  counts, name = {}, None
+  for line in hlo.split("\n"):
+    if line and not line.startswith(" ") and line.rstrip().endswith("{"):
+      name = line.split(" ")[1] if line.startswith("ENTRY") else line.split(
+          " ")[0]
+    elif " copy(" in line and f"= f32[{shape}]" in line:
+      counts[name] = counts.get(name, 0) + 1
+  return counts
+
+
+def compiled_rtrl_call():
+  """The compiled CPU program of one Anakin RTRL call (eLSTM-8, B = 4)."""
+  config = r2ac_configs.tiny()
+  config.network.hidden_size, config.network.encoder_sizes = 8, [8]
+  config.num_envs, config.unroll_length, config.updates_per_call = 4, 3, 2
+  train = from_config.anakin_system(config)
+  runner = jax.eval_shape(train.init, jax.random.PRNGKey(0))
+  return jax.jit(train.step.__wrapped__).lower(runner).compile().as_text()
+
+
+def test_compiled_update_writes_s_in_place(monkeypatch):
+  """XLA:CPU copies the [B, N, D] sensitivities only on entry (the donated
+  runner), not in the update loop: the advance waits for the learner, so
+  S(M) overwrites S(0). Negative control: without that wait (`after`
+  dropped) the loop copies S(0) every update."""
+  assert jax.default_backend() == "cpu"
+  shape = "4,8,9"            # B, N, D = encoder features + 1
+  copies = copies_of_sensitivities_per_computation(compiled_rtrl_call(),
+                                                   shape)
+  outside_entry = {k: v for k, v in copies.items() if not k.startswith("%main")}
+  assert copies and not outside_entry, copies
+  advance = anakin.advance
+  monkeypatch.setattr(anakin, "advance",
+                      lambda *args, after=None: advance(*args))
+  copies = copies_of_sensitivities_per_computation(compiled_rtrl_call(),
+                                                   shape)
+  assert any(not k.startswith("%main") for k in copies), copies
