@@ -42,9 +42,10 @@ into --out_dir.
 
 times instead the past-gradient contraction Σ_b λ_bᵀ S_b of `rtrl`'s backward
 pass (eLSTM, D = --input_size) on the backend JAX runs on: the branch
-`core._sum_over_batch` picks there, and both of its branches forced
-(`_looped_sum`, a loop over the batch; `_vectorised_sum`, one fused
-contraction per leaf). Each must agree with a float64 reference to 1e-5
+`core._sum_over_batch` picks there, and its branches forced (`_looped_sum`
+as one fused sum of the B examples, "one sum", for B ≤ 256, and as a loop
+over the batch, "looped"; `_vectorised_sum`, one fused contraction per
+leaf). Each must agree with a float64 reference to 1e-5
 relative, and off CPU the lowered program must hold no while loop (a loop
 over B there would be B small kernels in sequence); the script exits 1
 otherwise. GB/s = the sensitivity bytes (read once) over the time. Writes
@@ -227,9 +228,16 @@ def run(hidden_sizes, lengths, batch, input_size, truncation, repeats,
   return rows
 
 
+# The "one sum" row (B terms traced into one expression) only up to this
+# batch: it is the alternative to the loop that `core.ONE_SUM_EXAMPLES`
+# was chosen against, and a sum of B = 1024 terms is slow to compile.
+ONE_SUM_MOST_EXAMPLES = 256
+
+
 def contraction_rows(batch, hidden, input_size, repeats):
-  """The contraction check: rows for the dispatched, looped and vectorised
-  contractions, each with its time, GB/s, relative error and while loops."""
+  """The contraction check: rows for the dispatched, one-sum, looped and
+  vectorised contractions, each with its time, GB/s, relative error and
+  while loops."""
   from rtrl_jax import core  # pylint: disable=g-import-not-at-top
   cell = rtrl_jax.ELSTM(hidden)
   params = cell.init(jax.random.PRNGKey(0), input_size)
@@ -244,10 +252,16 @@ def contraction_rows(batch, hidden, input_size, repeats):
   sensitivity_bytes = sum(leaf.nbytes for leaf in sens.values())
   paths = {
       "dispatched": functools.partial(core._sum_over_batch, cell),
+      "one sum": functools.partial(core._looped_sum,
+                                   cell.contract_sensitivities,
+                                   one_sum_examples=batch),
       "looped": functools.partial(core._looped_sum,
-                                  cell.contract_sensitivities),
+                                  cell.contract_sensitivities,
+                                  one_sum_examples=0),
       "vectorised": functools.partial(core._vectorised_sum, cell),
   }
+  if batch > ONE_SUM_MOST_EXAMPLES:
+    del paths["one sum"]
   rows = []
   for name, fn in paths.items():
     seconds, _ = timing.measure(fn, (cotangent, sens), repeats)

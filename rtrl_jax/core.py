@@ -225,7 +225,8 @@ def _unroll_factored(cell, factors, params, state, inputs, resets):
     """K steps, then the outer-product leaves advanced over them."""
     hidden, vectors, matrices = carry
     (hidden, vectors), (kept, (decay, rows)) = jax.lax.scan(
-        step, (hidden, vectors), chunk_inputs)
+        step, (hidden, vectors), chunk_inputs,
+        unroll=chunk_inputs[0].shape[0] <= UNROLLED_STEPS)
     matrices = _advance_in_one_pass(
         matrices, jax.lax.stop_gradient(chunk_inputs[0]), decay, rows)
     return (hidden, vectors, matrices), outputs_of(kept, chunk_inputs[0])
@@ -287,6 +288,11 @@ def _in_chunks(chunk, carry, inputs, resets, most=None):
 # (`_unroll_factored`: S is read and written once per chunk; the factors of
 # one chunk, [K, B, N], are kept) and per read-out after the scan.
 ONE_PASS_STEPS = 64
+# A chunk of at most UNROLLED_STEPS steps runs its two scans (`_unroll_factored`'s
+# factors, `_advance_in_one_pass`'s products R(t)) unrolled, without a loop:
+# for the Anakin actor's 5-step advance the loops' overhead was a measurable
+# part of what RTRL adds (docs/ANAKIN.md, "The learner before the advance").
+UNROLLED_STEPS = 8
 # `_advance_in_one_pass` sums the outer products elementwise (one fused pass
 # over S) for chunks of up to ELEMENTWISE_STEPS steps or inputs of up to
 # ELEMENTWISE_WIDTH features, and with one batched einsum otherwise: for a
@@ -362,7 +368,8 @@ def _advance_in_one_pass(sensitivities, inputs, decay, rows):
 
   total, emitted = jax.lax.scan(
       backwards, jnp.ones_like(decay[0]),
-      (decay, rows, inputs) if elementwise else decay, reverse=True)
+      (decay, rows, inputs) if elementwise else decay, reverse=True,
+      unroll=steps <= UNROLLED_STEPS)
   out = {k: total[:, :, None] * s for k, s in sensitivities.items()}
   starts = np.cumsum([0] + [rows[k].shape[2] for k in leaves])
   if elementwise:
@@ -457,10 +464,11 @@ def _vectorised_sum(cell, hidden_cotangent, sensitivities):
   return jax.tree.map(lambda leaf: leaf.sum(0), per_example)
 
 
-def _looped_sum(contract, hidden_cotangent, sensitivities):
+def _looped_sum(contract, hidden_cotangent, sensitivities,
+                one_sum_examples=None):
   """Σ_b contract(λ_b, S_b): one fused sum of the B examples' contractions
-  for B ≤ ONE_SUM_EXAMPLES, else a loop over the batch that adds up to
-  EXAMPLES_PER_ITERATION examples per iteration.
+  for B ≤ `one_sum_examples` (default ONE_SUM_EXAMPLES), else a loop over
+  the batch that adds up to EXAMPLES_PER_ITERATION examples per iteration.
 
   Either reads S once and keeps one parameter-sized accumulator; `vmap`
   followed by a sum over the batch axis materialises B x |θ_r| products
@@ -473,7 +481,8 @@ def _looped_sum(contract, hidden_cotangent, sensitivities):
   """
   def chunk_sum(cotangent, sens):
     size = jax.tree.leaves(cotangent)[0].shape[0]
-    group = (size if size <= ONE_SUM_EXAMPLES
+    most = ONE_SUM_EXAMPLES if one_sum_examples is None else one_sum_examples
+    group = (size if size <= most
              else _largest_divisor(size, EXAMPLES_PER_ITERATION))
 
     def add_group(total, examples):

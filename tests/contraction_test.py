@@ -197,14 +197,16 @@ def lowered_gradient(cell, batch, platform):
 
 @pytest.mark.parametrize("name", MODEL_NAMES)
 def test_no_batch_loop_when_lowered_for_accelerators(name):
-  """GPU/TPU: the same loops for B = 4 and B = 72, all over time (T = 3).
-  (The CPU lowering loops over B = 72: the negative control below.)"""
+  """GPU/TPU: the same loops for B = 4 and B = 72, all over time (T = 3;
+  none for the eLSTM, whose short segment runs unrolled,
+  `core.UNROLLED_STEPS`). (The CPU lowering loops over B = 72: the negative
+  control below.)"""
   cell = make_model(name)
   for platform in ("cuda", "rocm", "tpu"):
     small = while_trip_counts(lowered_gradient(cell, 4, platform))
     large = while_trip_counts(lowered_gradient(cell, 72, platform))
     assert small == large, (platform, small, large)
-    assert set(large) == {STEPS}, (platform, large)
+    assert set(large) <= {STEPS}, (platform, large)
 
 
 @pytest.mark.parametrize("name", ["elstm", "linear_transformer"])
@@ -237,10 +239,11 @@ CONTRACTION_CHECK = """
 from experiments import benchmark_cells
 rows = benchmark_cells.contraction_rows(batch=72, hidden=3, input_size=5,
                                         repeats=1)
-assert [r["path"] for r in rows] == ["dispatched", "looped", "vectorised"]
+assert [r["path"] for r in rows] == ["dispatched", "one sum", "looped",
+                                     "vectorised"]
 assert benchmark_cells.check_contraction(rows) == []
 # On CPU the dispatched program is the loop (72 > core.ONE_SUM_EXAMPLES).
-assert [r["while_loops"] for r in rows] == [1, 1, 0]
+assert [r["while_loops"] for r in rows] == [1, 0, 1, 0]
 wrong = [dict(r, relative_error=1e-3) if r["path"] == "vectorised" else r
          for r in rows]
 assert "vectorised" in benchmark_cells.check_contraction(wrong)[0]

@@ -561,7 +561,8 @@ def test_one_pass_advance_equals_the_per_step_recursion(steps, most, width,
   # Chunks: 7 steps as 7 x 1, 9 as 3 x 3, 17 as 16 + a remainder of 1. The
   # 16-step chunk is summed elementwise (x(t) narrower than `width`) or, with
   # width 0, by the einsum. With the defaults (most None), 23 steps of a
-  # narrow x(t) run as 2 x 10 + 3 (NARROW_INPUT_STEPS).
+  # narrow x(t) run as 2 x 10 + 3 (NARROW_INPUT_STEPS). Chunks of up to
+  # UNROLLED_STEPS = 8 steps run unrolled, those of 10 and 16 as loops.
   if most is not None:
     monkeypatch.setattr(rtrl_jax.core, "ONE_PASS_STEPS", most)
     monkeypatch.setattr(rtrl_jax.core, "NARROW_INPUT_STEPS", most)
@@ -593,9 +594,11 @@ def test_one_pass_advance_equals_the_per_step_recursion(steps, most, width,
                                rtol=1e-12, atol=1e-12, err_msg=k)
 
 
-def test_forward_loop_does_not_touch_the_sensitivities():
+def test_forward_loop_does_not_touch_the_sensitivities(monkeypatch):
   """The compiled `rtrl` forward of the eLSTM has no [B, N, D] operation
-  inside its time loop: S is read and written once per segment."""
+  inside its time loop: S is read and written once per segment. (The loop
+  forced: by default a segment this short runs unrolled, `UNROLLED_STEPS`.)"""
+  monkeypatch.setattr(rtrl_jax.core, "UNROLLED_STEPS", 0)
   cell = rtrl_jax.ELSTM(6)
   params = cell.init(jax.random.PRNGKey(0), 7)
   state = cell.initial_state(params, 5)
