@@ -24,11 +24,15 @@ inputs of size D, B environments per device and unroll length M:
   parameters, optimizer state, activations (O(M·(N + D)) per environment)
   and environments are not counted.
 
-* Bandwidth roofline per environment step (the model of
-  experiments/benchmark_anakin.py): the actor reads and writes S once per
-  step, the learner reads the unroll's initial S once per M steps:
+* Bandwidth roofline per environment step: the learner reads the unroll's
+  initial S once per M steps; the actor reads and writes S once per unroll
+  (`--actor=once_per_unroll`, the default: the Anakin rollout advances S
+  over the whole unroll in one pass, docs/ANAKIN.md) or once per step
+  (`--actor=every_step`: an actor that steps S with the hidden state, as
+  the Sebulba actor and the paper's do):
 
-      t_actor = 2·|S|·bytes / BW        t_learner = |S|·bytes / (M·BW)
+      t_actor = 2·|S|·bytes / (M·BW)  or  2·|S|·bytes / BW
+      t_learner = |S|·bytes / (M·BW)
 
   so a device runs at most 1 / (t_actor + t_learner) environment steps/s
   of RTRL work (everything else the loop does comes on top).
@@ -37,8 +41,8 @@ Device figures are vendors' published HBM capacity and bandwidth per chip
 (`DEVICES`, with the page they come from): every accelerator number this
 script prints is COMPUTED, NOT MEASURED. The CPU row is measured here and
 now: the bandwidth of a numpy copy (read + write) and the machine's RAM.
-`--check_csv` compares the CPU model with a measured
-`make bench-anakin` CSV: the sensitivity MiB must match exactly, and the
+`--check_csv` compares the CPU model (with the Anakin actor,
+once per unroll) with a measured `make bench-anakin` CSV: the sensitivity MiB must match exactly, and the
 time RTRL adds per environment step (RTRL call − TBPTT call) must lie
 within `CHECK_FACTOR` of the CPU roofline (above it: nothing runs faster than
 its bytes; at most CHECK_FACTOR times slower).
@@ -113,9 +117,17 @@ def sensitivity_floats(cell, hidden, input_size):
   raise ValueError(f"--cell={cell!r} is not one of {list(CELL_CHOICES)}")
 
 
-def roofline_seconds(sensitivity_bytes, unroll, bandwidth):
-  """(t_actor, t_learner): seconds per environment step at `bandwidth`."""
-  return (2 * sensitivity_bytes / bandwidth,
+ACTORS = ("once_per_unroll", "every_step")
+
+
+def roofline_seconds(sensitivity_bytes, unroll, bandwidth,
+                     actor="once_per_unroll"):
+  """(t_actor, t_learner): seconds per environment step at `bandwidth`,
+  for an actor that advances S once per unroll or every step (`ACTORS`)."""
+  if actor not in ACTORS:
+    raise ValueError(f"actor={actor!r} is not one of {list(ACTORS)}")
+  actor_passes_per_step = 1 / unroll if actor == "once_per_unroll" else 1
+  return (2 * sensitivity_bytes * actor_passes_per_step / bandwidth,
           sensitivity_bytes / (unroll * bandwidth))
 
 
@@ -155,9 +167,11 @@ def detect_device(platform, device_kind):
       f"({platform}); pass one of {list(DEVICES)} or cpu")
 
 
-def plan_row(device, memory, bandwidth, per_env_bytes, envs, unroll, label):
+def plan_row(device, memory, bandwidth, per_env_bytes, envs, unroll, label,
+             actor_kind="once_per_unroll"):
   """One device's plan as a dict (bytes, seconds, counts)."""
-  actor, learner = roofline_seconds(per_env_bytes, unroll, bandwidth)
+  actor, learner = roofline_seconds(per_env_bytes, unroll, bandwidth,
+                                    actor_kind)
   return {
       "device": device, "label": label, "memory_bytes": memory,
       "bandwidth_bytes_per_s": bandwidth,
@@ -172,7 +186,7 @@ def plan_row(device, memory, bandwidth, per_env_bytes, envs, unroll, label):
 
 
 def plan(cell, hidden, input_size, envs, unroll, devices, dtype="float32",
-         cpu_bandwidth=None):
+         cpu_bandwidth=None, actor="once_per_unroll"):
   """Rows of `plan_row` for `devices` (names of DEVICES or "cpu")."""
   per_env = sensitivity_floats(cell, hidden, input_size) * BYTES[dtype]
   rows = []
@@ -180,19 +194,21 @@ def plan(cell, hidden, input_size, envs, unroll, devices, dtype="float32",
     if device == "cpu":
       bandwidth = cpu_bandwidth or measure_cpu_bandwidth()
       rows.append(plan_row("cpu", cpu_memory_bytes(), bandwidth, per_env,
-                           envs, unroll, "measured here (numpy copy, RAM)"))
+                           envs, unroll, "measured here (numpy copy, RAM)",
+                           actor))
     else:
       spec = DEVICES[device]
       rows.append(plan_row(device, spec["memory"], spec["bandwidth"], per_env,
-                           envs, unroll, "computed, not measured"))
+                           envs, unroll, "computed, not measured", actor))
   return rows
 
 
-def format_plan(rows, cell, hidden, input_size, envs, unroll, dtype):
+def format_plan(rows, cell, hidden, input_size, envs, unroll, dtype,
+                actor="once_per_unroll"):
   floats = sensitivity_floats(cell, hidden, input_size)
   lines = [
       f"{cell}: N={hidden}, D={input_size}, B={envs} environments per device, "
-      f"M={unroll}, {dtype}",
+      f"M={unroll}, {dtype}; the actor advances S {actor.replace('_', ' ')}",
       f"sensitivities per environment: {floats:,} numbers = "
       f"{floats * BYTES[dtype] / 2**20:.3f} MiB; resident: {COPIES} copies "
       f"(runner S + the unroll's initial S), in {MEMORY_FRACTION:.0%} of "
@@ -258,7 +274,9 @@ def check_against_csv(path, bandwidth, device="cpu"):
     steps = int(rtrl["updates_per_call"]) * b * m
     added = (float(rtrl["ms_per_call"]) - float(tbptt["ms_per_call"])) / 1e3
     measured_ns = 1e9 * added / steps
-    actor, learner = roofline_seconds(per_env, m, bandwidth)
+    # The CSV is the Anakin loop's: its actor advances S once per unroll.
+    actor, learner = roofline_seconds(per_env, m, bandwidth,
+                                      "once_per_unroll")
     roofline_ns = 1e9 * (actor + learner)
     ratio = measured_ns / roofline_ns
     size_ok = (math.isclose(planned_mib, float(rtrl["sensitivity_MiB"]),
@@ -306,6 +324,9 @@ def parse_args(argv):
                       help="unroll length M")
   parser.add_argument("--device", default="all", choices=DEVICE_CHOICES)
   parser.add_argument("--dtype", default="float32", choices=list(BYTES))
+  parser.add_argument("--actor", default="once_per_unroll", choices=ACTORS,
+                      help="how often the actor reads and writes S: "
+                           "once_per_unroll (Anakin) or every_step")
   parser.add_argument("--check_csv", default=None,
                       help="a benchmark_anakin.csv to check the CPU model "
                            "against")
@@ -328,9 +349,9 @@ def main(argv=None):
   cpu_bandwidth = (measure_cpu_bandwidth()
                    if "cpu" in devices or args.check_csv else None)
   rows = plan(args.cell, args.hidden, args.input, args.envs_per_device,
-              args.unroll, devices, args.dtype, cpu_bandwidth)
+              args.unroll, devices, args.dtype, cpu_bandwidth, args.actor)
   print(format_plan(rows, args.cell, args.hidden, args.input,
-                    args.envs_per_device, args.unroll, args.dtype))
+                    args.envs_per_device, args.unroll, args.dtype, args.actor))
   if args.check_csv:
     # Against the device of the run: measured here for the CPU, else the
     # published figure (one device: the CSV's machine).

@@ -42,13 +42,21 @@ def test_elstm_bytes_per_device():
   assert rows[0]["resident_bytes_per_device"] == 2 * 1024 * 1_060_864
 
 
-def test_roofline_is_benchmark_anakins_model():
-  """actor + learner = (M + ½)·2·|S| bytes per M environment steps."""
+def test_roofline_of_each_actor():
+  """Per M environment steps: 1.5·2·|S| bytes with the Anakin actor (one
+  read+write of S per unroll, the default), (M + ½)·2·|S| with an actor
+  that steps S every step; the learner's ½ pass is the same."""
   per_env, unroll, bandwidth = 1_060_864, 10, 3.35e12
   actor, learner = plan_scale.roofline_seconds(per_env, unroll, bandwidth)
-  assert actor == pytest.approx(2 * per_env / bandwidth)
+  assert actor == pytest.approx(2 * per_env / (unroll * bandwidth))
   assert actor + learner == pytest.approx(
-      (unroll + 0.5) * 2 * per_env / (unroll * bandwidth))
+      1.5 * 2 * per_env / (unroll * bandwidth))
+  stepping, same_learner = plan_scale.roofline_seconds(
+      per_env, unroll, bandwidth, "every_step")
+  assert stepping == pytest.approx(2 * per_env / bandwidth)
+  assert same_learner == learner
+  with pytest.raises(ValueError, match="'sometimes'"):
+    plan_scale.roofline_seconds(per_env, unroll, bandwidth, "sometimes")
 
 
 def test_largest_batch_is_the_largest_that_fits():
@@ -86,8 +94,13 @@ def test_cli_one_device():
   assert "computed, not measured" in out
   assert "https://www.nvidia.com/en-us/data-center/h100/" in out
   row = next(line for line in out.splitlines() if line.startswith("h100 "))
-  # 2·1,060,864 B / 3.35 TB/s = 633.4 ns; 28,278 environments fit.
-  assert "633.4" in row and "28,278" in row and " yes " in row
+  # 2·1,060,864 B / 3.35 TB/s = 633.4 ns per read+write of S, once per
+  # unroll of M = 10 steps: 63.3 ns per step; 28,278 environments fit.
+  assert "63.3" in row and "28,278" in row and " yes " in row
+  assert "the actor advances S once per unroll" in out
+  stepping = run(*ISSUE_FLAGS, "--device=h100", "--actor=every_step").stdout
+  row = next(line for line in stepping.splitlines() if line.startswith("h100 "))
+  assert "633.4" in row and "28,278" in row
 
 
 def test_cli_all_devices_with_a_measured_cpu_row():
@@ -113,6 +126,7 @@ def test_cli_says_when_a_batch_does_not_fit():
     ("--unroll=-3", "'-3'"), ("--envs_per_device=1.5", "'1.5'"),
     ("--device=h800", "'h800'"), ("--cell=gru", "'gru'"),
     ("--dtype=int8", "'int8'"), ("--check_csv=/no/such.csv", "/no/such.csv"),
+    ("--actor=sometimes", "'sometimes'"),
 ])
 def test_cli_bad_flag_is_a_one_line_error(flag, named):
   flags = [f for f in ISSUE_FLAGS + ("--device=h100",)
