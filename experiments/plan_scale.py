@@ -41,9 +41,9 @@ Device figures are vendors' published HBM capacity and bandwidth per chip
 (`DEVICES`, with the page they come from): every accelerator number this
 script prints is COMPUTED, NOT MEASURED. The CPU row is measured here and
 now: the bandwidth of a numpy copy (read + write) and the machine's RAM.
-`--check_csv` compares the CPU model (with the Anakin actor,
-once per unroll) with a measured `make bench-anakin` CSV: the sensitivity MiB must match exactly, and the
-time RTRL adds per environment step (RTRL call − TBPTT call) must lie
+`--check_csv` compares the CPU model (with the Anakin actor, once per
+unroll) with a measured `make bench-anakin` CSV: the sensitivity MiB must
+match exactly, and the time RTRL adds per environment step (RTRL call − TBPTT call) must lie
 within `CHECK_FACTOR` of the CPU roofline (above it: nothing runs faster than
 its bytes; at most CHECK_FACTOR times slower).
 """
@@ -168,10 +168,10 @@ def detect_device(platform, device_kind):
 
 
 def plan_row(device, memory, bandwidth, per_env_bytes, envs, unroll, label,
-             actor_kind="once_per_unroll"):
+             actor="once_per_unroll"):
   """One device's plan as a dict (bytes, seconds, counts)."""
-  actor, learner = roofline_seconds(per_env_bytes, unroll, bandwidth,
-                                    actor_kind)
+  actor_s, learner_s = roofline_seconds(per_env_bytes, unroll, bandwidth,
+                                        actor)
   return {
       "device": device, "label": label, "memory_bytes": memory,
       "bandwidth_bytes_per_s": bandwidth,
@@ -179,9 +179,9 @@ def plan_row(device, memory, bandwidth, per_env_bytes, envs, unroll, label,
       "resident_bytes_per_device": COPIES * envs * per_env_bytes,
       "fits": COPIES * envs * per_env_bytes <= MEMORY_FRACTION * memory,
       "largest_batch": largest_batch(per_env_bytes, memory),
-      "actor_ns_per_env_step": 1e9 * actor,
-      "learner_ns_per_env_step": 1e9 * learner,
-      "env_steps_per_s": 1.0 / (actor + learner),
+      "actor_ns_per_env_step": 1e9 * actor_s,
+      "learner_ns_per_env_step": 1e9 * learner_s,
+      "env_steps_per_s": 1.0 / (actor_s + learner_s),
   }
 
 
