@@ -259,8 +259,8 @@ def advance(actors, runner, trajectory, recorded, after=None):
   runner's (the actor's) parameters; the runner unchanged if it has no S.
 
   after: any pytree of floats that the advance must wait for (the
-    learner's new parameters). S(M) is computed from S(0) + 0·a, with a
-    one element of `after`: the same S(M) (unless `after` is not finite, when
+    learner's new parameters). S(M) is computed from S(0) + 0·a, a the
+    sum of one element of each leaf of `after`: the same S(M) (unless `after` is not finite, when
     S(M) is NaN; the run has diverged then anyway), but XLA must then run
     the learner, which reads S(0), before it writes S(M), and can write
     S(M) over S(0) in place. Without that order it copies S(0) every update
