@@ -515,10 +515,10 @@ def _looped_sum(contract, hidden_cotangent, sensitivities,
 
 
 # `_looped_sum` adds the contributions of up to ONE_SUM_EXAMPLES examples
-# (per device) as one fused sum, with no loop: measured 1.6-3x faster than
-# the loop for B = 32-64 at N = 64-512, but slower for 128 examples at
-# N = 512, D = 257 and for 256 at N = 256, D = 33 (docs/BENCHMARKS.md, "The
-# past-gradient contraction"). A larger batch is looped over,
+# (per device) as one fused sum, with no loop: measured faster than the
+# loop at B = 64 (N = 256, D = 33 and N = 512, D = 257) and slower at
+# B = 128 (N = 512, D = 257) (docs/BENCHMARKS.md, "The past-gradient
+# contraction"). A larger batch is looped over,
 # EXAMPLES_PER_ITERATION (at most; a divisor of the batch) examples per
 # iteration.
 ONE_SUM_EXAMPLES = 64

@@ -220,14 +220,15 @@ def rollout(actors, runner):
   The desynchronising warm-up (`desynchronise`) still steps S every step:
   it runs once, and each environment stops at its own step.
   """
-  runner, trajectory, stats, recorded = act(actors, runner)
-  return advance(actors, runner, trajectory, recorded), trajectory, stats
+  runner, trajectory, stats, core_inputs = act(actors, runner)
+  return advance(actors, runner, trajectory, core_inputs), trajectory, stats
 
 
 def act(actors, runner):
   """`rollout` without advancing S: (runner, Trajectory, EpisodeStats,
-  recorded), where `recorded` (the core inputs and resets, or None without
-  S) is what `advance` needs, and the runner's core state has no S yet."""
+  core inputs), where the core inputs x(t) [M, B, D] (None without S) are,
+  with the trajectory's resets, what `advance` needs; the runner's core
+  state has no S yet."""
   if actors.episode_aligned:
     key, k_env = jax.random.split(runner.key)
     runner = start_episodes(actors, runner._replace(key=key), k_env)
@@ -237,8 +238,8 @@ def act(actors, runner):
       sensitivities=None))
   runner, steps = jax.lax.scan(lambda r, _: env_step(actors, r), runner, None,
                                actors.unroll_length)
-  recorded = (None if initial_state.sensitivities is None
-              else (steps["core_inputs"], steps["reset"]))
+  core_inputs = (None if initial_state.sensitivities is None
+                 else steps["core_inputs"])
   append = lambda seq, last: jnp.concatenate([seq, last[None]])
   trajectory = Trajectory(
       initial_state=initial_state,
@@ -251,31 +252,31 @@ def act(actors, runner):
       truncation_value=steps["truncation_value"],
       valid=jnp.ones_like(steps["terminated"]))
   stats = EpisodeStats(*(jnp.sum(leaf) for leaf in steps["stats"]))
-  return runner, trajectory, stats, recorded
+  return runner, trajectory, stats, core_inputs
 
 
-def advance(actors, runner, trajectory, recorded, after=None):
-  """The runner with S advanced over the unroll `act` recorded, with the
-  runner's (the actor's) parameters; the runner unchanged if it has no S.
+def advance(actors, runner, trajectory, core_inputs, after=None):
+  """The runner with S advanced over the unroll `act` recorded (its core
+  inputs and the trajectory's resets), with the runner's (the actor's)
+  parameters; the runner unchanged if it has no S (core_inputs None).
 
   after: any pytree of floats that the advance must wait for (the
-    learner's new parameters). S(M) is computed from S(0) + 0·a, a the
-    sum of one element of each leaf of `after`: the same S(M) (unless `after` is not finite, when
-    S(M) is NaN; the run has diverged then anyway), but XLA must then run
-    the learner, which reads S(0), before it writes S(M), and can write
-    S(M) over S(0) in place. Without that order it copies S(0) every update
-    (docs/ANAKIN.md, "The learner before the advance").
+    learner's new parameters). S(M) is computed from S(0) + 0·a, a the sum
+    of one element of each leaf of `after`: the same S(M) (unless `after`
+    is not finite, when S(M) is NaN; the run has diverged then anyway), but
+    XLA must then run the learner, which reads S(0), before it writes S(M),
+    and can write S(M) over S(0) in place. Without that order it copies
+    S(0) every update (docs/ANAKIN.md, "The learner before the advance").
   """
-  if recorded is None:
+  if core_inputs is None:
     return runner
   initial_state = trajectory.initial_state
   if after is not None:
     zero = 0.0 * sum(leaf.ravel()[0] for leaf in jax.tree.leaves(after))
     initial_state = initial_state._replace(sensitivities=jax.tree.map(
         lambda s: s + zero.astype(s.dtype), initial_state.sensitivities))
-  inputs, resets = recorded
   sensitivities = actors.agent.advance_sensitivities(
-      runner.params, initial_state, inputs, resets)
+      runner.params, initial_state, core_inputs, trajectory.reset[:-1])
   return runner._replace(core_state=runner.core_state._replace(
       sensitivities=sensitivities))
 
@@ -300,11 +301,11 @@ def make_step(actors, learner_step, updates_per_call):
   """
 
   def one_update(runner, _):
-    runner, trajectory, stats, recorded = act(actors, runner)
+    runner, trajectory, stats, core_inputs = act(actors, runner)
     params, opt_state, metrics = learner_step(runner.params, runner.opt_state,
                                               trajectory)
     # After the learner: S(M) can then take S(0)'s place (`advance`).
-    runner = advance(actors, runner, trajectory, recorded, after=params)
+    runner = advance(actors, runner, trajectory, core_inputs, after=params)
     runner = runner._replace(params=params, opt_state=opt_state,
                              update=runner.update + 1)
     return runner, (metrics, stats)
