@@ -33,11 +33,21 @@ Two more columns say where the rest of the time goes:
   everything else (environments, encoder, heads, the learner's forward and
   backward pass, V-trace, the optimizer) took what it takes in the TBPTT loop.
 
+--in_loop_pass also times a third call: the TBPTT loop with one bare pass
+over an S-sized buffer per update, kept in the optimizer's state (after the
+gradient, as RTRL's advance is). Its excess over the TBPTT call, per update,
+is what one pass over S costs inside the loop, where the rest of the update
+has pushed S out of the per-core caches; the bare pass above loops over a hot
+S. Columns "in_loop_pass_ms" (per update), "in_loop_over_bare_pass" and
+"rtrl_part_in_loop" (the RTRL part with that pass in the roofline); NaN
+without the flag.
+
     python -m experiments.benchmark_anakin              # N = 64, 256 (a minute)
     # docs/ANAKIN.md's table: adds the paper's DMLab core, N = 512, D = 257
     python -m experiments.benchmark_anakin --hidden=64,256,512 \
         --encoder_features=32,32,256
     python -m experiments.benchmark_anakin --quick      # seconds, a smoke run
+    python -m experiments.benchmark_anakin --hidden=64 --in_loop_pass
 
 Prints a table and writes benchmark_anakin.csv into --out_dir.
 """
@@ -51,6 +61,7 @@ from absl import app
 from absl import flags
 import jax
 import jax.numpy as jnp
+import optax
 
 from experiments import timing
 from experiments.configs import r2ac as r2ac_configs
@@ -79,6 +90,10 @@ _OUT_DIR = flags.DEFINE_string(
     "out_dir", "docs/benchmarks",
     "Where the CSV goes (--quick: runs/quick_benchmarks unless given).")
 _QUICK = flags.DEFINE_bool("quick", False, "Tiny sizes, for a smoke run.")
+_IN_LOOP_PASS = flags.DEFINE_bool(
+    "in_loop_pass", False,
+    "Also time the TBPTT loop with one bare pass over an S-sized buffer per "
+    "update: what one pass over S costs inside the loop (module docstring).")
 _TRACE_DIR = flags.DEFINE_string(
     "trace_dir", None,
     "If set: a jax.profiler trace of one RTRL and one TBPTT call per size goes "
@@ -111,14 +126,40 @@ def _stepper(train, runner):
   return call
 
 
+def with_bare_pass(like):
+  """optimizer -> the same optimizer, plus one bare read+write pass per
+  update over a buffer shaped like `like` (S) in its state.
+
+  The pass takes the step's scalars from the update's gradient, so XLA
+  runs it after the learner (as RTRL's advance) and cannot hoist it out of
+  the update loop; the updates are the optimizer's, unchanged.
+  """
+  def instrument(optimizer):
+    def init(params):
+      return optimizer.init(params), jax.tree.map(jnp.zeros_like, like)
+
+    def update(updates, state, params=None):
+      inner, buffer = state
+      updates, inner = optimizer.update(updates, inner, params)
+      shift = 1e-3 + 0.0 * sum(leaf.ravel()[0]
+                               for leaf in jax.tree.leaves(updates))
+      buffer = jax.tree.map(lambda s: (1.0 - 1e-3) * s + shift, buffer)
+      return updates, (inner, buffer)
+
+    return optax.GradientTransformation(init, update)
+  return instrument
+
+
 def run(sizes, num_envs, unroll_length, updates_per_call, memory_length,
-        rounds, trace_dir=None, on_size=None):
+        rounds, trace_dir=None, on_size=None, in_loop_pass=False):
   """Rows of the table for `sizes`, a list of (N, encoder features).
 
   Every column comes from `rounds` paired rounds (`timing.paired_seconds`):
   times are medians over rounds, fractions medians of per-round fractions.
   `on_size(rows)`, if given, gets the rows so far after each size (main
   writes the CSV then, so a run cut off part-way keeps its finished sizes).
+  in_loop_pass: also time the TBPTT loop with `with_bare_pass` (module
+  docstring); its columns are NaN otherwise.
   """
   rows = []
   steps_per_call = updates_per_call * num_envs * unroll_length
@@ -138,6 +179,15 @@ def run(sizes, num_envs, unroll_length, updates_per_call, memory_length,
       if gradient == "rtrl":  # A copy: the paired rounds donate the runner.
         sensitivities = jax.tree.map(jnp.copy, runner.core_state.sensitivities)
       steppers[gradient] = _stepper(train, runner)
+    if in_loop_pass:
+      config = benchmark_config(hidden, "tbptt", num_envs, unroll_length,
+                                updates_per_call, memory_length, features)
+      train = from_config.anakin_system(
+          config, instrument_optimizer=with_bare_pass(sensitivities))
+      runner = train.init(jax.random.PRNGKey(0))
+      runner, metrics = train.step(runner)
+      jax.block_until_ready((runner, metrics))
+      steppers["tbptt_with_pass"] = _stepper(train, runner)
     sensitivity_bytes = sum(s.nbytes for s in jax.tree.leaves(sensitivities))
     bare = jax.jit(lambda s: timing.bare_sensitivity_pass(s, actor_steps))
     paired = timing.paired_seconds(
@@ -155,6 +205,15 @@ def run(sizes, num_envs, unroll_length, updates_per_call, memory_length,
                                   for roof, a in zip(roofline, added))
     ceiling = timing.median_ratio(
         roofline, [r + t for r, t in zip(roofline, paired["tbptt"])])
+    in_loop = dict.fromkeys(("pass", "over_bare", "rtrl_part"), math.nan)
+    if in_loop_pass:
+      per_update = [(p - t) / updates_per_call for p, t in
+                    zip(paired["tbptt_with_pass"], paired["tbptt"])]
+      in_loop["pass"] = statistics.median(per_update)
+      in_loop["over_bare"] = in_loop["pass"] / bare_per_step
+      in_loop["rtrl_part"] = statistics.median(
+          updates_per_call * (unroll_length + 0.5) * p / a if a > 0
+          else math.inf for p, a in zip(per_update, added))
     for gradient in ("rtrl", "tbptt"):
       rows.append({
           "N": hidden, "D": features + 1, "B": num_envs, "M": unroll_length,
@@ -165,13 +224,21 @@ def run(sizes, num_envs, unroll_length, updates_per_call, memory_length,
           "bare_pass_GB_per_s": 2 * sensitivity_bytes / bare_per_step / 1e9,
           "rtrl_fraction_of_roofline": fraction,
           "rtrl_part_fraction_of_roofline": rtrl_part,
-          "ceiling_fraction_of_roofline": ceiling})
+          "ceiling_fraction_of_roofline": ceiling,
+          "in_loop_pass_ms": 1e3 * in_loop["pass"],
+          "in_loop_over_bare_pass": in_loop["over_bare"],
+          "rtrl_part_in_loop": in_loop["rtrl_part"]})
     print(f"N={hidden}, D={features + 1}: "
           f"rtrl {steps_per_call / seconds['rtrl']:,.0f} steps/s, "
           f"tbptt {steps_per_call / seconds['tbptt']:,.0f} steps/s; RTRL loop "
           f"at {fraction:.1%} of its sensitivity-bandwidth roofline (the work RTRL "
           f"adds at {rtrl_part:.0%}; ceiling with the TBPTT loop's other work "
           f"{ceiling:.0%})", flush=True)
+    if in_loop_pass:
+      print(f"  one pass over S inside the TBPTT loop: "
+            f"{1e3 * in_loop['pass']:.3f} ms per update, "
+            f"{in_loop['over_bare']:.1f}x the bare pass; RTRL part with it "
+            f"{in_loop['rtrl_part']:.0%}", flush=True)
     if on_size is not None:
       on_size(rows)
   return rows
@@ -229,7 +296,7 @@ def main(argv):
   out_dir = timing.output_dir(_OUT_DIR, _QUICK.value)
   write = lambda rows: timing.write_csv(rows, out_dir, "benchmark_anakin.csv")
   rows = run(sizes, num_envs, _UNROLL.value, updates, _MEMORY.value, rounds,
-             _TRACE_DIR.value, on_size=write)
+             _TRACE_DIR.value, on_size=write, in_loop_pass=_IN_LOOP_PASS.value)
   print(format_table(rows))
   print(f"wrote {write(rows)}")
 

@@ -60,6 +60,50 @@ def test_rows_are_handed_over_after_each_size():
                               on_size=lambda r: handed.append(list(r)))
   assert [[r["N"] for r in h] for h in handed] == [[4, 4], [4, 4, 6, 6]]
   assert handed[-1] == rows
+  # Without in_loop_pass its columns are there, and not a number.
+  assert all(math.isnan(r[k]) for r in rows for k in (
+      "in_loop_pass_ms", "in_loop_over_bare_pass", "rtrl_part_in_loop"))
+
+
+def test_in_loop_pass_columns_come_from_the_third_call():
+  rows = benchmark_anakin.run([(4, 2)], num_envs=2, unroll_length=2,
+                              updates_per_call=2, memory_length=2, rounds=1,
+                              in_loop_pass=True)
+  rtrl, tbptt = rows
+  assert rtrl["in_loop_pass_ms"] == tbptt["in_loop_pass_ms"]
+  assert all(math.isfinite(rtrl[k]) or rtrl[k] == math.inf for k in (
+      "in_loop_pass_ms", "in_loop_over_bare_pass", "rtrl_part_in_loop"))
+  # in_loop_over_bare_pass = the in-loop pass over the bare pass, whose time
+  # the bare_pass_GB_per_s column gives: 2·|S| bytes per pass.
+  bare_seconds = (2 * rtrl["sensitivity_MiB"] * 2**20
+                  / (rtrl["bare_pass_GB_per_s"] * 1e9))
+  assert math.isclose(rtrl["in_loop_over_bare_pass"],
+                      rtrl["in_loop_pass_ms"] / 1e3 / bare_seconds,
+                      rel_tol=1e-6)
+
+
+def test_the_optimizers_bare_pass_runs_once_per_update_and_changes_nothing():
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  import optax  # pylint: disable=g-import-not-at-top
+  like = {"Z": jnp.zeros((2, 3, 4)), "b_z": jnp.zeros((2, 3))}
+  optimizer = optax.rmsprop(0.1)
+  probed = benchmark_anakin.with_bare_pass(like)(optimizer)
+  params = {"w": jnp.arange(3.0)}
+  gradient = {"w": jnp.array([1.0, -2.0, 0.5])}
+  state, probed_state = optimizer.init(params), probed.init(params)
+  update = jax.jit(probed.update)
+  for _ in range(3):
+    updates, state = optimizer.update(gradient, state, params)
+    probed_updates, probed_state = update(gradient, probed_state, params)
+    assert jax.tree.all(jax.tree.map(
+        lambda a, b: bool(jnp.array_equal(a, b)), updates, probed_updates))
+  # Three passes s <- (1 - 1e-3)·s + 1e-3 from zero: 1 - 0.999³ everywhere
+  # (one pass too many or too few, or none, gives another value).
+  buffer = probed_state[1]
+  assert jax.tree.map(jnp.shape, buffer) == jax.tree.map(jnp.shape, like)
+  for leaf in jax.tree.leaves(buffer):
+    assert jnp.allclose(leaf, 1 - 0.999**3, rtol=1e-5)
 
 
 def test_sizes_pair_hidden_and_features():

@@ -49,13 +49,22 @@ def env(config):
   return make_env(config.env.name, **dict(config.env.get("kwargs", {})))
 
 
-def anakin_system(config, mesh=None, num_seeds=None) -> anakin.System:
-  """The Anakin system of an Anakin config (experiments/configs/r2ac.py)."""
+def anakin_system(config, mesh=None, num_seeds=None,
+                  instrument_optimizer=None) -> anakin.System:
+  """The Anakin system of an Anakin config (experiments/configs/r2ac.py).
+
+  instrument_optimizer: optional, optax transformation -> transformation,
+    applied to the config's optimizer (a benchmark's probe; see
+    experiments/benchmark_anakin.py --in_loop_pass).
+  """
   environment = env(config)
+  learner_optimizer = optimizer(config)
+  if instrument_optimizer is not None:
+    learner_optimizer = instrument_optimizer(learner_optimizer)
   return anakin.make_system(
       environment,
       agent(config, environment.obs_shape, environment.num_actions),
-      optimizer(config), num_envs=config.num_envs,
+      learner_optimizer, num_envs=config.num_envs,
       unroll_length=config.unroll_length,
       updates_per_call=config.updates_per_call,
       desync_steps=config.get("desync_steps", 0),
