@@ -40,7 +40,7 @@ bench: $(STAMP)
 	$(PY) -m experiments.benchmark_cells
 
 bench-anakin: $(STAMP)
-	$(PY) -m experiments.benchmark_anakin --hidden=64,256,512 --encoder_features=32,32,256
+	$(PY) -m experiments.benchmark_anakin --hidden=64,256,512 --encoder_features=32,32,256 --in_loop_pass
 
 # docs/SEBULBA.md's tables (about 15 minutes on 2 cores).
 SEBULBA_TIME = --seconds=6 --rounds=3
