@@ -126,6 +126,15 @@ def _stepper(train, runner):
   return call
 
 
+def _compiled(config, **system_options):
+  """(system, runner) of `config` after one call: compiled and warm."""
+  train = from_config.anakin_system(config, **system_options)
+  runner = train.init(jax.random.PRNGKey(0))
+  runner, metrics = train.step(runner)
+  jax.block_until_ready((runner, metrics))
+  return train, runner
+
+
 def with_bare_pass(like):
   """optimizer -> the same optimizer, plus one bare read+write pass per
   update over a buffer shaped like `like` (S) in its state.
@@ -169,25 +178,16 @@ def run(sizes, num_envs, unroll_length, updates_per_call, memory_length,
     for gradient in ("rtrl", "tbptt"):
       config = benchmark_config(hidden, gradient, num_envs, unroll_length,
                                 updates_per_call, memory_length, features)
-      train = from_config.anakin_system(config)
-      runner = train.init(jax.random.PRNGKey(0))
-      runner, metrics = train.step(runner)          # compiles
-      jax.block_until_ready((runner, metrics))
+      train, runner = _compiled(config)
       if trace_dir:
         print_top_operations(train, runner, os.path.join(
             trace_dir, f"N{hidden}_D{features + 1}_{gradient}"))
       if gradient == "rtrl":  # A copy: the paired rounds donate the runner.
         sensitivities = jax.tree.map(jnp.copy, runner.core_state.sensitivities)
       steppers[gradient] = _stepper(train, runner)
-    if in_loop_pass:
-      config = benchmark_config(hidden, "tbptt", num_envs, unroll_length,
-                                updates_per_call, memory_length, features)
-      train = from_config.anakin_system(
-          config, instrument_optimizer=with_bare_pass(sensitivities))
-      runner = train.init(jax.random.PRNGKey(0))
-      runner, metrics = train.step(runner)
-      jax.block_until_ready((runner, metrics))
-      steppers["tbptt_with_pass"] = _stepper(train, runner)
+    if in_loop_pass:  # `config`: the TBPTT one, the loop's last.
+      steppers["tbptt_with_pass"] = _stepper(*_compiled(
+          config, instrument_optimizer=with_bare_pass(sensitivities)))
     sensitivity_bytes = sum(s.nbytes for s in jax.tree.leaves(sensitivities))
     bare = jax.jit(lambda s: timing.bare_sensitivity_pass(s, actor_steps))
     paired = timing.paired_seconds(
