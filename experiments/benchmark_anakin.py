@@ -65,6 +65,7 @@ import optax
 
 from experiments import timing
 from experiments.configs import r2ac as r2ac_configs
+from rtrl_jax.rl import anakin
 from rtrl_jax.rl import from_config
 from rtrl_jax import experiment
 
@@ -150,8 +151,7 @@ def with_bare_pass(like):
     def update(updates, state, params=None):
       inner, buffer = state
       updates, inner = optimizer.update(updates, inner, params)
-      shift = 1e-3 + 0.0 * sum(leaf.ravel()[0]
-                               for leaf in jax.tree.leaves(updates))
+      shift = 1e-3 + anakin.zero_after(updates)
       buffer = jax.tree.map(lambda s: (1.0 - 1e-3) * s + shift, buffer)
       return updates, (inner, buffer)
 

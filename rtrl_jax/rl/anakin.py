@@ -272,13 +272,20 @@ def advance(actors, runner, trajectory, core_inputs, after=None):
     return runner
   initial_state = trajectory.initial_state
   if after is not None:
-    zero = 0.0 * sum(leaf.ravel()[0] for leaf in jax.tree.leaves(after))
+    zero = zero_after(after)
     initial_state = initial_state._replace(sensitivities=jax.tree.map(
         lambda s: s + zero.astype(s.dtype), initial_state.sensitivities))
   sensitivities = actors.agent.advance_sensitivities(
       runner.params, initial_state, core_inputs, trajectory.reset[:-1])
   return runner._replace(core_state=runner.core_state._replace(
       sensitivities=sensitivities))
+
+
+def zero_after(tree):
+  """0.0, computed from one element of each leaf of `tree` (floats): added
+  to an array, it makes XLA compute that array after `tree` (`advance`).
+  NaN if `tree` is not finite."""
+  return 0.0 * sum(leaf.ravel()[0] for leaf in jax.tree.leaves(tree))
 
 
 def runner_shardings(mesh, runner):
