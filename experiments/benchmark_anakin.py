@@ -83,10 +83,13 @@ _UPDATES = flags.DEFINE_integer("updates_per_call", 20, "Updates per call.",
 _MEMORY = flags.DEFINE_integer("memory_length", 10, "MemoryChain length.",
                                lower_bound=1)
 _ROUNDS = flags.DEFINE_integer(
-    "rounds", 9,
+    "rounds", 31,
     "Paired rounds: each round times the bare pass, the RTRL call and the "
     "TBPTT call back to back; times are medians over rounds, fractions "
-    "medians of the per-round fractions.", lower_bound=1)
+    "medians of the per-round fractions. At N = 64 one round's RTRL - TBPTT "
+    "ranged 2-20 ms around a 10 ms median: 9 rounds put RTRL part anywhere "
+    "in 60-100% from run to run, 31 within a few points (docs/ANAKIN.md).",
+    lower_bound=1)
 _OUT_DIR = flags.DEFINE_string(
     "out_dir", "docs/benchmarks",
     "Where the CSV goes (--quick: runs/quick_benchmarks unless given).")

@@ -358,20 +358,25 @@ def _advance_in_one_pass(sensitivities, inputs, decay, rows):
   leaves = list(sensitivities)
   steps, _, width = inputs.shape
   elementwise = steps <= ELEMENTWISE_STEPS or width <= ELEMENTWISE_WIDTH
+  unrolled = steps <= UNROLLED_STEPS
+  # Unrolled, the scan's carry is not materialised, so P comes out of it
+  # too: R(t)·d(t) at every step, P at step 1 (the comment below says why).
+  emit_total = elementwise and unrolled
 
   def backwards(product, factors):    # R(t) = product, then R(t-1) = R(t)·d(t)
     if not elementwise:
       return product * factors, product
     d, a, x = factors
     return product * d, jnp.concatenate(
-        [product * a[k] for k in leaves] + [x, product * d], axis=1)
+        [product * a[k] for k in leaves] + [x]
+        + ([product * d] if emit_total else []), axis=1)
 
   total, emitted = jax.lax.scan(
       backwards, jnp.ones_like(decay[0]),
       (decay, rows, inputs) if elementwise else decay, reverse=True,
-      unroll=steps <= UNROLLED_STEPS)
+      unroll=unrolled)
   starts = np.cumsum([0] + [rows[k].shape[2] for k in leaves])
-  if elementwise:   # P = R(1)·d(1): step 1's last block (comment below).
+  if emit_total:
     total = emitted[0, :, starts[-1] + width:]
   out = {k: total[:, :, None] * s for k, s in sensitivities.items()}
   if elementwise:
@@ -379,11 +384,11 @@ def _advance_in_one_pass(sensitivities, inputs, decay, rows):
     # that XLA can fuse into one pass over S; measured faster than the
     # einsum and its separate [B, N, D] sum for the Anakin actor's 5-step
     # unrolls (docs/ANAKIN.md) and for D = 33 (docs/BENCHMARKS.md). Its
-    # operands, the weights R(t) a_k(t), x(t) and P, come out of the
-    # reverse scan in one materialised [K, B, |leaves|·N + D + N] array:
-    # left as products and a slice of the chunk's inputs, XLA may fuse them
-    # into the pass over S and recompute them for every element of S
-    # (measured 3-5x slower at D = 33 for the weights; for P, in an
+    # operands, the weights R(t) a_k(t), x(t) and (unrolled) P, come out of
+    # the reverse scan in one materialised [K, B, |leaves|·N + D (+ N)]
+    # array: left as products and a slice of the chunk's inputs, XLA may
+    # fuse them into the pass over S and recompute them for every element
+    # of S (measured 3-5x slower at D = 33 for the weights; for P, in an
     # unrolled scan, the whole chain of d(t) from the gates: docs/ANAKIN.md,
     # "P out of the pass"). XLA:CPU drops `optimization_barrier`s before
     # fusing, so they cannot keep these apart.
