@@ -101,8 +101,10 @@ _IN_LOOP_PASS = flags.DEFINE_bool(
 _TRACE_DIR = flags.DEFINE_string(
     "trace_dir", None,
     "If set: a jax.profiler trace of one RTRL and one TBPTT call per size goes "
-    "to <trace_dir>/N<N>_D<D>_<gradient>/, and the XLA operations that take "
-    "longest are printed.")
+    "to <trace_dir>/N<N>_D<D>_<gradient>/ with the compiled program's "
+    "optimised HLO (optimized_hlo.txt: which operations XLA fused into each "
+    "pass, docs/ANAKIN.md, \"P out of the pass\"), and the XLA operations "
+    "that take longest are printed.")
 
 
 def benchmark_config(hidden, gradient, num_envs, unroll_length,
@@ -251,6 +253,8 @@ def print_top_operations(train, runner, trace_dir):
   # Without donation the runner stays valid across the traced calls.
   update = jax.jit(train.step.__wrapped__)
   ops = timing.top_operations(lambda: update(runner), trace_dir)
+  with open(os.path.join(trace_dir, "optimized_hlo.txt"), "w") as file:
+    file.write(update.lower(runner).compile().as_text())
   print(f"{trace_dir}: longest XLA operations (ms per call, runs per call)")
   for name, ms, runs in ops:
     print(f"  {ms:9.2f} ms  x{runs:6.0f}  {name}")

@@ -51,6 +51,8 @@ def test_quick_run_writes_csv_and_trace(tmp_path):
     assert f"{folder}: longest XLA operations" in result.stdout
     assert any(name.endswith("perfetto_trace.json.gz")
                for _, _, names in os.walk(folder) for name in names)
+    hlo = (folder / "optimized_hlo.txt").read_text()
+    assert hlo.startswith("HloModule") and " fusion(" in hlo
 
 
 def test_rows_are_handed_over_after_each_size():
