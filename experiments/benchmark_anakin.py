@@ -87,8 +87,9 @@ _ROUNDS = flags.DEFINE_integer(
     "Paired rounds: each round times the bare pass, the RTRL call and the "
     "TBPTT call back to back; times are medians over rounds, fractions "
     "medians of the per-round fractions. At N = 64 one round's RTRL - TBPTT "
-    "ranged 2-20 ms around a 10 ms median: 9 rounds put RTRL part anywhere "
-    "in 60-100% from run to run, 31 within a few points (docs/ANAKIN.md).",
+    "ranged 2-20 ms around a 10 ms median: with 9 rounds RTRL part ranged "
+    "57-103% from run to run, with 31 84-107% over seven runs "
+    "(docs/ANAKIN.md).",
     lower_bound=1)
 _OUT_DIR = flags.DEFINE_string(
     "out_dir", "docs/benchmarks",
