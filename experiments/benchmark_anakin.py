@@ -252,10 +252,10 @@ def run(sizes, num_envs, unroll_length, updates_per_call, memory_length,
 
 def print_top_operations(train, runner, trace_dir):
   # Without donation the runner stays valid across the traced calls.
-  update = jax.jit(train.step.__wrapped__)
+  update = jax.jit(train.step.__wrapped__).lower(runner).compile()
   ops = timing.top_operations(lambda: update(runner), trace_dir)
   with open(os.path.join(trace_dir, "optimized_hlo.txt"), "w") as file:
-    file.write(update.lower(runner).compile().as_text())
+    file.write(update.as_text())
   print(f"{trace_dir}: longest XLA operations (ms per call, runs per call)")
   for name, ms, runs in ops:
     print(f"  {ms:9.2f} ms  x{runs:6.0f}  {name}")
