@@ -33,11 +33,8 @@ demo: $(STAMP)
 demo-rtrl: $(STAMP)
 	$(PY) -m experiments.demo
 
-# Three workers on two cores: many tests wait on subprocesses, so a third
-# keeps the cores busy (the whole suite 731 s against 850 s with two, one
-# run each on this 2-core machine).
 test: $(STAMP) system-deps
-	$(PY) -m pytest -q -n 3 --dist loadfile --durations=30 tests
+	$(PY) -m pytest -q -n 2 --dist loadfile --durations=30 tests
 
 bench: $(STAMP)
 	$(PY) -m experiments.benchmark_cells
