@@ -628,7 +628,8 @@ def test_copy_task_prints_no_orbax_info(tmp_path):
 
 # ---- kills at random moments ------------------------------------------------------
 
-KILL_FLAGS = [TINY, "--config.train.num_steps=120",
+KILL_STEPS = 120
+KILL_FLAGS = [TINY, f"--config.train.num_steps={KILL_STEPS}",
               "--config.run.checkpoint_every=20", "--config.run.eval_every=30"]
 
 
@@ -670,6 +671,45 @@ def kill_at_random_moments(start, workdir, wait, rng, max_kills, seconds):
   return kills, history
 
 
+def random_moment(workdir, num_steps, after):
+  """wait(process, rng) for kill_at_random_moments: sleeps until a random
+  moment of a run of `workdir` (`num_steps` loop steps, the unit its
+  checkpoints are numbered in). A quarter of the time within the run's
+  first 10 s (imports, tracing, restoring, compiling), but no later than
+  this session's first new checkpoint, so that on a fast machine the run
+  has not ended yet; else after a random checkpoint k of this session
+  (past the one it resumed from, the last one included) was saved, by a
+  random fraction of the time between this session's last two checkpoints (or
+  `after` seconds without two), so that the signal lands in the step after
+  k, its checkpoint save or, after the last one, the final evaluation and
+  plot, on a slow machine or a fast one. Returns what it chose."""
+
+  def wait(process, rng):
+    resumed_from = (checkpoint_steps(workdir) or [0])[-1]
+    if rng.random() < 0.25:
+      limit, started = rng.uniform(0.5, 10.0), time.time()
+      while (process.poll() is None and time.time() - started < limit
+             and (checkpoint_steps(workdir) or [0])[-1] <= resumed_from):
+        time.sleep(0.01)
+      return ("start-up", round(time.time() - started, 2))
+    step = min(num_steps, resumed_from + 1 + int(
+        rng.random() * (num_steps - resumed_from)))
+    fraction = rng.uniform(0.0, 1.0)
+    seen = {}                 # checkpoint -> when it was first seen
+    latest = resumed_from
+    while process.poll() is None and latest < step:
+      latest = (checkpoint_steps(workdir) or [0])[-1]
+      if latest > resumed_from:
+        seen.setdefault(latest, time.time())
+      time.sleep(0.01)
+    times = sorted(seen.values())
+    delay = fraction * (times[-1] - times[-2] if len(times) > 1 else after)
+    time.sleep(delay)
+    return (f"checkpoint {step} +", round(delay, 2))
+
+  return wait
+
+
 def assert_same_rows_and_results(workdir, reference, history, rel=1e-6):
   """metrics.jsonl (but its timing column), metrics.csv, results.json and
   TensorBoard of `workdir` are those of `reference`: the same rows in the
@@ -707,15 +747,9 @@ def test_kills_at_random_moments_then_resume_end_like_an_uninterrupted_run(
   def start(resume):
     return _start(workdir, *KILL_FLAGS, *(["--resume"] if resume else []))
 
-  def wait(process, rng):
-    del process
-    delay = rng.uniform(0.5, 9.0)
-    time.sleep(delay)
-    return round(delay, 2)
-
-  kills, history = kill_at_random_moments(start, workdir, wait,
-                                          random.Random(18), max_kills=6,
-                                          seconds=150)
+  kills, history = kill_at_random_moments(
+      start, workdir, random_moment(workdir, KILL_STEPS, after=0.3),
+      random.Random(18), max_kills=6, seconds=150)
   final = run_script(*KILL_FLAGS, "--resume", workdir=workdir)
   assert final.returncode == 0, final.stderr[-3000:]
   assert kills >= 2, history

@@ -117,41 +117,6 @@ def finish(system, workdir, environment, *flags):
   return stdout
 
 
-def random_moment(workdir, num_steps, after):
-  """wait(process, rng) for kill_at_random_moments: sleeps until a random
-  moment of a run of `workdir` (`num_steps` loop steps). A quarter of the
-  time within the run's first 10 s (imports, tracing, restoring,
-  compiling); else after a random checkpoint k of this session (past the
-  one it resumed from, the last one included) was saved, by a random
-  fraction of the time between this session's last two checkpoints (or
-  `after` seconds without two), so that the signal lands in the step after
-  k, its checkpoint save or, after the last one, the final evaluation and
-  plot, on a slow machine or a fast one. Returns what it chose."""
-
-  def wait(process, rng):
-    if rng.random() < 0.25:
-      delay = rng.uniform(0.5, 10.0)
-      time.sleep(delay)
-      return ("start-up", round(delay, 2))
-    resumed_from = (checkpoint_steps(workdir) or [0])[-1]
-    step = min(num_steps, resumed_from + 1 + int(
-        rng.random() * (num_steps - resumed_from)))
-    fraction = rng.uniform(0.0, 1.0)
-    seen = {}                 # checkpoint -> when it was first seen
-    latest = resumed_from
-    while process.poll() is None and latest < step:
-      latest = (checkpoint_steps(workdir) or [0])[-1]
-      if latest > resumed_from:
-        seen.setdefault(latest, time.time())
-      time.sleep(0.01)
-    times = sorted(seen.values())
-    delay = fraction * (times[-1] - times[-2] if len(times) > 1 else after)
-    time.sleep(delay)
-    return (f"checkpoint {step} +", round(delay, 2))
-
-  return wait
-
-
 def optimizer_counts(opt_state):
   """The update counts the optimizer state keeps (the learning-rate
   schedule is read at them)."""
@@ -161,7 +126,7 @@ def optimizer_counts(opt_state):
 
 
 def kill_and_resume(system, workdir, environment, flags, num_steps, after):
-  """Up to 2 kills at random moments (random_moment; seed 38 draws, for 6
+  """Up to 2 kills at random moments (interruption_test.random_moment; seed 38 draws, for 6
   or 12 steps, a SIGKILL mid-run and then a SIGINT after a later checkpoint;
   start-up moments are drawn with other seeds, and tested in
   tests/interruption_test.py), a --resume after each, then one to the
@@ -177,7 +142,7 @@ def kill_and_resume(system, workdir, environment, flags, num_steps, after):
                  *(["--resume"] if resume else []))
 
   kills, history = interruption_test.kill_at_random_moments(
-      start_session, workdir, random_moment(workdir, num_steps, after),
+      start_session, workdir, interruption_test.random_moment(workdir, num_steps, after),
       random.Random(38), max_kills=2, seconds=150)
   starts.append((checkpoint_steps(workdir) or [0])[-1])
   finish(system, workdir, environment, *flags,
