@@ -157,6 +157,45 @@ def test_sigterm_inside_a_long_c_call_exits_at_once_as_preempted():
   assert '[[ "$status" -eq 0 ]] && grep -q \'"status": "preempted"\'' in sbatch
 
 
+def _signal_in_teardown(signum, ignore_at_exit=True):
+  """Sends `signum` to a guarded process while the interpreter tears down
+  after its script returned (a __main__ object's finaliser, run once Python
+  has put back the signals' default actions, holds it there for 3 s).
+  Returns (returncode, stdout)."""
+  process = _guarded_python(
+      ("" if ignore_at_exit else
+       "import atexit\natexit.unregister(preemption._ignore_at_exit)\n")
+      + "class Teardown:\n"
+      "  def __del__(self):\n"
+      "    print('tearing down', flush=True)\n"
+      "    time.sleep(3)\n"
+      "teardown = Teardown()\n"
+      "print('finished', flush=True)\n")
+  try:
+    lines = [process.stdout.readline().strip() for _ in range(3)]
+    assert lines == ["ready", "finished", "tearing down"], lines
+    process.send_signal(signum)
+    stdout, _ = process.communicate(timeout=30)
+  finally:
+    process.kill()
+  return process.returncode, stdout
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_after_the_script_returned_keeps_its_exit_status(signum):
+  """A run whose results are written is not turned into a killed one by a
+  SIGTERM or Ctrl-C that lands in the interpreter's teardown."""
+  returncode, stdout = _signal_in_teardown(signum)
+  assert returncode == 0
+  assert "preempted" not in stdout
+
+
+def test_without_ignoring_at_exit_a_teardown_signal_kills():
+  """Negative control for the test above: the teardown window is real."""
+  returncode, _ = _signal_in_teardown(signal.SIGTERM, ignore_at_exit=False)
+  assert returncode == -signal.SIGTERM
+
+
 def test_second_ctrl_c_while_saving_aborts():
   process = _guarded_python(
       "preemption.set_deferring(True)   # inside the loop, a save pending\n"

@@ -18,13 +18,20 @@ signals' handlers for the whole process:
     "preempted" is what launch/slurm.sbatch requeues on, and `--resume`
     continues from the last checkpoint (redoing a lost final evaluation);
   * a second SIGINT while a save is pending aborts at once (exit 130, one
-    line on stderr), as a second Ctrl-C is expected to.
+    line on stderr), as a second Ctrl-C is expected to;
+  * once the script has returned and Python's exit handlers run, both are
+    ignored: the run's outcome is written, and in the interpreter's
+    teardown that follows (a few tenths of a second with JAX loaded) Python
+    has put back the default action, so a late SIGTERM would turn a
+    finished run into one killed by the signal (exit 143: a failed job for
+    launch/slurm.sbatch). SIGKILL still ends a teardown that hangs.
 
 Without `install()` (a script's `run()` called from Python or a test),
 `train_loop` still turns SIGTERM and SIGINT into a checkpoint and a
 "preempted" result while it runs, and nothing else changes.
 """
 
+import atexit
 import json
 import os
 import signal
@@ -129,6 +136,11 @@ def _python_handler(signum, frame):
     deliver(signum)
 
 
+def _ignore_at_exit():
+  for signum in _SIGNALS:
+    signal.signal(signum, signal.SIG_IGN)
+
+
 def install():
   """Takes over SIGTERM and SIGINT for this process (main thread only;
   a no-op elsewhere or when already installed)."""
@@ -144,6 +156,9 @@ def install():
     signal.signal(signum, _python_handler)
   threading.Thread(target=_watch, args=(receive,), daemon=True,
                    name="rtrl_jax-preemption").start()
+  # Registered first, so run after every library's exit handler (while
+  # those run, a signal still exits as preempted).
+  atexit.register(_ignore_at_exit)
   _STATE.installed = True
 
 
