@@ -13,7 +13,6 @@ import random
 import shutil
 import subprocess
 import sys
-import time
 
 import jax
 import pytest
@@ -126,10 +125,10 @@ def optimizer_counts(opt_state):
 
 
 def kill_and_resume(system, workdir, environment, flags, num_steps, after):
-  """Up to 2 kills at random moments (interruption_test.random_moment; seed 38 draws, for 6
-  or 12 steps, a SIGKILL mid-run and then a SIGINT after a later checkpoint;
-  start-up moments are drawn with other seeds, and tested in
-  tests/interruption_test.py), a --resume after each, then one to the
+  """Up to 2 kills at random moments (interruption_test.random_moment; seed
+  38 draws, for 6 or 12 steps, a SIGKILL mid-run and then a SIGINT after a
+  later checkpoint; start-up moments are drawn with other seeds, and tested
+  in tests/interruption_test.py), a --resume after each, then one to the
   end. Returns (history, resumed from: the latest checkpoint when each
   later session started, 0 for none). Fails unless 2 signals were sent
   and a session resumed from a checkpoint before the last step (where a
@@ -142,7 +141,8 @@ def kill_and_resume(system, workdir, environment, flags, num_steps, after):
                  *(["--resume"] if resume else []))
 
   kills, history = interruption_test.kill_at_random_moments(
-      start_session, workdir, interruption_test.random_moment(workdir, num_steps, after),
+      start_session, workdir,
+      interruption_test.random_moment(workdir, num_steps, after),
       random.Random(38), max_kills=2, seconds=150)
   starts.append((checkpoint_steps(workdir) or [0])[-1])
   finish(system, workdir, environment, *flags,
