@@ -4,6 +4,7 @@ r"""Scale planner: RTRL sensitivity memory and bandwidth roofline per device.
         --envs_per_device=1024 --unroll=10 --device=h100
     python -m experiments.plan_scale ... --device=all        # one row per device
     python -m experiments.plan_scale ... --check_csv=docs/benchmarks/benchmark_anakin.csv
+    python -m experiments.plan_scale ... --memory=compiled   # XLA's buffers
 
 For a cell of `rtrl_jax.CELLS` (default options) with N hidden units on
 inputs of size D, B environments per device and unroll length M:
@@ -17,12 +18,23 @@ inputs of size D, B environments per device and unroll length M:
       lru                 2·N·D + 4·N          (B, ν, θ as re/im pairs)
       linear_transformer  H·d_k·D·(1 + d_v)    (H = 1, d_k = d_v = N)
 
-* Memory per device: C·B·|S|·bytes, with C = 2 copies (the Anakin runner's
-  S, advanced in place by the actor, and the unroll's initial S that the
-  learner contracts). The largest B that fits puts C·B·|S| into a fraction
-  f of the device's memory (f = 0.75: JAX's default GPU preallocation);
-  parameters, optimizer state, activations (O(M·(N + D)) per environment)
-  and environments are not counted.
+* Memory per device (`--memory=formula`, the default): C·B·|S|·bytes with
+  C = 2. The compiled Anakin program holds S once (the runner is donated
+  and the advance writes S(M) over S(0); tests/anakin_deferred_test.py);
+  the second copy stands for what else grows with B: per-step activations
+  and the advance's emitted factors, O(M·N) per environment for each
+  sensitivity leaf, plus the environments. The largest B that fits puts
+  C·B·|S| into a fraction f of the device's memory (f = 0.75: JAX's
+  default GPU preallocation). C = 2 is loose where D is large and tight
+  where it is small: the compiled CPU program holds about 1.2·|S| per
+  environment at N = 512, D = 257, M = 5, and 2.6·|S| at N = 64, D = 33.
+  `--memory=compiled` (eLSTM, float32) measures it instead: it compiles
+  one Anakin RTRL update (`experiments.configs.r2ac`, encoder output
+  D − 1) for 256 and 512 environments with the backend JAX has here and
+  takes XLA's buffer sizes (`memory_analysis`: arguments + temporaries +
+  outputs not aliased to the donated runner) as fixed + B·per environment.
+  On a CPU this is the CPU compiler's buffer assignment: for an
+  accelerator it is an estimate, not a measurement there.
 
 * Bandwidth roofline per environment step: the learner reads the unroll's
   initial S once per M steps; the actor reads and writes S once per unroll
@@ -132,9 +144,38 @@ def roofline_seconds(sensitivity_bytes, unroll, bandwidth,
 
 
 def largest_batch(sensitivity_bytes, memory, copies=COPIES,
-                  fraction=MEMORY_FRACTION):
-  """Largest B with copies·B·|S| bytes ≤ fraction·memory."""
-  return int(fraction * memory // (copies * sensitivity_bytes))
+                  fraction=MEMORY_FRACTION, fixed_bytes=0):
+  """Largest B with fixed + copies·B·|S| bytes ≤ fraction·memory."""
+  return max(0, int((fraction * memory - fixed_bytes)
+                    // (copies * sensitivity_bytes)))
+
+
+# Per-environment bytes are the same from these batches on (measured at
+# N = 64 and 512: 8 and 16 gave 3-5% less, 64 and 128 about 1% more).
+MEMORY_BATCHES = (256, 512)
+
+
+def compiled_memory(hidden, input_size, unroll, batches=MEMORY_BATCHES):
+  """(fixed bytes, bytes per environment) of one compiled Anakin RTRL update
+  of the eLSTM agent (see the module doc, `--memory=compiled`)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  # pylint: disable-next=g-import-not-at-top
+  from experiments.configs import r2ac as r2ac_configs
+  from rtrl_jax.rl import from_config  # pylint: disable=g-import-not-at-top
+  totals = []
+  for envs in batches:
+    config = r2ac_configs.tiny()
+    config.network.hidden_size = hidden
+    config.network.encoder_sizes = (input_size - 1,)
+    config.num_envs, config.unroll_length = envs, unroll
+    config.updates_per_call = 1
+    train = from_config.anakin_system(config)
+    runner = jax.eval_shape(train.init, jax.random.PRNGKey(0))
+    sizes = train.step.lower(runner).compile().memory_analysis()
+    totals.append(sizes.argument_size_in_bytes + sizes.temp_size_in_bytes
+                  + sizes.output_size_in_bytes - sizes.alias_size_in_bytes)
+  per_env = (totals[1] - totals[0]) / (batches[1] - batches[0])
+  return totals[0] - batches[0] * per_env, per_env
 
 
 def measure_cpu_bandwidth(megabytes=256, repeats=5):
@@ -168,17 +209,22 @@ def detect_device(platform, device_kind):
 
 
 def plan_row(device, memory, bandwidth, per_env_bytes, envs, unroll, label,
-             actor="once_per_unroll"):
-  """One device's plan as a dict (bytes, seconds, counts)."""
+             actor="once_per_unroll", resident=None):
+  """One device's plan as a dict (bytes, seconds, counts). `resident`:
+  (fixed bytes, bytes per environment) from `compiled_memory`, else the
+  formula's (0, COPIES·|S|)."""
   actor_s, learner_s = roofline_seconds(per_env_bytes, unroll, bandwidth,
                                         actor)
+  fixed, resident_per_env = resident or (0, COPIES * per_env_bytes)
+  resident_bytes = fixed + envs * resident_per_env
   return {
       "device": device, "label": label, "memory_bytes": memory,
       "bandwidth_bytes_per_s": bandwidth,
       "sensitivity_bytes_per_device": envs * per_env_bytes,
-      "resident_bytes_per_device": COPIES * envs * per_env_bytes,
-      "fits": COPIES * envs * per_env_bytes <= MEMORY_FRACTION * memory,
-      "largest_batch": largest_batch(per_env_bytes, memory),
+      "resident_bytes_per_device": resident_bytes,
+      "fits": resident_bytes <= MEMORY_FRACTION * memory,
+      "largest_batch": largest_batch(resident_per_env, memory, copies=1,
+                                     fixed_bytes=fixed),
       "actor_ns_per_env_step": 1e9 * actor_s,
       "learner_ns_per_env_step": 1e9 * learner_s,
       "env_steps_per_s": 1.0 / (actor_s + learner_s),
@@ -186,7 +232,7 @@ def plan_row(device, memory, bandwidth, per_env_bytes, envs, unroll, label,
 
 
 def plan(cell, hidden, input_size, envs, unroll, devices, dtype="float32",
-         cpu_bandwidth=None, actor="once_per_unroll"):
+         cpu_bandwidth=None, actor="once_per_unroll", resident=None):
   """Rows of `plan_row` for `devices` (names of DEVICES or "cpu")."""
   per_env = sensitivity_floats(cell, hidden, input_size) * BYTES[dtype]
   rows = []
@@ -195,24 +241,31 @@ def plan(cell, hidden, input_size, envs, unroll, devices, dtype="float32",
       bandwidth = cpu_bandwidth or measure_cpu_bandwidth()
       rows.append(plan_row("cpu", cpu_memory_bytes(), bandwidth, per_env,
                            envs, unroll, "measured here (numpy copy, RAM)",
-                           actor))
+                           actor, resident))
     else:
       spec = DEVICES[device]
       rows.append(plan_row(device, spec["memory"], spec["bandwidth"], per_env,
-                           envs, unroll, "computed, not measured", actor))
+                           envs, unroll, "computed, not measured", actor,
+                           resident))
   return rows
 
 
 def format_plan(rows, cell, hidden, input_size, envs, unroll, dtype,
-                actor="once_per_unroll"):
+                actor="once_per_unroll", resident=None):
   floats = sensitivity_floats(cell, hidden, input_size)
+  if resident is None:
+    memory = (f"resident: {COPIES}·|S| per environment (S + an allowance for "
+              "what else grows with B)")
+  else:
+    memory = (f"resident: {resident[1] / 2**20:.3f} MiB per environment + "
+              f"{resident[0] / 2**20:.1f} MiB, from the compiled program "
+              f"({jax_backend()} compiler)")
   lines = [
       f"{cell}: N={hidden}, D={input_size}, B={envs} environments per device, "
       f"M={unroll}, {dtype}; the actor advances S {actor.replace('_', ' ')}",
       f"sensitivities per environment: {floats:,} numbers = "
-      f"{floats * BYTES[dtype] / 2**20:.3f} MiB; resident: {COPIES} copies "
-      f"(runner S + the unroll's initial S), in {MEMORY_FRACTION:.0%} of "
-      "device memory",
+      f"{floats * BYTES[dtype] / 2**20:.3f} MiB; {memory}, in "
+      f"{MEMORY_FRACTION:.0%} of device memory",
       "",
       f"{'device':<9} {'memory GB':>9} {'GB/s':>7} {'S GB/dev':>8} "
       f"{'fits':>4} {'max B':>9} {'actor ns':>9} {'learner ns':>10} "
@@ -236,6 +289,11 @@ def format_plan(rows, cell, hidden, input_size, envs, unroll, dtype,
     if r["device"] in DEVICES:
       lines.append(f"  {r['device']}: {DEVICES[r['device']]['source']}")
   return "\n".join(lines)
+
+
+def jax_backend():
+  import jax  # pylint: disable=g-import-not-at-top
+  return jax.default_backend().upper()
 
 
 def check_against_csv(path, bandwidth, device="cpu"):
@@ -327,6 +385,12 @@ def parse_args(argv):
   parser.add_argument("--actor", default="once_per_unroll", choices=ACTORS,
                       help="how often the actor reads and writes S: "
                            "once_per_unroll (Anakin) or every_step")
+  parser.add_argument("--memory", default="formula",
+                      choices=("formula", "compiled"),
+                      help="resident memory per device: formula (2·B·|S|) "
+                           "or compiled (XLA's buffer sizes of the compiled "
+                           "Anakin update; eLSTM, float32; seconds to "
+                           "minutes of compiling)")
   parser.add_argument("--check_csv", default=None,
                       help="a benchmark_anakin.csv to check the CPU model "
                            "against")
@@ -345,13 +409,22 @@ def main(argv=None):
       device = detect_device(here.platform, here.device_kind)
     except ValueError as error:
       sys.exit(f"error: {error}")
+  resident = None
+  if args.memory == "compiled":
+    if args.cell != "elstm" or args.dtype != "float32" or args.input < 2:
+      sys.exit(f"error: --memory=compiled compiles the eLSTM R2AC agent in "
+               f"float32 with D ≥ 2, not --cell={args.cell} "
+               f"--dtype={args.dtype} --input={args.input}")
+    resident = compiled_memory(args.hidden, args.input, args.unroll)
   devices = list(DEVICES) + ["cpu"] if device == "all" else [device]
   cpu_bandwidth = (measure_cpu_bandwidth()
                    if "cpu" in devices or args.check_csv else None)
   rows = plan(args.cell, args.hidden, args.input, args.envs_per_device,
-              args.unroll, devices, args.dtype, cpu_bandwidth, args.actor)
+              args.unroll, devices, args.dtype, cpu_bandwidth, args.actor,
+              resident)
   print(format_plan(rows, args.cell, args.hidden, args.input,
-                    args.envs_per_device, args.unroll, args.dtype, args.actor))
+                    args.envs_per_device, args.unroll, args.dtype, args.actor,
+                    resident))
   if args.check_csv:
     # Against the device of the run: measured here for the CPU, else the
     # published figure (one device: the CSV's machine).

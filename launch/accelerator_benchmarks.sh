@@ -15,7 +15,8 @@
 #       experiments/benchmark_anakin.py at the sizes of docs/ANAKIN.md with
 #       B = 64 (as on CPU) and B = 1024, writing DIR/b64/benchmark_anakin.csv
 #       and DIR/b1024/benchmark_anakin.csv, then checks the scale planner
-#       (experiments/plan_scale.py --device=detect) against both CSVs
+#       (experiments/plan_scale.py --device=detect) against both CSVs, the
+#       second with the device compiler's memory sizes (--memory=compiled)
 #       (DIR: $OUT if set, else runs/accelerator_benchmarks); everything it
 #       prints (the devices, JAX's version, the tables) also goes to
 #       DIR/log.txt, so a run cut short still brings back what it measured.
@@ -79,9 +80,9 @@ case "$MODE" in
       for envs in 64 1024; do
         commands+=("PYTHONPATH=/tmp/site:$PWD $PYTHON -m experiments.benchmark_anakin --hidden=64,256,512 --encoder_features=32,32,256 --num_envs=$envs --out_dir=$OUT_DIR/b$envs")
       done
-      for envs in 64 1024; do
-        commands+=("PYTHONPATH=/tmp/site:$PWD $PYTHON -m experiments.plan_scale --hidden=512 --input=257 --envs_per_device=$envs --unroll=5 --device=detect --check_csv=$OUT_DIR/b$envs/benchmark_anakin.csv")
-      done
+      # B = 1024 also prints the device compiler's buffer sizes (--memory=compiled).
+      commands+=("PYTHONPATH=/tmp/site:$PWD $PYTHON -m experiments.plan_scale --hidden=512 --input=257 --envs_per_device=64 --unroll=5 --device=detect --check_csv=$OUT_DIR/b64/benchmark_anakin.csv")
+      commands+=("PYTHONPATH=/tmp/site:$PWD $PYTHON -m experiments.plan_scale --hidden=512 --input=257 --envs_per_device=1024 --unroll=5 --device=detect --check_csv=$OUT_DIR/b1024/benchmark_anakin.csv --memory=compiled")
     fi
     ;;
 esac

@@ -231,6 +231,9 @@ def test_accelerator_benchmarks_run_installs_then_benchmarks():
     assert r.startswith("PYTHONPATH=/tmp/site:")
     assert "--hidden=64,256,512 --encoder_features=32,32,256" in r
   assert runs[1].endswith("--out_dir=/tmp/o/b1024")
+  plans = [l for l in lines if "experiments.plan_scale" in l]
+  assert [p.endswith("--memory=compiled") for p in plans] == [False, True]
+  assert all("--device=detect --check_csv=/tmp/o/b" in p for p in plans)
   quick = dry_run("accelerator_benchmarks.sh", "run", "--dry-run", "--quick",
                   "--out", "/tmp/o", env={"PYTHON": "py"})
   assert quick[-1].endswith("-m experiments.benchmark_anakin --quick "

@@ -65,6 +65,11 @@ def test_largest_batch_is_the_largest_that_fits():
   budget = plan_scale.MEMORY_FRACTION * memory
   assert plan_scale.COPIES * batch * per_env <= budget
   assert plan_scale.COPIES * (batch + 1) * per_env > budget
+  fixed = 10e9
+  batch = plan_scale.largest_batch(per_env, memory, copies=1,
+                                   fixed_bytes=fixed)
+  assert fixed + batch * per_env <= budget < fixed + (batch + 1) * per_env
+  assert plan_scale.largest_batch(per_env, memory, fixed_bytes=budget + 1) == 0
 
 
 def test_every_device_has_a_cited_source():
@@ -127,6 +132,7 @@ def test_cli_says_when_a_batch_does_not_fit():
     ("--device=h800", "'h800'"), ("--cell=gru", "'gru'"),
     ("--dtype=int8", "'int8'"), ("--check_csv=/no/such.csv", "/no/such.csv"),
     ("--actor=sometimes", "'sometimes'"),
+    ("--memory=disk", "'disk'"),
 ])
 def test_cli_bad_flag_is_a_one_line_error(flag, named):
   flags = [f for f in ISSUE_FLAGS + ("--device=h100",)
@@ -209,3 +215,50 @@ def test_cli_detect_on_this_machine():
   result = run(*ISSUE_FLAGS, "--device=detect")
   assert result.returncode == 0, result.stderr
   assert any(line.startswith("cpu ") for line in result.stdout.splitlines())
+
+
+SMALL = dict(hidden=16, input_size=9, unroll=3)
+
+
+def test_compiled_memory_holds_s_and_grows_linearly():
+  """--memory=compiled: each environment adds at least its S to the
+  compiled Anakin update (held once: see
+  tests/anakin_deferred_test.py::test_compiled_update_writes_s_in_place),
+  and the line fitted at MEMORY_BATCHES predicts the program at 4x the
+  batch within 2%."""
+  s = plan_scale.sensitivity_floats(
+      "elstm", SMALL["hidden"], SMALL["input_size"]) * 4
+  fixed, per_env = plan_scale.compiled_memory(**SMALL)
+  assert per_env >= s
+  high = plan_scale.MEMORY_BATCHES[1]
+  far_fixed, far_per_env = plan_scale.compiled_memory(
+      **SMALL, batches=(2 * high, 4 * high))
+  assert fixed + 4 * high * per_env == pytest.approx(
+      far_fixed + 4 * high * far_per_env, rel=0.02)
+
+
+def test_cli_compiled_memory_sets_the_largest_batch():
+  fixed, per_env = plan_scale.compiled_memory(**SMALL)
+  result = run(f"--hidden={SMALL['hidden']}", f"--input={SMALL['input_size']}",
+               f"--unroll={SMALL['unroll']}", "--envs_per_device=1024",
+               "--device=tpu_v5e", "--memory=compiled")
+  assert result.returncode == 0, result.stderr
+  assert "from the compiled program (CPU compiler)" in result.stdout
+  row = next(line for line in result.stdout.splitlines()
+             if line.startswith("tpu_v5e"))
+  expected = plan_scale.largest_batch(
+      per_env, plan_scale.DEVICES["tpu_v5e"]["memory"], copies=1,
+      fixed_bytes=fixed)
+  assert f" {expected:,} " in row
+  assert expected != plan_scale.largest_batch(
+      plan_scale.sensitivity_floats("elstm", SMALL["hidden"],
+                                    SMALL["input_size"]) * 4,
+      plan_scale.DEVICES["tpu_v5e"]["memory"])
+
+
+def test_cli_compiled_memory_of_another_cell_is_one_line():
+  result = run(*ISSUE_FLAGS[1:], "--cell=indrnn", "--device=h100",
+               "--memory=compiled")
+  assert result.returncode != 0 and result.stdout == ""
+  lines = result.stderr.strip().splitlines()
+  assert len(lines) == 1 and "--cell=indrnn" in lines[0], result.stderr
