@@ -25,9 +25,10 @@ inputs of size D, B environments per device and unroll length M:
   and the advance's emitted factors, O(M·N) per environment for each
   sensitivity leaf, plus the environments. The largest B that fits puts
   C·B·|S| into a fraction f of the device's memory (f = 0.75: JAX's
-  default GPU preallocation). C = 2 is loose where D is large and tight
-  where it is small: the compiled CPU program holds about 1.2·|S| per
-  environment at N = 512, D = 257, M = 5, and 2.6·|S| at N = 64, D = 33.
+  default GPU preallocation). C = 2 is too large where D is large and too
+  small where D is small: the compiled CPU program holds about 1.2·|S|
+  per environment at N = 512, D = 257, M = 5, and 2.6·|S| at N = 64,
+  D = 33.
   `--memory=compiled` (eLSTM, float32) measures it instead: it compiles
   one Anakin RTRL update (`experiments.configs.r2ac`, encoder output
   D − 1) for 256 and 512 environments with the backend JAX has here and
